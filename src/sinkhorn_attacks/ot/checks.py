@@ -1,0 +1,72 @@
+"""Input validation shared by every layer: bad input raises a clear error, nothing is silently wrong."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["check_measure", "check_images", "check_same", "check_positive", "check_tau"]
+
+
+def check_measure(t: torch.Tensor, name: str, *, upper: float | None = None) -> torch.Tensor:
+    """A batch of non-negative measures ``(B, C, H, W)``: floating, finite, non-empty, ``>= 0``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(t.shape)} (rank {t.dim()})")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (B = 0)")
+    if min(t.shape[1:]) == 0:
+        raise ValueError(f"{name} has an empty channel/height/width dimension: {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype} (scale uint8 images to [0, 1])")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    lo = float(t.min())
+    if lo < 0:
+        raise ValueError(f"{name} has negative entries (min {lo:.3g}); pixel masses must be >= 0")
+    if upper is not None:
+        hi = float(t.max())
+        if hi > upper + 1e-6:
+            raise ValueError(
+                f"{name} has entries above {upper} (max {hi:.4g}); images must lie in [0, {upper}]"
+            )
+    return t
+
+
+def check_images(t: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Images ``(B, C, H, W)`` in ``[0, 1]``."""
+    return check_measure(t, name, upper=1.0)
+
+
+def check_same(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
+    """Same shape, dtype and device."""
+    if a.shape != b.shape:
+        raise ValueError(f"{na} and {nb} have different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{na} is on {a.device} but {nb} is on {b.device}; move both to one device")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{na} is {a.dtype} but {nb} is {b.dtype}; use one floating dtype")
+
+
+def check_positive(value: float, name: str, *, allow_inf: bool = False) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar")
+        value = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number, got {value!r}") from err
+    if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
+        extra = " or inf" if allow_inf else ""
+        raise ValueError(f"{name} must be a positive finite number{extra}, got {value!r}")
+    return v
+
+
+def check_tau(tau: float) -> float:
+    """Marginal relaxation ``tau`` > 0; ``inf`` means balanced (hard marginals)."""
+    return check_positive(tau, "tau", allow_inf=True)
