@@ -1,0 +1,3 @@
+from sinkhorn_attacks.cli import main
+
+raise SystemExit(main())
