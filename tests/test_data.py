@@ -174,6 +174,14 @@ def test_cifar_batches_round_trip(tmp_path):
     assert train.labels.tolist() == sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
 
 
+def test_cifar_batch_written_by_old_numpy(tmp_path):
+    x = RNG.integers(0, 256, (2, 3072), dtype=np.uint8)
+    raw = pickle.dumps({b"data": x, b"labels": [4, 5]}, protocol=2)
+    (tmp_path / "test_batch").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    got, labels = data.read_cifar_batch(tmp_path / "test_batch")
+    assert np.array_equal(got.reshape(2, -1), x) and labels.tolist() == [4, 5]
+
+
 def test_cifar_batch_refuses_foreign_pickles(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -9,20 +9,19 @@ The data folder is ``data_dir``, else ``$SINKHORN_ATTACKS_DATA``, else ``~/.cach
 their canonical URLs (sha256-checked, atomic rename) when missing and ``download=True``; without network the
 error says which files to put where.
 
-=================  ==========================================================  ==================
-name               files looked for (in the data folder)                       splits
-=================  ==========================================================  ==================
-``mnist``          IDX (raw/.gz) in ``.``, ``mnist/``, ``MNIST/raw/``;          train, test
-                   ``mnist_<split>.npz``
-``fashion-mnist``  IDX in ``fashion-mnist/``, ``FashionMNIST/raw/``, Debian's      train, test
-                   ``/usr/share/datasets/fashion-mnist``; ``fashion_mnist_<split>.npz``
-``cifar10``        ``cifar-10-batches-py/``; ``cifar10_<split>.npz``,              train, test
-                   ``cifar10_train_20k.npz``
-``tiny-imagenet``  ``tiny-imagenet-200/``; ``tinyimagenet_<split>.npz``,           train, val (= test)
-                   ``tinyimagenet_train_100pc.npz``
-``digits``         scikit-learn's bundled copy (seeded stratified 75/25 split)    train, test, all
-``folder``         ``data_dir/<split>/<class>/*`` or ``data_dir/<class>/*``       any
-=================  ==========================================================  ==================
+Names, the files looked for in the data folder (first hit wins), and splits:
+
+* ``mnist``: IDX files (raw or ``.gz``) in ``.``, ``mnist/``, ``MNIST/raw/``; then ``mnist_<split>.npz``.
+  Splits train, test.
+* ``fashion-mnist``: IDX files in ``fashion-mnist/``, ``fashion_mnist/``, ``FashionMNIST/raw/``, then Debian's
+  ``/usr/share/datasets/fashion-mnist/`` (package ``dataset-fashion-mnist``); then
+  ``fashion_mnist_<split>.npz``. Splits train, test.
+* ``cifar10``: ``cifar-10-batches-py/``; then ``cifar10_<split>.npz``; for train last
+  ``cifar10_train_20k.npz`` (a 20k subset, with a warning). Splits train, test.
+* ``tiny-imagenet``: ``tiny-imagenet-200/``; then ``tinyimagenet_<split>.npz``; for train last
+  ``tinyimagenet_train_100pc.npz`` (100 per class, with a warning). Splits train, val (``test`` = val).
+* ``digits``: scikit-learn's bundled copy, seeded stratified 75/25 split. Splits train, test, all.
+* ``folder``: ``data_dir/<split>/<class>/*`` if that exists, else ``data_dir/<class>/*``.
 """
 
 from __future__ import annotations
