@@ -1,0 +1,354 @@
+r"""Retrieval attack objectives and the loop that attacks a whole image gallery.
+
+Only images are perturbed. The objective is **per image and independent**: for a gallery image ``i``
+whose adversarial embedding is ``e = encode_image(x_i^adv)``, everything else is fixed and precomputed:
+the caption embeddings ``Z`` (all captions of the split, labels ``l_j``) and the clean embeddings
+``X`` of the other gallery images. So any classifier attack of the library (UOT, Wong, Hu, Wu, l_p PGD)
+can maximise it unchanged through its ``loss_fn(outputs, labels) -> (B,)`` hook, with ``outputs = e``
+and ``labels = i`` (the gallery index of each attacked image).
+
+Objectives (``kind``; all are *maximised* by the attack):
+
+* ``"cmpm"`` (default): the CMPM loss of the image's true pairs against the full gallery,
+  ``L = KL(p || q)_{i2t} + mean_{c: l_c = y_i} KL(p'_c || q'_c)_{t2i}`` with
+  ``p_j = softmax_j(e . zbar_j)`` over all captions, ``q`` uniform over the captions with the image's
+  label, and, for each positive caption ``c``, ``p'_c = softmax_k(z_c . xbar_k)`` over the gallery in which
+  image ``i``'s clean embedding is replaced by ``e``, ``q'_c`` uniform over the images with label ``l_c``.
+  ``directions`` selects one or both terms.
+* ``"nll"``: ``-log sum_{j pos} p_j`` (i2t) and ``-log sum_{k pos} p'_{c,k}`` (t2i), the positive-mass
+  part of the same KL; unbounded, so it keeps pushing after R@K hits 0.
+* ``"cosine"``: ``-mean_{c pos} cos(e, z_c)``, i.e. minimise the similarity of the matched pairs.
+* ``"margin"``: ``min(kappa, max_{j neg} cos(e, z_j) - max_{j pos} cos(e, z_j))``, a CW-style rank margin.
+* ``"cmpc"``: the CMPC cross-entropies of the pairs (``e`` with each own caption ``z_c``),
+  ``CE(Wbar^T xhat, y) + CE(Wbar^T zhat, y)`` with ``xhat = (e.zbar_c) zbar_c``, ``zhat = (z_c.ebar) ebar``.
+  Test labels are not training classes (Flickr: each training image is a class; CUHK-PEDES: test ids are
+  unseen), so the trained ``W`` cannot score them; by default the class weights are the text
+  prototypes ``W_c = mean_{j: l_j = c} zbar_j`` of the evaluation split (our adaptation, stated in
+  result files). A trained ``W`` can be given with ``class_of_label`` mapping labels to its classes.
+
+Evaluation after the attack substitutes the adversarial embeddings of all attacked images at once, so the
+objective (which keeps the *other* images clean) is a per-image surrogate of the joint ranking.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .losses import CMPM_EPS
+from .metrics import retrieval_metrics
+
+__all__ = ["RetrievalObjective", "OBJECTIVES", "GalleryAttackResult", "attack_gallery", "embed_images"]
+
+OBJECTIVES = ("cmpm", "nll", "cosine", "margin", "cmpc")
+
+
+class RetrievalObjective:
+    """Per-image retrieval loss against a fixed caption gallery and fixed clean image embeddings.
+
+    Args:
+        txt_emb: ``(n_captions, d)`` caption embeddings of the evaluation split.
+        txt_labels: ``(n_captions,)`` their labels.
+        img_emb: ``(n_images, d)`` clean embeddings of the gallery images.
+        img_labels: ``(n_images,)`` their labels.
+        kind: one of :data:`OBJECTIVES`.
+        directions: ``("i2t", "t2i")`` or one of them (``cmpm``/``nll``/``cmpc``).
+        kappa: clip of the ``margin`` objective.
+        cmpc_weight, class_of_label: a trained CMPC ``W`` ``(d, C)`` and a ``(n_labels,)`` map from labels to its
+            classes; default the text-prototype classifier of the split.
+        eps: the ``eps`` inside ``log(q + eps)``.
+    Call: ``objective(outputs (B, d), idx (B,)) -> (B,)`` where ``idx`` are gallery indices.
+    """
+
+    def __init__(self, txt_emb: Tensor, txt_labels: Tensor | np.ndarray, img_emb: Tensor,
+                 img_labels: Tensor | np.ndarray, kind: str = "cmpm",
+                 directions: Sequence[str] = ("i2t", "t2i"), kappa: float = float("inf"),
+                 cmpc_weight: Tensor | None = None, class_of_label: Tensor | np.ndarray | None = None,
+                 eps: float = CMPM_EPS) -> None:
+        if kind not in OBJECTIVES:
+            raise ValueError(f"unknown objective {kind!r}; choose from {OBJECTIVES}")
+        bad = set(directions) - {"i2t", "t2i"}
+        if bad or not directions:
+            raise ValueError(f"directions must be a non-empty subset of ('i2t', 't2i'), got {directions}")
+        self.kind, self.directions, self.kappa, self.eps = kind, tuple(directions), float(kappa), eps
+        self.txt = txt_emb.detach().float()
+        self.zbar = F.normalize(self.txt, dim=1)
+        self.txt_labels = torch.as_tensor(np.asarray(txt_labels), dtype=torch.int64)
+        self.img = img_emb.detach().float()
+        self.xbar = F.normalize(self.img, dim=1)
+        self.img_labels = torch.as_tensor(np.asarray(img_labels), dtype=torch.int64)
+        # clean t2i logits z_c . xbar_k, (n_captions, n_images)
+        self.t2i_logits = self.txt @ self.xbar.T
+        n_labels = int(max(self.img_labels.max(), self.txt_labels.max())) + 1
+        # positives of each label among captions, as a padded index table
+        self._cap_of_label = [torch.nonzero(self.txt_labels == c).flatten() for c in range(n_labels)]
+        if kind == "cmpc":
+            if cmpc_weight is None:
+                w = torch.zeros(self.txt.shape[1], n_labels)
+                w.index_add_(1, self.txt_labels, self.zbar.T)
+                self.cmpc_w = F.normalize(w, dim=0)
+                self.class_of_label = torch.arange(n_labels)
+            else:
+                if class_of_label is None:
+                    raise ValueError("a trained cmpc_weight needs class_of_label (label -> class index)")
+                self.cmpc_w = F.normalize(cmpc_weight.detach().float(), dim=0)
+                self.class_of_label = torch.as_tensor(np.asarray(class_of_label), dtype=torch.int64)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "directions": list(self.directions), "kappa": self.kappa,
+                "gallery": "full split, other images clean", "n_captions": int(self.txt.shape[0]),
+                "n_images": int(self.img.shape[0]),
+                "cmpc_weights": "text prototypes" if self.kind == "cmpc" else None}
+
+    # ------------------------------------------------------------------------------------------------------
+    def _pairs(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Flattened (batch row, positive caption) pairs for the images ``idx``."""
+        rows, caps = [], []
+        for b, i in enumerate(idx.tolist()):
+            c = self._cap_of_label[int(self.img_labels[i])]
+            rows.append(torch.full((c.numel(),), b, dtype=torch.int64))
+            caps.append(c)
+        return torch.cat(rows), torch.cat(caps)
+
+    def _mean_over_pairs(self, vals: Tensor, rows: Tensor, batch: int) -> Tensor:
+        tot = torch.zeros(batch, dtype=vals.dtype).index_add(0, rows, vals)
+        cnt = torch.zeros(batch, dtype=vals.dtype).index_add(0, rows, torch.ones_like(vals))
+        return tot / cnt.clamp_min(1.0)
+
+    def _kl_or_nll(self, logits: Tensor, pos: Tensor) -> Tensor:
+        log_p = F.log_softmax(logits, dim=1)
+        if self.kind == "nll":
+            return -torch.logsumexp(log_p.masked_fill(~pos, float("-inf")), dim=1)
+        q = pos.to(logits.dtype)
+        q = q / q.sum(1, keepdim=True).clamp_min(1.0)
+        return (log_p.exp() * (log_p - torch.log(q + self.eps))).sum(1)
+
+    def __call__(self, outputs: Tensor, idx: Tensor) -> Tensor:
+        e = outputs.float()
+        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
+        dev = e.device
+        lab = self.img_labels[idx].to(dev)
+        B = e.shape[0]
+        if self.kind == "cosine":
+            rows, caps = self._pairs(idx)
+            cos = (F.normalize(e, dim=1)[rows.to(dev)] * self.zbar.to(dev)[caps.to(dev)]).sum(1)
+            return -self._mean_over_pairs(cos, rows.to(dev), B)
+        if self.kind == "margin":
+            s = F.normalize(e, dim=1) @ self.zbar.to(dev).T
+            pos = lab[:, None] == self.txt_labels.to(dev)[None, :]
+            best_pos = s.masked_fill(~pos, float("-inf")).max(1).values
+            best_neg = s.masked_fill(pos, float("-inf")).max(1).values
+            return (best_neg - best_pos).clamp(max=self.kappa)
+        if self.kind == "cmpc":
+            rows, caps = self._pairs(idx)
+            rows, caps = rows.to(dev), caps.to(dev)
+            ee, zz = e[rows], self.txt.to(dev)[caps]
+            zbar, ebar = F.normalize(zz, dim=1), F.normalize(ee, dim=1)
+            x_hat = (ee * zbar).sum(1, keepdim=True) * zbar
+            z_hat = (zz * ebar).sum(1, keepdim=True) * ebar
+            w = self.cmpc_w.to(dev)
+            y = self.class_of_label.to(dev)[lab[rows]]
+            loss = torch.zeros_like(rows, dtype=e.dtype)
+            if "i2t" in self.directions:
+                loss = loss + F.cross_entropy(x_hat @ w, y, reduction="none")
+            if "t2i" in self.directions:
+                loss = loss + F.cross_entropy(z_hat @ w, y, reduction="none")
+            return self._mean_over_pairs(loss, rows, B)
+        # cmpm / nll
+        total = torch.zeros(B, dtype=e.dtype, device=dev)
+        if "i2t" in self.directions:
+            logits = e @ self.zbar.to(dev).T
+            pos = lab[:, None] == self.txt_labels.to(dev)[None, :]
+            total = total + self._kl_or_nll(logits, pos)
+        if "t2i" in self.directions:
+            rows, caps = self._pairs(idx)
+            rows, caps = rows.to(dev), caps.to(dev)
+            own = (self.txt.to(dev)[caps] * F.normalize(e, dim=1)[rows]).sum(1)  # z_c . ebar
+            logits = self.t2i_logits.to(dev)[caps].scatter(1, idx.to(dev)[rows][:, None], own[:, None])
+            pos = self.txt_labels.to(dev)[caps][:, None] == self.img_labels.to(dev)[None, :]
+            total = total + self._mean_over_pairs(self._kl_or_nll(logits, pos), rows, B)
+        return total
+
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def i2t_rank(self, outputs: Tensor, idx: Tensor) -> Tensor:
+        """Pessimistic i2t rank of each attacked image (0 = a true caption is first)."""
+        from .metrics import pessimistic_ranks
+
+        e = outputs.detach().float().cpu()
+        lab = self.img_labels[torch.as_tensor(idx, dtype=torch.int64).cpu()]
+        s = F.normalize(e, dim=1) @ self.zbar.T
+        return pessimistic_ranks(s, lab[:, None] == self.txt_labels[None, :])
+
+    def success_fn(self, k: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(outputs, idx) -> bool (B,)``: no true caption of the image is in the top ``k`` (i2t)."""
+
+        def success(outputs: Tensor, idx: Tensor) -> Tensor:
+            return (self.i2t_rank(outputs, idx) >= k).to(outputs.device)
+
+        return success
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: Tensor, batch_size: int = 32) -> Tensor:
+    """``model(images)`` in batches without gradients (``model`` maps ``[0,1]`` images to embeddings)."""
+    out = [model(images[s:s + batch_size]).float().cpu() for s in range(0, images.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@dataclass
+class GalleryAttackResult:
+    """Outcome of :func:`attack_gallery`.
+
+    ``embeddings[t]`` is ``(n_attacked, d)``: the embeddings of the attacked images after ``t`` iterations
+    (``t = 0`` clean); ``metrics[t]`` the R@K over the attacked images' queries with those embeddings
+    substituted in the gallery.
+    """
+
+    image_indices: np.ndarray
+    steps: list[int]
+    embeddings: dict[int, Tensor]
+    metrics: dict[int, dict]
+    final_metrics: dict
+    success: np.ndarray
+    radius: np.ndarray
+    metered_radius: np.ndarray
+    iterations: np.ndarray
+    linf: np.ndarray
+    l2: np.ndarray
+    seconds: float
+    examples: dict[str, Tensor] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        fin = np.isfinite(self.metered_radius)
+
+        def stat(a: np.ndarray) -> float | None:
+            return float(np.mean(a)) if a.size else None
+
+        return {
+            "n_images": int(self.image_indices.size),
+            "steps": self.steps,
+            "curve": {str(t): self.metrics[t] for t in self.steps},
+            "final": self.final_metrics,
+            "success_rate": stat(self.success.astype(float)),
+            "nominal_radius_mean": stat(self.radius),
+            "metered_radius_mean": float(np.mean(self.metered_radius[fin])) if fin.any() else None,
+            "metered_radius_median": float(np.median(self.metered_radius[fin])) if fin.any() else None,
+            "metered_infinite": int((~fin).sum()),
+            "linf_mean": stat(self.linf),
+            "l2_mean": stat(self.l2),
+            "iterations_mean": stat(self.iterations),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _attr(res: Any, name: str, batch: int) -> np.ndarray:
+    v = getattr(res, name, None)
+    if v is None:
+        return np.full(batch, np.nan)
+    v = torch.as_tensor(v).detach().double().cpu().reshape(-1)
+    return (v.expand(batch) if v.numel() == 1 else v).numpy().copy()
+
+
+def attack_gallery(
+    make_attack: Callable[..., Callable[[Tensor, Tensor], Any]],
+    tower: nn.Module,
+    load_images: Callable[[Sequence[int]], Tensor],
+    objective: RetrievalObjective,
+    clean_img_emb: Tensor,
+    img_labels: np.ndarray,
+    txt_emb: Tensor,
+    txt_labels: np.ndarray,
+    caption_image: np.ndarray,
+    image_indices: Sequence[int],
+    record_steps: Sequence[int] = (),
+    batch_size: int = 8,
+    ks: Sequence[int] = (1, 5, 10),
+    log: Callable[[str], None] | None = print,
+    keep_examples: int = 3,
+) -> GalleryAttackResult:
+    """Attack the gallery images ``image_indices`` in batches and measure R@K along the way.
+
+    Args:
+        make_attack: ``make_attack(callback=fn) -> atk`` building the attack for ``tower``, with the
+            objective as its ``loss_fn``; ``atk(images, idx)`` returns a result with ``.adv`` and optionally
+            ``.success``, ``.radius``, ``.metered_radius``, ``.iterations``. ``callback(step, x_adv)`` is called
+            by the attack loop after each step (``step`` = 1, 2, ...).
+        tower: the image model handed to the attack (``x -> embedding``), used for recording.
+        load_images: ``indices -> (B, 3, H, W)`` in ``[0, 1]``.
+        objective: its ``img_labels`` etc. must describe the same split as the other arguments.
+        clean_img_emb: ``(n_images, d)`` clean embeddings of the whole gallery.
+        img_labels, txt_emb, txt_labels, caption_image: the split's labels, caption embeddings and caption
+            owners (the t2i queries evaluated are the captions of the attacked images).
+        record_steps: iterations at which to embed ``x_adv`` (``0`` = clean is always included); the final
+            adversarial images are evaluated separately as ``final_metrics``.
+    """
+    idx_all = np.asarray(image_indices, dtype=np.int64)
+    steps = sorted({0, *[int(s) for s in record_steps]})
+    rec = {t: clean_img_emb[idx_all].clone().float() for t in steps}
+    final = clean_img_emb[idx_all].clone().float()
+    n = idx_all.size
+    succ = np.zeros(n, bool)
+    radius, metered, iters = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    linf, l2 = np.zeros(n), np.zeros(n)
+    examples: dict[str, list[Tensor]] = {"clean": [], "adv": []}
+    t0 = time.time()
+    for s in range(0, n, batch_size):
+        sl = slice(s, min(s + batch_size, n))
+        bidx = idx_all[sl]
+        x = load_images(bidx.tolist())
+        last: dict[int, Tensor] = {}
+
+        def callback(step: int, x_adv: Tensor, _last: dict = last, _sl: slice = sl) -> None:
+            _last["step"] = step
+            if step in rec:
+                with torch.no_grad():
+                    rec[step][_sl] = tower(x_adv.detach()).float().cpu()
+
+        atk = make_attack(callback=callback)
+        res = atk(x, torch.as_tensor(bidx))
+        adv = res.adv.detach()
+        with torch.no_grad():
+            e_adv = tower(adv).float().cpu()
+        final[sl] = e_adv
+        # steps beyond an early stop keep the final embedding
+        stop = int(last.get("step", max(steps)))
+        for t in steps:
+            if t > stop:
+                rec[t][sl] = e_adv
+        b = len(bidx)
+        succ[sl] = _attr(res, "success", b) > 0.5
+        radius[sl] = _attr(res, "radius", b)
+        metered[sl] = _attr(res, "metered_radius", b)
+        iters[sl] = _attr(res, "iterations", b)
+        d = (adv - x).flatten(1)
+        linf[sl] = d.abs().max(1).values.double().numpy()
+        l2[sl] = d.norm(dim=1).double().numpy()
+        if len(examples["clean"]) < keep_examples:
+            k = keep_examples - len(examples["clean"])
+            examples["clean"].extend(list(x[:k]))
+            examples["adv"].extend(list(adv[:k]))
+        if log is not None:
+            log(f"  attacked {sl.stop}/{n} images ({time.time() - t0:.0f}s)")
+
+    cap_q = np.flatnonzero(np.isin(caption_image, idx_all))
+
+    def evaluate(emb: Tensor) -> dict:
+        g = clean_img_emb.clone().float()
+        g[torch.as_tensor(idx_all)] = emb
+        return retrieval_metrics(g, img_labels, txt_emb, txt_labels, ks, image_queries=idx_all,
+                                 caption_queries=cap_q)
+
+    metrics = {t: evaluate(rec[t]) for t in steps}
+    ex = {k: torch.stack(v) for k, v in examples.items() if v}
+    return GalleryAttackResult(image_indices=idx_all, steps=steps, embeddings=rec, metrics=metrics,
+                               final_metrics=evaluate(final), success=succ, radius=radius,
+                               metered_radius=metered, iterations=iters, linf=linf, l2=l2,
+                               seconds=time.time() - t0, examples=ex)
