@@ -249,8 +249,21 @@ class GalleryAttackResult:
         }
 
 
+_ALIASES = {"adv": ("adv", "x_adv"), "radius": ("radius", "radius_nominal"),
+            "metered_radius": ("metered_radius", "radius_metered"), "iterations": ("iterations", "n_steps"),
+            "success": ("success",)}
+
+
+def _get(res: Any, name: str) -> Any:
+    for n in _ALIASES.get(name, (name,)):
+        v = getattr(res, n, None)
+        if v is not None:
+            return v
+    return None
+
+
 def _attr(res: Any, name: str, batch: int) -> np.ndarray:
-    v = getattr(res, name, None)
+    v = _get(res, name)
     if v is None:
         return np.full(batch, np.nan)
     v = torch.as_tensor(v).detach().double().cpu().reshape(-1)
@@ -314,7 +327,7 @@ def attack_gallery(
 
         atk = make_attack(callback=callback)
         res = atk(x, torch.as_tensor(bidx))
-        adv = res.adv.detach()
+        adv = _get(res, "adv").detach()
         with torch.no_grad():
             e_adv = tower(adv).float().cpu()
         final[sl] = e_adv

@@ -1,0 +1,126 @@
+"""``sinkhorn-attacks retrieval train | evaluate | attack``: image-text retrieval under image attacks.
+
+Examples::
+
+    sinkhorn-attacks retrieval train --data flickr8k-npz:shared/data/flickr8k_128.npz --out runs/f8k --epochs 3
+    sinkhorn-attacks retrieval evaluate --heads runs/f8k/heads.pt --split test
+    sinkhorn-attacks retrieval attack --heads runs/f8k/heads.pt --n-images 50 --steps 20 \\
+        --attack 'linf-pgd:eps=1/255|2/255|4/255' --attack 'uot:radius=0.001|0.003|0.01' --out runs/f8k/attack
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["add_parser"]
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+
+
+def _train(args: argparse.Namespace) -> int:
+    _threads(args)
+    from sinkhorn_attacks.retrieval.experiment import TrainRun, run_train
+    from sinkhorn_attacks.retrieval.train import TrainConfig
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      embed_dim=args.embed_dim, use_cmpc=not args.no_cmpc, seed=args.seed)
+    run = TrainRun(data=args.data, out=args.out, image_backbone=args.image_backbone,
+                   text_backbone=args.text_backbone, image_size=args.image_size or None, eval_split=args.eval_split,
+                   train=cfg, cache_dir=args.cache_dir)
+    s = run_train(run)
+    print(f"saved {os.path.join(args.out, 'heads.pt')}; eval ({args.eval_split}) {s['final_eval']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _threads(args)
+    from sinkhorn_attacks.retrieval.experiment import run_evaluate
+
+    run_evaluate(args.heads, args.data, args.split, args.out, args.cache_dir)
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    _threads(args)
+    from sinkhorn_attacks.retrieval.experiment import parse_attack_spec, run_attack
+
+    specs = [parse_attack_spec(s) for s in (args.attack or ["linf-pgd:eps=2/255"])]
+    record = [int(v) for v in args.record.split(",")] if args.record else None
+    res = run_attack(args.heads, specs, args.out, data=args.data, split=args.split, steps=args.steps,
+                     record_steps=record, n_images=args.n_images, batch_size=args.batch_size,
+                     objective=args.objective, directions=tuple(args.directions.split(",")),
+                     cache_dir=args.cache_dir, time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                     plots=not args.no_plots)
+    print(f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
+          f"{len(res['skipped_cells'])} skipped)")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argparse.ArgumentParser:
+    """Register ``retrieval`` with the actions ``train``, ``evaluate`` and ``attack``."""
+    p = subparsers.add_parser("retrieval", help=help_text, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    acts = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--cache-dir", default=None,
+                       help="feature cache folder (default $SINKHORN_ATTACKS_CACHE/retrieval or ~/.cache/...)")
+        q.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+    t = acts.add_parser("train", help="train 512-d projection heads with CMPM+CMPC on frozen backbones")
+    t.add_argument("--data", required=True, help="flickr8k-npz:PATH | flickr8k:ROOT | cuhk-pedes:ROOT | "
+                   "captions:FILE[@IMAGE_ROOT] | coco-mini-npz:PATH | synthetic[:N]")
+    t.add_argument("--out", required=True, help="output folder (heads.pt, train.json)")
+    t.add_argument("--image-backbone", default="efficientnet-lite0", help="efficientnet-lite0 | small-cnn")
+    t.add_argument("--text-backbone", default="minilm", help="minilm | hashing")
+    t.add_argument("--image-size", type=int, default=128, help="square input size in px (0: keep)")
+    t.add_argument("--eval-split", default="val")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--weight-decay", type=float, default=4e-5)
+    t.add_argument("--embed-dim", type=int, default=512)
+    t.add_argument("--no-cmpc", action="store_true", help="train with CMPM only")
+    t.add_argument("--seed", type=int, default=0)
+    common(t)
+    t.set_defaults(func=_train)
+
+    e = acts.add_parser("evaluate", help="clean R@1/5/10 both ways")
+    e.add_argument("--heads", required=True, help="heads.pt from `retrieval train`")
+    e.add_argument("--data", default=None, help="dataset spec (default: the one the heads were trained on)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", default=None, help="folder for evaluate.json")
+    common(e)
+    e.set_defaults(func=_evaluate)
+
+    a = acts.add_parser("attack", help="R@K vs attack iterations and vs metered radius")
+    a.add_argument("--heads", required=True)
+    a.add_argument("--data", default=None)
+    a.add_argument("--split", default="test")
+    a.add_argument("--out", required=True, help="output folder (attack.json, parts/, plots)")
+    a.add_argument("--attack", action="append",
+                   help="PRESET[:key=value,...][#LABEL]; one value may sweep with '|', e.g. 'linf-pgd:eps=2/255|4/255' "
+                        "(repeatable; presets of sinkhorn_attacks.attacks: uot, wong, linf-pgd, l2-pgd, ...)")
+    a.add_argument("--steps", type=int, default=20, help="attack iterations N (no early stop)")
+    a.add_argument("--record", default=None, help="comma list of iterations to evaluate (default 0..N)")
+    a.add_argument("--n-images", type=int, default=100, help="attack the first n gallery images")
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--objective", default="cmpm", help="cmpm | nll | cosine | margin | cmpc")
+    a.add_argument("--directions", default="i2t,t2i")
+    a.add_argument("--time-budget", type=float, default=None, help="minutes; no new cell starts after it")
+    a.add_argument("--no-plots", action="store_true")
+    common(a)
+    a.set_defaults(func=_attack)
+
+    def _help(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_help)
+    return p

@@ -1,0 +1,430 @@
+"""The train / evaluate / attack pipeline behind ``sinkhorn-attacks retrieval`` and the Flickr8k benchmark.
+
+* ``run_train``: cache backbone features of a split, train the projection heads with CMPM + CMPC, save
+  ``heads.pt`` (heads, CMPC ``W``, backbone names, image size, history) and ``train.json``.
+* ``run_evaluate``: clean R@K both ways on a split (``evaluate.json``).
+* ``run_attack``: attack the first ``n_images`` gallery images of a split with one or more attacks of
+  ``sinkhorn_attacks.attacks`` (each optionally swept over a radius), record R@K at chosen iterations,
+  meter the radii, and write ``attack.json`` plus plots. Every (attack, radius) cell is stored in
+  ``parts/`` as soon as it finishes (atomically), and a rerun skips finished cells, so long runs resume.
+
+Dataset specs (``--data``): ``flickr8k-npz:PATH``, ``flickr8k:ROOT``, ``cuhk-pedes:ROOT``,
+``captions:FILE[@IMAGE_ROOT]``, ``coco-mini-npz:PATH``, ``synthetic[:N]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .attack import RetrievalObjective, attack_gallery
+from .datasets import (
+    RetrievalData,
+    load_captions_file,
+    load_coco_mini_npz,
+    load_cuhk_pedes,
+    load_flickr8k,
+    load_flickr8k_npz,
+    make_synthetic,
+)
+from .encoders import make_image_backbone, make_text_backbone
+from .features import image_features, text_features
+from .metrics import retrieval_metrics
+from .model import DualEncoder, load_heads, save_heads
+from .train import TrainConfig, embed_features, train_heads
+
+__all__ = [
+    "load_dataset",
+    "TrainRun",
+    "run_train",
+    "load_model",
+    "run_evaluate",
+    "AttackSpec",
+    "parse_attack_spec",
+    "run_attack",
+    "default_attack_factory",
+    "matched_radius_table",
+    "write_json",
+]
+
+Log = Callable[[str], None]
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON atomically (temporary file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, default=_json_default)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def load_dataset(spec: str, split: str = "test") -> RetrievalData:
+    """Load a split from a dataset spec string (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        n = int(arg) if arg else 64
+        code = {"train": 0, "val": 1, "test": 2}[{"dev": "val"}.get(split, split)]
+        return make_synthetic(n, size=32, captions_per_image=3, seed=code, name=f"synthetic/{split}")
+    if not arg:
+        raise ValueError(f"dataset spec {spec!r} needs a path: KIND:PATH")
+    if kind == "flickr8k-npz":
+        return load_flickr8k_npz(arg, split)
+    if kind == "flickr8k":
+        return load_flickr8k(arg, split)
+    if kind == "cuhk-pedes":
+        return load_cuhk_pedes(arg, split)
+    if kind == "coco-mini-npz":
+        return load_coco_mini_npz(arg, None if split in ("all", "test") else split)
+    if kind == "captions":
+        file, _, root = arg.partition("@")
+        return load_captions_file(file, root or None, None if split == "all" else split)
+    raise ValueError(f"unknown dataset kind {kind!r}; use flickr8k-npz, flickr8k, cuhk-pedes, captions, "
+                     "coco-mini-npz or synthetic")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train / evaluate
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainRun:
+    """Settings of :func:`run_train`."""
+
+    data: str
+    out: str
+    image_backbone: str = "efficientnet-lite0"
+    text_backbone: str = "minilm"
+    image_size: int | None = 128
+    eval_split: str = "val"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache_dir: str | None = None
+    backbone_kwargs: dict = field(default_factory=dict)
+
+
+def _backbones(image: str, text: str, kwargs: dict | None = None):
+    kw = dict(kwargs or {})
+    ib_kw = kw.get("image", {})
+    tb_kw = kw.get("text", {})
+    return make_image_backbone(image, **ib_kw), make_text_backbone(text, **tb_kw)
+
+
+def _features(ib, tb, data: RetrievalData, size: int | None, cache_dir: str | None, log: Log | None):
+    cache: Any = Path(cache_dir) if cache_dir else None
+    if log:
+        log(f"{data.name}: {data.n_images} images, {data.n_captions} captions")
+    ft = text_features(tb, data.captions, cache)
+    fi = image_features(ib, data, size, cache, log=log)
+    return fi, ft
+
+
+def run_train(run: TrainRun, log: Log | None = print) -> dict:
+    """Train heads on ``run.data``'s train split, evaluating on ``run.eval_split`` after each epoch."""
+    out = Path(run.out)
+    ib, tb = _backbones(run.image_backbone, run.text_backbone, run.backbone_kwargs)
+    tr = load_dataset(run.data, "train")
+    ev = load_dataset(run.data, run.eval_split)
+    t0 = time.time()
+    fi, ft = _features(ib, tb, tr, run.image_size, run.cache_dir, log)
+    fi_e, ft_e = _features(ib, tb, ev, run.image_size, run.cache_dir, log)
+    t_feat = time.time() - t0
+
+    def eval_fn(heads) -> dict:
+        ei, et = embed_features(heads, fi_e, ft_e)
+        m = retrieval_metrics(ei, ev.image_labels, et, ev.caption_labels)
+        return {"t2i": m["t2i"], "i2t": m["i2t"]}
+
+    heads, hist = train_heads(fi, ft, tr.caption_image, tr.image_labels, run.train, eval_fn=eval_fn, log=log)
+    meta = {"image_backbone": run.image_backbone, "text_backbone": run.text_backbone,
+            "image_size": run.image_size, "data": run.data, "train_split": "train", "eval_split": run.eval_split,
+            "train_config": run.train.to_dict(), "history": hist, "match": tr.match,
+            "backbone_kwargs": run.backbone_kwargs}
+    save_heads(out / "heads.pt", heads, meta)
+    summary = {**{k: v for k, v in meta.items() if k != "history"}, "history": hist,
+               "feature_seconds": round(t_feat, 1), "total_seconds": round(time.time() - t0, 1),
+               "n_train_images": tr.n_images, "n_train_captions": tr.n_captions,
+               "final_eval": hist[-1].get("eval") if hist else None}
+    write_json(out / "train.json", summary)
+    return summary
+
+
+def load_model(heads_path: str | Path) -> tuple[DualEncoder, dict]:
+    """Rebuild the :class:`DualEncoder` of a ``heads.pt`` (backbones from their registered names)."""
+    heads, meta = load_heads(heads_path)
+    ib, tb = _backbones(meta["image_backbone"], meta["text_backbone"], meta.get("backbone_kwargs"))
+    return DualEncoder(ib, tb, heads).eval(), meta
+
+
+def _clean_embeddings(model: DualEncoder, meta: dict, data: RetrievalData, cache_dir: str | None, log: Log | None):
+    fi, ft = _features(model.image_backbone, model.text_backbone, data, meta.get("image_size"), cache_dir, log)
+    return embed_features(model.heads, fi, ft)
+
+
+def run_evaluate(heads_path: str | Path, data: str | None = None, split: str = "test", out: str | None = None,
+                 cache_dir: str | None = None, log: Log | None = print) -> dict:
+    """Clean R@1/5/10 both ways of a trained model on a split."""
+    model, meta = load_model(heads_path)
+    ds = load_dataset(data or meta["data"], split)
+    ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
+    m = retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels)
+    res = {"heads": str(heads_path), "data": data or meta["data"], "split": split, "match": ds.match, **m}
+    if log:
+        log(f"t2i {_fmt(m['t2i'])} | i2t {_fmt(m['i2t'])}")
+    if out:
+        write_json(Path(out) / "evaluate.json", res)
+    return res
+
+
+def _fmt(d: dict) -> str:
+    return "/".join(f"{d[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attack
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttackSpec:
+    """One attack preset with fixed overrides and an optional sweep of one parameter (the radius)."""
+
+    preset: str
+    overrides: dict = field(default_factory=dict)
+    sweep_key: str | None = None
+    sweep: list = field(default_factory=list)
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.preset
+
+    def cells(self) -> list[tuple[str, dict]]:
+        """``(cell key, overrides)`` per sweep value (one cell without a sweep)."""
+        if not self.sweep_key:
+            return [(self.name, dict(self.overrides))]
+        return [(f"{self.name}@{self.sweep_key}={v:g}" if isinstance(v, float) else f"{self.name}@{self.sweep_key}={v}",
+                 {**self.overrides, self.sweep_key: v}) for v in self.sweep]
+
+
+def _value(s: str) -> Any:
+    s = s.strip()
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if s.lower() in ("none", "null"):
+        return None
+    m = re.fullmatch(r"(-?\d+(?:\.\d*)?)/(\d+(?:\.\d*)?)", s)
+    if m:
+        return float(m.group(1)) / float(m.group(2))
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
+
+
+def parse_attack_spec(text: str) -> AttackSpec:
+    """``PRESET[:key=value,...][#LABEL]``; one value may be a ``|``-separated sweep, e.g.
+    ``linf-pgd:eps=2/255|4/255|8/255`` or ``uot:radius=0.005|0.01,steps_size=0.1#UOT``."""
+    text, _, label = text.partition("#")
+    preset, _, rest = text.partition(":")
+    spec = AttackSpec(preset=preset.strip(), label=label.strip() or None)
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise ValueError(f"attack option {item!r} is not key=value")
+        if "|" in val:
+            if spec.sweep_key:
+                raise ValueError("only one swept key per attack")
+            spec.sweep_key, spec.sweep = key.strip(), [_value(v) for v in val.split("|")]
+        else:
+            spec.overrides[key.strip()] = _value(val)
+    return spec
+
+
+def default_attack_factory(preset: str, model: torch.nn.Module, **kwargs) -> Any:
+    """``sinkhorn_attacks.attacks.from_preset(preset, model, **kwargs)`` (imported lazily)."""
+    try:
+        from sinkhorn_attacks.attacks import from_preset
+    except ImportError as err:  # pragma: no cover - depends on the attacks package
+        raise ImportError("sinkhorn_attacks.attacks.from_preset is not available") from err
+    return from_preset(preset, model, **kwargs)
+
+
+def matched_radius_table(cells: dict[str, dict], grid: Sequence[float] | None = None) -> dict:
+    """R@K of the final adversarial images interpolated at common *metered* radii.
+
+    For every attack (cells grouped by attack name), the points (mean metered radius, R@K) of its sweep
+    are sorted by radius and linearly interpolated on ``grid`` (default: 5 radii spanning the range that
+    all attacks cover, or the union when they do not overlap; outside an attack's range: ``null``).
+    """
+    by_attack: dict[str, list[tuple[float, dict]]] = {}
+    for c in cells.values():
+        r = c.get("metered_radius_mean")
+        if r is None or not math.isfinite(r):
+            continue
+        by_attack.setdefault(c["attack"], []).append((r, c["final"]))
+    if not by_attack:
+        return {}
+    if grid is None:
+        lo = max(min(r for r, _ in pts) for pts in by_attack.values())
+        hi = min(max(r for r, _ in pts) for pts in by_attack.values())
+        if hi <= lo:
+            lo = min(min(r for r, _ in pts) for pts in by_attack.values())
+            hi = max(max(r for r, _ in pts) for pts in by_attack.values())
+        grid = list(np.linspace(lo, hi, 5)) if hi > lo else [lo]
+    out: dict = {"metered_radius": [float(g) for g in grid], "attacks": {}}
+    for name, pts in by_attack.items():
+        pts.sort(key=lambda t: t[0])
+        rs = np.array([p[0] for p in pts])
+        table: dict = {}
+        for d in ("t2i", "i2t"):
+            for k in ("R@1", "R@5", "R@10"):
+                ys = np.array([p[1][d][k] for p in pts])
+                vals = []
+                for g in grid:
+                    if g < rs[0] - 1e-12 or g > rs[-1] + 1e-12:
+                        vals.append(None)
+                    else:
+                        vals.append(float(np.interp(g, rs, ys)))
+                table[f"{d} {k}"] = vals
+        out["attacks"][name] = table
+    return out
+
+
+def run_attack(
+    heads_path: str | Path,
+    specs: Sequence[AttackSpec],
+    out: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    steps: int = 20,
+    record_steps: Sequence[int] | None = None,
+    n_images: int | None = 100,
+    batch_size: int = 8,
+    objective: str = "cmpm",
+    directions: Sequence[str] = ("i2t", "t2i"),
+    cache_dir: str | None = None,
+    attack_factory: Callable[..., Any] | None = None,
+    time_budget_s: float | None = None,
+    log: Log | None = print,
+    plots: bool = True,
+    extra_meta: dict | None = None,
+) -> dict:
+    """Attack the first ``n_images`` images of a split and write ``attack.json`` (+ plots) to ``out``.
+
+    Each cell runs ``steps`` iterations with ``success_fn=None`` (no early stop, so the R@K-vs-iteration
+    curve is complete) and records the embeddings after the iterations in ``record_steps`` through the
+    attack's ``callback``. Cells already in ``out/parts/`` are loaded instead of recomputed. With
+    ``time_budget_s`` no new cell starts once the budget is spent (the skipped cells are listed).
+    """
+    out = Path(out)
+    t_start = time.time()
+    factory = attack_factory or default_attack_factory
+    model, meta = load_model(heads_path)
+    ds = load_dataset(data or meta["data"], split)
+    ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
+    clean_full = retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels)
+    n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
+    idx = np.arange(n)
+    rec = sorted({0, steps, *(record_steps or range(steps + 1))})
+    rec = [t for t in rec if t <= steps]
+    obj = RetrievalObjective(et, ds.caption_labels, ei, ds.image_labels, kind=objective, directions=directions)
+    tower = model.image_tower()
+    size = meta.get("image_size")
+
+    def load(ii: Sequence[int]) -> torch.Tensor:
+        return ds.load_images(ii, size=size)
+
+    cells: dict[str, dict] = {}
+    skipped: list[str] = []
+    for spec in specs:
+        for key, overrides in spec.cells():
+            part = out / "parts" / (re.sub(r"[^A-Za-z0-9_.@=+-]", "_", key) + ".json")
+            if part.is_file():
+                cells[key] = json.loads(part.read_text())
+                if log:
+                    log(f"[{key}] loaded from {part}")
+                continue
+            if time_budget_s is not None and time.time() - t_start > time_budget_s:
+                skipped.append(key)
+                continue
+            if log:
+                log(f"[{key}] {n} images x {steps} iterations, overrides {overrides}")
+
+            def make(callback=None, _p=spec.preset, _o=overrides):
+                return factory(_p, tower, loss_fn=obj, success_fn=None, callback=callback, steps=steps, **_o)
+
+            res = attack_gallery(make, tower, load, obj, ei, ds.image_labels, et, ds.caption_labels,
+                                 ds.caption_image, idx, record_steps=rec, batch_size=batch_size, log=log)
+            cell = {"attack": spec.name, "preset": spec.preset, "overrides": overrides,
+                    "sweep_key": spec.sweep_key, **res.summary()}
+            write_json(part, cell)
+            if res.examples:
+                torch.save({k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()},
+                           part.with_suffix(".examples.pt"))
+            cells[key] = cell
+            if log:
+                f = cell["final"]
+                log(f"[{key}] final t2i {_fmt(f['t2i'])} i2t {_fmt(f['i2t'])}, metered "
+                    f"{cell['metered_radius_mean']}, {cell['seconds']}s")
+    result = {
+        "heads": str(heads_path), "data": data or meta["data"], "split": split, "match": ds.match,
+        "model": {k: meta.get(k) for k in ("image_backbone", "text_backbone", "image_size", "train_config")},
+        "objective": obj.describe(), "steps": steps, "record_steps": rec, "n_images": n,
+        "n_caption_queries": int(np.isin(ds.caption_image, idx).sum()),
+        "clean_full_split": clean_full, "cells": cells, "skipped_cells": skipped,
+        "matched_radius": matched_radius_table(cells),
+        "conventions": {
+            "recall": "R@K = % of queries with a correct item in the top K; pessimistic ties",
+            "t2i": "queries = captions of the attacked images; gallery = all split images with the attacked ones "
+                   "replaced by their adversarial versions",
+            "i2t": "queries = the attacked (adversarial) images; gallery = all captions of the split",
+            "hit": "same image (Flickr8k/COCO)" if ds.match == "image" else "same person id (CUHK-PEDES)",
+            "metered_radius": "exact OT cost between clean and adversarial image (library meter), mean over images",
+        },
+        "seconds": round(time.time() - t_start, 1),
+        **(extra_meta or {}),
+    }
+    write_json(out / "attack.json", result)
+    if plots and cells:
+        from .plots import plot_examples, plot_recall_vs_iterations, plot_recall_vs_radius
+
+        plot_recall_vs_iterations(result, out / "recall_vs_iterations.png")
+        plot_recall_vs_radius(result, out / "recall_vs_radius.png")
+        plot_examples(out, result, out / "examples.png")
+    return result
+
+
+def _asdict(obj: Any) -> dict:
+    return asdict(obj)
