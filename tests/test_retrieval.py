@@ -497,3 +497,37 @@ def test_gallery_attack_lowers_recall_with_standin(trained):
     s = res.summary()
     assert s["n_images"] == 24 and s["metered_radius_mean"] is None and "curve" in s
     json.dumps(s)
+
+
+def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
+    import sinkhorn_attacks.retrieval.experiment as ex
+    from sinkhorn_attacks.cli import main
+
+    def factory(preset, model, loss_fn, success_fn=None, callback=None, steps=5, **kw):
+        assert preset in ("linf-pgd", "other")
+        return StandInPGD(model, loss_fn, steps=steps, success_fn=success_fn, callback=callback, **kw)
+
+    monkeypatch.setattr(ex, "default_attack_factory", factory)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    common = ["--cache-dir", str(cache), "--threads", "1"]
+    assert main(["retrieval", "train", "--data", "synthetic:32", "--out", str(out), "--image-backbone", "small-cnn",
+                 "--text-backbone", "hashing", "--image-size", "0", "--epochs", "5", "--lr", "1e-2",
+                 "--embed-dim", "16", *common]) == 0
+    assert (out / "heads.pt").is_file() and json.loads((out / "train.json").read_text())["history"]
+    assert main(["retrieval", "evaluate", "--heads", str(out / "heads.pt"), "--out", str(out), *common]) == 0
+    ev = json.loads((out / "evaluate.json").read_text())
+    assert ev["n_images"] == 32 and ev["match"] == "image"
+    args = ["retrieval", "attack", "--heads", str(out / "heads.pt"), "--out", str(out / "atk"), "--n-images", "6",
+            "--steps", "2", "--batch-size", "4", "--attack", "linf-pgd:eps=2/255|8/255,step_size=2/255",
+            "--attack", "other:eps=1/255#B", "--meter-images", "1", "--meter-kernel", "3", *common]
+    assert main(args) == 0
+    res = json.loads((out / "atk" / "attack.json").read_text())
+    assert set(res["cells"]) == {"linf-pgd@eps=0.00784314", "linf-pgd@eps=0.0313725", "B"}
+    cell = res["cells"]["linf-pgd@eps=0.0313725"]
+    assert cell["steps"] == [0, 1, 2] and cell["metered_common_n"] == 1 and cell["metered_common_mean"] > 0
+    assert res["matched_radius"]["radius_field"] == "metered_common_mean"
+    for f in ("recall_vs_iterations.png", "recall_vs_radius.png", "examples.png"):
+        assert (out / "atk" / f).stat().st_size > 1000
+    # a rerun resumes from parts/ without attacking again
+    monkeypatch.setattr(ex, "default_attack_factory", None)
+    assert main(args + ["--no-plots"]) == 0

@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
                       embed_dim=args.embed_dim, use_cmpc=not args.no_cmpc, seed=args.seed)
     run = TrainRun(data=args.data, out=args.out, image_backbone=args.image_backbone,
                    text_backbone=args.text_backbone, image_size=args.image_size or None, eval_split=args.eval_split,
-                   train=cfg, cache_dir=args.cache_dir)
+                   train=cfg, cache_dir=args.cache_dir,
+                   backbone_kwargs={"image": {"input_size": args.model_input_size}} if args.model_input_size else {})
     s = run_train(run)
     print(f"saved {os.path.join(args.out, 'heads.pt')}; eval ({args.eval_split}) {s['final_eval']}")
     return 0
@@ -56,7 +57,8 @@ def _attack(args: argparse.Namespace) -> int:
                      record_steps=record, n_images=args.n_images, batch_size=args.batch_size,
                      objective=args.objective, directions=tuple(args.directions.split(",")),
                      cache_dir=args.cache_dir, time_budget_s=args.time_budget * 60 if args.time_budget else None,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, meter_images=args.meter_images, meter_kernel=args.meter_kernel or None,
+                     meter_p=args.meter_p)
     print(f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
           f"{len(res['skipped_cells'])} skipped)")
     return 0
@@ -79,7 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     t.add_argument("--out", required=True, help="output folder (heads.pt, train.json)")
     t.add_argument("--image-backbone", default="efficientnet-lite0", help="efficientnet-lite0 | small-cnn")
     t.add_argument("--text-backbone", default="minilm", help="minilm | hashing")
-    t.add_argument("--image-size", type=int, default=128, help="square input size in px (0: keep)")
+    t.add_argument("--image-size", type=int, default=128,
+                   help="images are resized to this square size before the model (0: keep); attacks act on it")
+    t.add_argument("--model-input-size", type=int, default=None,
+                   help="efficientnet-lite0 only: bilinear resize inside the model to this size (e.g. attack "
+                        "64 px images that the network sees at 128 px)")
     t.add_argument("--eval-split", default="val")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=128)
@@ -115,6 +121,10 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     a.add_argument("--directions", default="i2t,t2i")
     a.add_argument("--time-budget", type=float, default=None, help="minutes; no new cell starts after it")
     a.add_argument("--no-plots", action="store_true")
+    a.add_argument("--meter-images", type=int, default=0,
+                   help="meter the first n images of every cell with the exact OT meter (one ruler for all attacks)")
+    a.add_argument("--meter-kernel", type=int, default=5, help="window of the common meter's cost (0: whole image)")
+    a.add_argument("--meter-p", type=float, default=1.0, help="exponent p of the common meter's cost d^p")
     common(a)
     a.set_defaults(func=_attack)
 

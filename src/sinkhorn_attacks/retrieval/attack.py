@@ -225,6 +225,8 @@ class GalleryAttackResult:
     l2: np.ndarray
     seconds: float
     examples: dict[str, Tensor] = field(default_factory=dict)
+    metered_common: np.ndarray | None = None
+    meter_description: str | None = None
 
     def summary(self) -> dict[str, Any]:
         fin = np.isfinite(self.metered_radius)
@@ -246,7 +248,19 @@ class GalleryAttackResult:
             "l2_mean": stat(self.l2),
             "iterations_mean": stat(self.iterations),
             "seconds": round(self.seconds, 1),
+            **self._common_summary(),
         }
+
+    def _common_summary(self) -> dict[str, Any]:
+        if self.metered_common is None:
+            return {}
+        m = self.metered_common[~np.isnan(self.metered_common)]
+        fin = m[np.isfinite(m)]
+        return {"meter": self.meter_description, "metered_common_n": int(m.size),
+                "metered_common_infinite": int(m.size - fin.size),
+                "metered_common_mean": float(fin.mean()) if fin.size else None,
+                "metered_common_median": float(np.median(fin)) if fin.size else None,
+                "metered_common_values": [float(v) for v in m]}
 
 
 _ALIASES = {"adv": ("adv", "x_adv"), "radius": ("radius", "radius_nominal"),
@@ -286,6 +300,9 @@ def attack_gallery(
     ks: Sequence[int] = (1, 5, 10),
     log: Callable[[str], None] | None = print,
     keep_examples: int = 3,
+    meter: Callable[[Tensor, Tensor], Tensor] | None = None,
+    meter_images: int = 0,
+    meter_description: str | None = None,
 ) -> GalleryAttackResult:
     """Attack the gallery images ``image_indices`` in batches and measure R@K along the way.
 
@@ -302,6 +319,8 @@ def attack_gallery(
             owners (the t2i queries evaluated are the captions of the attacked images).
         record_steps: iterations at which to embed ``x_adv`` (``0`` = clean is always included); the final
             adversarial images are evaluated separately as ``final_metrics``.
+        meter, meter_images: ``meter(clean, adv) -> (B,)`` applied to the first ``meter_images`` attacked images
+            (one common ruler for all attacks, e.g. ``exact_ot`` with a fixed cost), stored as ``metered_common``.
     """
     idx_all = np.asarray(image_indices, dtype=np.int64)
     steps = sorted({0, *[int(s) for s in record_steps]})
@@ -311,6 +330,7 @@ def attack_gallery(
     succ = np.zeros(n, bool)
     radius, metered, iters = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     linf, l2 = np.zeros(n), np.zeros(n)
+    common = np.full(n, np.nan) if meter is not None else None
     examples: dict[str, list[Tensor]] = {"clean": [], "adv": []}
     t0 = time.time()
     for s in range(0, n, batch_size):
@@ -344,6 +364,9 @@ def attack_gallery(
         d = (adv - x).flatten(1)
         linf[sl] = d.abs().max(1).values.double().numpy()
         l2[sl] = d.norm(dim=1).double().numpy()
+        if common is not None and sl.start < meter_images:
+            k = min(meter_images - sl.start, len(bidx))
+            common[sl.start:sl.start + k] = torch.as_tensor(meter(x[:k], adv[:k])).double().cpu().numpy()
         if len(examples["clean"]) < keep_examples:
             k = keep_examples - len(examples["clean"])
             examples["clean"].extend(list(x[:k]))
@@ -364,4 +387,5 @@ def attack_gallery(
     return GalleryAttackResult(image_indices=idx_all, steps=steps, embeddings=rec, metrics=metrics,
                                final_metrics=evaluate(final), success=succ, radius=radius,
                                metered_radius=metered, iterations=iters, linf=linf, l2=l2,
-                               seconds=time.time() - t0, examples=ex)
+                               seconds=time.time() - t0, examples=ex, metered_common=common,
+                               meter_description=meter_description)

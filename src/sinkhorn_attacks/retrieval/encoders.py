@@ -103,6 +103,8 @@ class EfficientNetLite0Backbone(ImageBackbone):
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
             self.net = eff.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
         self.input_size = input_size
+        if input_size is not None:
+            self.name = f"efficientnet-lite0-in{int(input_size)}"  # distinct feature-cache keys
         self.freeze()
 
     def forward(self, x: Tensor) -> Tensor:

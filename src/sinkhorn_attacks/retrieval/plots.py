@@ -76,9 +76,10 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
     cols = _colours(names)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
     clean = None
+    field = (result.get("matched_radius") or {}).get("radius_field", "metered_radius_mean")
     for name in names:
-        pts = sorted(((c["metered_radius_mean"], c) for c in result["cells"].values()
-                      if c["attack"] == name and c.get("metered_radius_mean") is not None), key=lambda t: t[0])
+        pts = sorted(((c[field], c) for c in result["cells"].values()
+                      if c["attack"] == name and c.get(field) is not None), key=lambda t: t[0])
         if not pts:
             continue
         clean = pts[0][1]["curve"]["0"]
