@@ -229,9 +229,11 @@ class GalleryAttackResult:
     meter_description: str | None = None
 
     def summary(self) -> dict[str, Any]:
+        known = ~np.isnan(self.metered_radius)
         fin = np.isfinite(self.metered_radius)
 
         def stat(a: np.ndarray) -> float | None:
+            a = a[~np.isnan(a)]
             return float(np.mean(a)) if a.size else None
 
         return {
@@ -239,11 +241,11 @@ class GalleryAttackResult:
             "steps": self.steps,
             "curve": {str(t): self.metrics[t] for t in self.steps},
             "final": self.final_metrics,
-            "success_rate": stat(self.success.astype(float)),
+            "success_rate": stat(self.success.astype(float)),  # None when the attack reports no success
             "nominal_radius_mean": stat(self.radius),
             "metered_radius_mean": float(np.mean(self.metered_radius[fin])) if fin.any() else None,
             "metered_radius_median": float(np.median(self.metered_radius[fin])) if fin.any() else None,
-            "metered_infinite": int((~fin).sum()),
+            "metered_infinite": int((known & ~fin).sum()),
             "linf_mean": stat(self.linf),
             "l2_mean": stat(self.l2),
             "iterations_mean": stat(self.iterations),
@@ -327,7 +329,7 @@ def attack_gallery(
     rec = {t: clean_img_emb[idx_all].clone().float() for t in steps}
     final = clean_img_emb[idx_all].clone().float()
     n = idx_all.size
-    succ = np.zeros(n, bool)
+    succ = np.full(n, np.nan)
     radius, metered, iters = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     linf, l2 = np.zeros(n), np.zeros(n)
     common = np.full(n, np.nan) if meter is not None else None
@@ -357,7 +359,8 @@ def attack_gallery(
             if t > stop:
                 rec[t][sl] = e_adv
         b = len(bidx)
-        succ[sl] = _attr(res, "success", b) > 0.5
+        sv = _attr(res, "success", b)
+        succ[sl] = np.where(np.isnan(sv), np.nan, sv > 0.5)
         radius[sl] = _attr(res, "radius", b)
         metered[sl] = _attr(res, "metered_radius", b)
         iters[sl] = _attr(res, "iterations", b)
