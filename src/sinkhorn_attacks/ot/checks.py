@@ -31,9 +31,7 @@ def check_measure(t: torch.Tensor, name: str, *, upper: float | None = None) -> 
     if upper is not None:
         hi = float(t.max())
         if hi > upper + 1e-6:
-            raise ValueError(
-                f"{name} has entries above {upper} (max {hi:.4g}); images must lie in [0, {upper}]"
-            )
+            raise ValueError(f"{name} has entries above {upper} (max {hi:.4g}); images must lie in [0, {upper}]")
     return t
 
 

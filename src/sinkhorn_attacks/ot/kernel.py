@@ -19,6 +19,7 @@ It is computed as a two-pass streaming log-sum-exp over the ``k*k`` shifted view
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
@@ -64,7 +65,7 @@ def _shifts(v: torch.Tensor, cost: LocalCost, fill: float) -> Iterator[tuple[tor
     n, h, w = v.shape
     r = cost.radius(h, w)
     vp = F.pad(v, (r, r, r, r), value=fill) if r else v
-    for di, dj, c in cost.offsets(h, w):
+    for di, dj, c in _offsets(cost, h, w):
         yield vp[:, r + di : r + di + h, r + dj : r + dj + w], c
 
 
@@ -73,9 +74,19 @@ def _use_dense(cost: LocalCost, h: int, w: int) -> bool:
     return k * k > 2 * h * w
 
 
+@functools.lru_cache(maxsize=64)
+def _dense_cost(cost: LocalCost, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return cost.dense(h, w, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(cost: LocalCost, h: int, w: int) -> tuple[tuple[int, int, float], ...]:
+    return tuple(cost.offsets(h, w))
+
+
 def _dense_lse(v: torch.Tensor, cost: LocalCost, eta, power: int) -> torch.Tensor:
     n, h, w = v.shape
-    c = cost.dense(h, w, dtype=v.dtype, device=v.device)  # (hw, hw), symmetric
+    c = _dense_cost(cost, h, w, v.dtype, v.device)  # (hw, hw), symmetric
     logw = torch.log(c) * power if power else None
     vf = v.reshape(n, 1, h * w)
     out = torch.empty(n, h * w, dtype=v.dtype, device=v.device)

@@ -93,9 +93,7 @@ def uot_terms(
     lt = local_lse(g_lse, cost, eta, power=1)
     transport = _sum_hw(torch.exp(torch.where(torch.isneginf(f), f, f / eta + lt)))
     diag_log = (f + g_lse) / eta
-    stay = _sum_hw(
-        torch.where(torch.isneginf(f) | torch.isposinf(g), torch.zeros_like(f), torch.exp(diag_log))
-    )
+    stay = _sum_hw(torch.where(torch.isneginf(f) | torch.isposinf(g), torch.zeros_like(f), torch.exp(diag_log)))
     mass = _sum_hw(a)
     # eta H(P) = sum P (f_i + g_j - C_ij) - eta sum P = <a, f> + <b, g> - <P, C> - eta m
     af = _sum_hw(torch.where(a > 0, a * _finite_or_zero(f), torch.zeros_like(a)))
@@ -116,9 +114,7 @@ def uot_terms(
         log_astar, log_bstar = lx, lz
     else:
         tau_t = tau
-        tau_b = (
-            tau_t.reshape(tau_t.shape[:2]) if isinstance(tau_t, torch.Tensor) and tau_t.dim() == 4 else tau_t
-        )
+        tau_b = tau_t.reshape(tau_t.shape[:2]) if isinstance(tau_t, torch.Tensor) and tau_t.dim() == 4 else tau_t
         ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau_t))
         eg = torch.where(torch.isposinf(g), torch.ones_like(g), 1 - torch.exp(-_finite_or_zero(g) / tau_t))
         dual = -eta_b * mass + tau_b * _sum_hw(x * ef) + tau_b * _sum_hw(z * eg)
