@@ -1,0 +1,168 @@
+"""Baseline Wasserstein attacks (Wong, Hu, Wu) on the transport engine: agreement and feasibility."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special
+
+from sinkhorn_attacks.ot.cost import LocalCost
+from sinkhorn_attacks.projections.sinkhorn import (
+    HuProjection,
+    WongProjection,
+    conjugate_sinkhorn,
+    hu_project,
+    sinkhorn_project,
+    wright_omega,
+)
+
+# ------------------------------------------------------------------------------------------------ omega
+
+
+def test_wright_omega_float64_matches_scipy() -> None:
+    y = np.concatenate([np.linspace(-700, 50, 4001), np.logspace(0, 5, 400), [-1.0, 0.0, 1.0]])
+    ref = special.wrightomega(y)
+    got = wright_omega(torch.tensor(y, dtype=torch.float64)).numpy()
+    assert np.all(np.isfinite(got))
+    assert np.max(np.abs(got - ref) / ref) < 1e-12
+
+
+def test_wright_omega_float32_and_limits() -> None:
+    y = np.concatenate([np.linspace(-80, 50, 2001), np.logspace(0, 5, 200)])
+    ref = special.wrightomega(y.astype(np.float32).astype(np.float64))
+    got = wright_omega(torch.tensor(y, dtype=torch.float32)).double().numpy()
+    assert np.max(np.abs(got - ref) / ref) < 2e-6
+    special_in = torch.tensor([-math.inf, -1e4, -700.0, 1e5], dtype=torch.float32)
+    out = wright_omega(special_in)
+    assert out[0] == 0 and out[1] == 0 and torch.isfinite(out).all()
+    assert abs(float(out[3]) - special.wrightomega(1e5)) / 1e5 < 1e-6
+
+
+# ---------------------------------------------------------------------------------- dense reference
+
+
+def _dense_wong(x, w, cost: LocalCost, eps, lam, sweeps):
+    """Brute-force float64 projected Sinkhorn with a dense cost (same block updates, scipy Lambert-W)."""
+    B, c, h, wd = x.shape
+    C = cost.dense(h, wd).numpy()
+    n = h * wd
+    out = []
+    for b in range(B):
+        N = float(x[b].sum())
+        X = (x[b] / N).reshape(c, n).numpy().astype(np.float64)
+        Y = (w[b] / N).reshape(c, n).numpy().astype(np.float64)
+        m = c * n
+        alpha = np.full((c, n), math.log(1 / m))
+        beta = np.full((c, n), math.log(1 / m))
+        psi = 1.0
+        for _ in range(sweeps):
+            K = np.exp(-psi * C - 1)  # exp(-inf) = 0 outside the window
+            with np.errstate(divide="ignore"):
+                alpha = np.log(np.exp(-beta) @ K.T) - np.log(X)
+            ea = np.exp(-alpha)
+            a = ea @ K  # K symmetric
+            beta = np.real(special.lambertw(lam * np.exp(lam * Y) * a)) - lam * Y
+            eb = np.exp(-beta)
+            CK = np.where(np.isfinite(C), C, 0) * K
+            g = -eps + np.sum(ea * (eb @ CK.T))
+            hh = -np.sum(ea * (eb @ (np.where(np.isfinite(C), C, 0) * CK).T))
+            d = g / hh
+            t = 1.0
+            while psi - t * d < 0 and t > 1e-2:
+                t /= 2
+            psi = max(psi - t * d, 0.0)
+        out.append((Y + beta / lam) * N)
+    return np.stack(out).reshape(x.shape)
+
+
+def _toy(B=2, c=1, h=4, w=4, seed=0, bright=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, c, h, w, generator=g, dtype=torch.float64)
+    x[x < 0.3] = 0.0  # zero pixels (alpha = +inf)
+    x[:, :, 0, 0] = 0.5
+    step = 0.1 * torch.randn(B, c, h, w, generator=g, dtype=torch.float64).sign()
+    wimg = x + step
+    if bright:
+        wimg = wimg * 3
+    return x, wimg
+
+
+@pytest.mark.parametrize(
+    "cost,shape",
+    [(LocalCost(3, 2.0), (2, 1, 4, 4)), (LocalCost(None, 2.0), (2, 2, 4, 4)), (LocalCost(3, 1.0), (1, 1, 5, 5))],
+)
+def test_wong_projection_matches_dense_reference(cost: LocalCost, shape) -> None:
+    x, w = _toy(*shape)
+    lam, eps, sweeps = 50.0, 0.05, 60
+    ref = _dense_wong(x, w, cost, eps, lam, sweeps)
+    r = sinkhorn_project(x, w, cost, eps, lam, max_iter=sweeps - 1, rtol=0.0, atol=0.0)
+    assert int(r.iterations.max()) == sweeps
+    assert np.max(np.abs(r.z.numpy() - ref)) < 1e-9 * max(1.0, np.abs(ref).max())
+
+
+def test_wong_projection_feasible_at_convergence() -> None:
+    cost = LocalCost(3, 2.0)
+    x, w = _toy(3, 1, 5, 5, seed=1)
+    eps = 0.02
+    r = sinkhorn_project(x, w, cost, eps, 200.0, max_iter=3000, stopping="dual", rtol=1e-12, atol=1e-14)
+    assert torch.isfinite(r.z).all()
+    # budget active (psi > 0) => plan cost on the budget; mass conserved by z (column marginal)
+    assert (r.psi > 0).all()
+    assert torch.allclose(r.transport, torch.full_like(r.transport, eps), rtol=1e-4)
+    N = x.flatten(1).sum(1)
+    assert torch.allclose(r.z.flatten(1).sum(1) / N, torch.ones(3, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(r.mass, torch.ones(3, dtype=torch.float64), atol=1e-4)
+
+
+@pytest.mark.parametrize("lam", [10.0, 100.0, 1000.0, 10000.0])
+def test_wong_no_overflow_float32(lam: float) -> None:
+    x, w = _toy(2, 1, 6, 6, seed=2, bright=True)
+    x, w = x.float() * 0.05, w.float()  # a dim clean image: normalised w is large (lam * w >> 88.7)
+    r = sinkhorn_project(x, w, LocalCost(5, 2.0), 0.5, lam, max_iter=50)
+    assert torch.isfinite(r.z).all() and torch.isfinite(r.psi).all() and torch.isfinite(r.transport).all()
+    h = hu_project(x, w, LocalCost(5, 1.0), 0.5, lam, max_iter=30, extra_iter=20)
+    assert torch.isfinite(h.z).all() and torch.isfinite(h.transport).all()
+
+
+def test_hu_box_and_budget() -> None:
+    cost = LocalCost(3, 1.0)
+    x, w = _toy(3, 1, 6, 6, seed=3)
+    w = w + 0.6 * (w > 0.5)  # push bright pixels past 1
+    r = hu_project(x, w, cost, 0.05, 200.0, max_iter=400, budget_tol=1e-4, mass_tol=1e-3)
+    assert torch.isfinite(r.z).all()
+    assert float(r.z.max()) <= 1.0 + 1e-6
+    assert (r.transport <= 0.05 + 1e-4).all()
+    N = x.flatten(1).sum(1)
+    assert torch.allclose(r.z.flatten(1).sum(1) / N, torch.ones(3, dtype=torch.float64), atol=2e-3)
+    assert r.converged.all()
+
+
+def test_hu_hard_iteration_cap() -> None:
+    x, w = _toy(2, 1, 5, 5, seed=4)
+    r = hu_project(x, w, LocalCost(3, 1.0), 1e-9, 1000.0, max_iter=3, budget_tol=0.0, mass_tol=0.0, extra_iter=5)
+    assert int(r.iterations.max()) <= 8
+
+
+def test_conjugate_sinkhorn_moves_mass_within_budget() -> None:
+    x, _ = _toy(2, 1, 5, 5, seed=5)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    z = conjugate_sinkhorn(x, grad, LocalCost(3, 2.0), 0.05, 100.0, max_iter=500, rtol=0.0, atol=0.0)
+    assert torch.isfinite(z).all() and (z >= 0).all()
+    N = x.flatten(1).sum(1)
+    assert torch.allclose(z.flatten(1).sum(1) / N, torch.ones(2, dtype=torch.float64), atol=1e-3)
+
+
+def test_projection_protocol() -> None:
+    x, w = _toy(3, 1, 6, 6, seed=6)
+    x, w = x.clamp(0, 1).float(), w.float()
+    radius = torch.full((3,), 0.1)
+    for proj in (WongProjection(LocalCost(3, 2.0), 100.0, 20), HuProjection(LocalCost(3, 1.0), 100.0, 20)):
+        z, state, info = proj(x, w, radius, None)
+        assert z.shape == x.shape and z.dtype == x.dtype and 0 <= float(z.min()) and float(z.max()) <= 1
+        assert all(v.shape[0] == 3 for v in state.values())
+        assert all(v.shape == (3,) for v in info.values()) and "certified_radius" in info
+        z2, _, _ = proj(x, w, radius, state)
+        assert torch.isfinite(z2).all()
