@@ -166,3 +166,133 @@ def test_projection_protocol() -> None:
         assert all(v.shape == (3,) for v in info.values()) and "certified_radius" in info
         z2, _, _ = proj(x, w, radius, state)
         assert torch.isfinite(z2).all()
+
+
+# ------------------------------------------------------------------------------------------------- Wu
+
+from sinkhorn_attacks.attacks.frank_wolfe import WuFrankWolfe, WuPGD, wu_frank_wolfe  # noqa: E402
+from sinkhorn_attacks.projections.coupling import (  # noqa: E402
+    capacity_projection,
+    column_marginal,
+    coupling_cost,
+    dual_projection,
+    entropic_lmo,
+    identity_coupling,
+    simplex_project_rows,
+    window_mask,
+)
+from sinkhorn_attacks.projections.lp import L2Projection, LinfProjection  # noqa: E402
+
+
+def _simplex_ref(g, s, mask):
+    """Sort-free reference: bisection on theta for sum_d max(g_d - theta, 0) = s_i."""
+    gm = torch.where(mask, g, torch.full_like(g, -1e30))
+    lo = g.amin(-3, keepdim=True) - s.unsqueeze(-3) - 1
+    hi = g.amax(-3, keepdim=True)
+    for _ in range(200):
+        th = (lo + hi) / 2
+        over = (gm - th).clamp_min(0).sum(-3, keepdim=True) > s.unsqueeze(-3)
+        lo, hi = torch.where(over, th, lo), torch.where(over, hi, th)
+    return torch.where(mask, (g - hi).clamp_min(0), torch.zeros_like(g))
+
+
+def _coupling_toy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 2, 5, 5, generator=g, dtype=torch.float64)
+    noise = torch.randn(2, 2, 9, 5, 5, generator=g, dtype=torch.float64)
+    return x, noise
+
+
+def test_simplex_projection_matches_sort_free_reference() -> None:
+    cost = LocalCost(3, 1.0)
+    x, g = _coupling_toy()
+    mask = window_mask(x, cost)
+    p = simplex_project_rows(g, x, mask)
+    assert torch.allclose(p, _simplex_ref(g, x, mask), atol=1e-12)
+    assert torch.allclose(p.sum(-3), x, atol=1e-12) and (p >= 0).all() and (p[..., ~mask] == 0).all()
+
+
+def _assert_feasible(pi, x, cost, budget, tol=1e-6):
+    mask = window_mask(x, cost)
+    assert (pi >= -1e-15).all() and (pi[..., ~mask].abs() < 1e-15).all()
+    assert torch.allclose(pi.sum(-3), x, atol=1e-9)
+    assert (coupling_cost(pi, cost) <= budget + tol).all()
+
+
+def test_dual_projection_and_lmo_feasible() -> None:
+    cost = LocalCost(3, 1.0)
+    x, noise = _coupling_toy(1)
+    budget = torch.tensor([0.3, 0.6], dtype=torch.float64) * x.flatten(1).sum(1) / 10
+    q = dual_projection(identity_coupling(x, cost) + 0.5 * noise, x, cost, budget, max_iter=60, tol=1e-9, int_tol=1e-12)
+    _assert_feasible(q, x, cost, budget)
+    assert torch.allclose(coupling_cost(q, cost), budget, rtol=1e-4)  # budget active
+    s = entropic_lmo(noise, x, cost, budget, 1e-3)
+    _assert_feasible(s, x, cost, budget)
+    # projection is the nearest feasible point: no feasible convex combination with the LMO vertex is closer
+    G = identity_coupling(x, cost) + 0.5 * noise
+    for t in (0.1, 0.3):
+        other = (1 - t) * q + t * s
+        assert ((other - G).flatten(1).norm(dim=1) >= (q - G).flatten(1).norm(dim=1) - 1e-9).all()
+
+
+def test_capacity_projection_respects_budget_and_reduces_overflow() -> None:
+    cost = LocalCost(3, 1.0)
+    x, noise = _coupling_toy(2)
+    x = x * 1.3
+    budget = 0.3 * x.flatten(1).sum(1)
+    pi = capacity_projection(identity_coupling(x, cost) + 0.1 * noise, x, cost, budget, iterations=200)
+    _assert_feasible(pi, x, cost, budget, tol=1e-5)
+    over_before = (x - 1).clamp_min(0).sum()
+    over_after = (column_marginal(pi, cost) - 1).clamp_min(0).sum()
+    assert over_after < 0.2 * over_before
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self, c=1, h=6, w=6, k=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = torch.nn.Linear(c * h * w, k)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(k, c * h * w, generator=g))
+
+    def forward(self, x):
+        return self.lin(x.flatten(1).to(self.lin.weight.dtype))
+
+
+def test_frank_wolfe_iterates_feasible() -> None:
+    cost = LocalCost(3, 1.0)
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 2])
+    net = _TinyNet()
+    budget = 0.2 * x.flatten(1).sum(1)
+    for steps in (1, 3, 6):
+        adv, pi = wu_frank_wolfe(net, x, y, cost, 0.2, steps)
+        assert (pi >= 0).all() and torch.allclose(pi.sum(-3), x, atol=1e-5)
+        assert (coupling_cost(pi, cost) <= budget * (1 + 1e-4) + 1e-5).all()
+        assert torch.allclose(adv.flatten(1).sum(1), x.flatten(1).sum(1), rtol=1e-5)
+
+
+def test_attack_classes_and_presets_run() -> None:
+    from sinkhorn_attacks.attacks.presets import from_preset
+
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 1, 2])
+    net = _TinyNet()
+    for atk in (WuFrankWolfe(net, cost=LocalCost(3, 1.0), eps=0.2, steps=3, meter_cost=None),
+                WuPGD(net, cost=LocalCost(3, 1.0), eps=0.2, steps=3, post_iterations=20, meter_cost=None)):  # fmt: skip
+        res = atk(x, y)
+        assert res.adv.shape == x.shape and len(res) == 3
+    for name in ("wong2019-mnist", "hu2020-mnist", "fair-wong", "fair-hu"):
+        atk = from_preset(name, net, steps=2, sinkhorn_iters=5, kernel_size=3, meter_cost=None)
+        res = atk(x, y)
+        assert torch.isfinite(res.adv).all() and 0 <= float(res.adv.min()) and float(res.adv.max()) <= 1
+
+
+def test_lp_projections() -> None:
+    x = torch.rand(2, 1, 4, 4)
+    w = x + torch.randn(2, 1, 4, 4)
+    r = torch.tensor([0.1, 0.5])
+    z, _, info = LinfProjection()(x, w, r, None)
+    assert ((z - x).flatten(1).abs().amax(1) <= r + 1e-6).all() and z.min() >= 0 and z.max() <= 1
+    z, _, info = L2Projection()(x, w, r, None)
+    assert ((z - x).flatten(1).norm(dim=1) <= r + 1e-6).all() and z.min() >= 0 and z.max() <= 1

@@ -1,0 +1,239 @@
+"""Local couplings and their projections (Wu, Wang, Yu 2020), on the window shifts of ``ot/kernel.py``.
+
+A local coupling of an image ``x`` (B, C, H, W) is stored per source pixel as ``pi`` (B, C, K, H, W):
+``pi[..., d, i]`` is the mass sent from pixel ``i`` to ``i + delta_d`` (``K = k*k`` offsets in the order of
+``cost.offsets``, zero offset first). Offsets leaving the image are invalid and carry no mass. Then
+
+    row marginal     pi 1       = pi.sum(K)                         (must equal x)
+    column marginal  pi^T 1     = scatter_window(pi)                (the adversarial image)
+    cost             <C, pi>    = sum_d c_d pi[d]                   (c_d = |delta_d|^p, pixel units)
+
+Wu's constraint set (raw units, budget on the normalised image)::
+
+    Pi(x, eps) = { pi >= 0,  pi 1 = x,  <C, pi> <= eps ||x||_1 }     [+ pi^T 1 <= 1 with the capacity step]
+
+* Euclidean projection onto ``Pi``: ``pi*(mu) = rowsimplex(G - mu C)`` (each row projected onto
+  ``{p >= 0, sum p = x_i}``), ``mu >= 0`` found by bisection so that ``<C, pi*(mu)> = eps ||x||_1``.
+* Entropic LMO: ``argmax_{pi 1 = x, <C,pi> <= eps} <G, pi> + gamma H(pi)`` is
+  ``pi*(mu)_i = x_i softmax_d((G_id - mu c_d) / gamma)``, ``mu`` again by bisection.
+* Capacity-constrained projection: adds ``pi^T 1 <= 1`` with a column dual ``nu >= 0``:
+  ``pi*(mu, nu) = rowsimplex(G - mu C - gather_window(nu))``, projected (momentum) dual ascent on ``nu``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ot.cost import LocalCost
+from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets
+
+__all__ = [
+    "identity_coupling",
+    "column_marginal",
+    "coupling_cost",
+    "window_mask",
+    "simplex_project_rows",
+    "dual_projection",
+    "entropic_lmo",
+    "capacity_projection",
+]
+
+_NEG = -1e30
+
+
+def window_mask(x: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """Valid offsets ``(K, H, W)`` (bool) for images shaped like ``x`` (.., H, W)."""
+    return valid_offsets(cost, x.shape[-2], x.shape[-1], device=x.device)
+
+
+def _cvec(x: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    return offset_costs(cost, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)  # (K, 1, 1)
+
+
+def identity_coupling(x: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """``pi_ii = x_i`` (no transport): all mass on the zero offset. Shape (B, C, K, H, W)."""
+    k = len(cost.offsets(x.shape[-2], x.shape[-1]))
+    pi = torch.zeros(x.shape[:-2] + (k,) + x.shape[-2:], dtype=x.dtype, device=x.device)
+    pi[..., 0, :, :] = x
+    return pi
+
+
+def column_marginal(pi: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """``pi^T 1``: the transported image (B, C, H, W)."""
+    return scatter_window(pi, cost)
+
+
+def coupling_cost(pi: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """``<C, pi>`` per example (summed over channels), raw units."""
+    c = _cvec(pi, cost)
+    return (pi * c).flatten(1).sum(1)
+
+
+def _b(t: torch.Tensor, nd: int) -> torch.Tensor:
+    return t.reshape((-1,) + (1,) * (nd - 1))
+
+
+def simplex_project_rows(g: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Project every row ``g[..., :, i]`` (the K axis is dim -3) onto ``{p >= 0, sum_d p_d = s_i}``.
+
+    Sort-based (Held et al.; Duchi et al. 2008): with ``u`` sorted decreasingly and
+    ``rho = max{k : u_k - (sum_{l<=k} u_l - s)/k > 0}``, ``theta = (sum_{l<=rho} u_l - s)/rho`` and
+    ``p = max(g - theta, 0)``. Entries where ``mask`` is False are excluded (set to 0).
+
+    Args:
+        g: (..., K, H, W); s: (..., H, W) non-negative row sums; mask: (K, H, W) bool or None.
+    """
+    if mask is not None:
+        g = torch.where(mask, g, torch.full_like(g, _NEG))
+    u, _ = torch.sort(g, dim=-3, descending=True)
+    css = torch.cumsum(u, dim=-3) - s.unsqueeze(-3)
+    k = torch.arange(1, g.shape[-3] + 1, dtype=g.dtype, device=g.device).reshape(-1, 1, 1)
+    cond = u - css / k > 0
+    rho = (cond * k).amax(dim=-3, keepdim=True).clamp_min(1)  # last index where cond holds (cond is a prefix)
+    theta = torch.gather(css, -3, rho.long() - 1) / rho
+    out = (g - theta).clamp_min(0)
+    if mask is not None:
+        out = torch.where(mask, out, torch.zeros_like(out))
+    return out
+
+
+def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_iter: int, tol: float, int_tol: float):
+    """Per-example bisection on a decreasing ``fn(mu)`` for ``fn(mu) = target``; returns the right end."""
+    done = torch.zeros_like(lo, dtype=torch.bool)
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        val = fn(mid)
+        over = val > target
+        lo = torch.where(over & ~done, mid, lo)
+        hi = torch.where(~over & ~done, mid, hi)
+        done |= ((val - target).abs() < tol) & ~over | ((hi - lo) < int_tol)
+        if bool(done.all()):
+            break
+    return hi
+
+
+def dual_projection(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    cost: LocalCost,
+    budget: torch.Tensor,
+    *,
+    max_iter: int = 25,
+    tol: float = 1e-4,
+    int_tol: float = 1e-4,
+) -> torch.Tensor:
+    """Euclidean projection of ``g`` (B, C, K, H, W) onto ``Pi(x)`` with ``<C, pi> <= budget`` (B,).
+
+    ``pi(mu) = rowsimplex(g - mu C)``; if ``pi(0)`` is within budget it is the answer, otherwise ``mu``
+    is bisected on ``[0, 2 ||g||_inf + ||x||_inf]`` (Wu's bracket) until ``|<C,pi> - budget| < tol`` or
+    the interval is below ``int_tol`` (at most ``max_iter`` halvings), returning the right (feasible) end.
+    """
+    mask = window_mask(x, cost)
+    c = _cvec(x, cost)
+    nd = g.dim()
+
+    def proj(mu: torch.Tensor) -> torch.Tensor:
+        return simplex_project_rows(g - _b(mu, nd) * c, x, mask)
+
+    zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
+    p0 = proj(zero)
+    ok = coupling_cost(p0, cost) <= budget
+    if bool(ok.all()):
+        return p0
+    hi = 2 * g.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
+    mu = _bisect(lambda m: coupling_cost(proj(m), cost), zero, hi, budget, max_iter, tol, int_tol)
+    return torch.where(_b(ok, nd), p0, proj(torch.where(ok, zero, mu)))
+
+
+def entropic_lmo(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    cost: LocalCost,
+    budget: torch.Tensor,
+    gamma: float = 1e-3,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    int_tol: float = 1e-4,
+) -> torch.Tensor:
+    """Entropy-smoothed linear maximisation oracle over ``Pi(x)`` (Wu's dual LMO).
+
+    ``pi*(mu)[d, i] = x_i softmax_d((g[d, i] - mu c_d) / gamma)``; ``mu = 0`` if that is within budget,
+    else bisection on ``[0, 2 ||g||_inf + gamma max(0, log(sum x c_max / budget))]`` (bracket widened by
+    doubling if still infeasible), returning the right end.
+    """
+    mask = window_mask(x, cost)
+    c = _cvec(x, cost)
+    nd = g.dim()
+
+    def lmo(mu: torch.Tensor) -> torch.Tensor:
+        a = torch.where(mask, (g - _b(mu, nd) * c) / gamma, torch.full_like(g, -math.inf))
+        return x.unsqueeze(-3) * torch.softmax(a, dim=-3)
+
+    zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
+    p0 = lmo(zero)
+    ok = coupling_cost(p0, cost) <= budget
+    if bool(ok.all()):
+        return p0
+    cmax = float(c.max())
+    ratio = (x.flatten(1).sum(1) * cmax / budget.clamp_min(1e-30)).clamp_min(1.0)
+    hi = 2 * g.flatten(1).abs().amax(1) + gamma * torch.log(ratio) + 1e-12
+    for _ in range(60):
+        bad = coupling_cost(lmo(hi), cost) > budget
+        if not bool(bad.any()):
+            break
+        hi = torch.where(bad, hi * 2, hi)
+    mu = _bisect(lambda m: coupling_cost(lmo(m), cost), zero, hi, budget, max_iter, tol, int_tol)
+    return torch.where(_b(ok, nd), p0, lmo(torch.where(ok, zero, mu)))
+
+
+def capacity_projection(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    cost: LocalCost,
+    budget: torch.Tensor,
+    *,
+    capacity: float = 1.0,
+    iterations: int = 1000,
+    momentum: float = 0.9,
+    bisect_every: int = 20,
+    max_bisect: int = 25,
+) -> torch.Tensor:
+    """Projection onto ``Pi(x)`` with the extra capacity ``pi^T 1 <= capacity`` (pixels stay <= 1).
+
+    Projected dual ascent with momentum on the column multiplier ``nu >= 0``:
+    ``pi(mu, nu) = rowsimplex(g - mu C - gather_window(nu))``, ``nu <- max(nu + eta (pi^T 1 - capacity), 0)``
+    with Wu's step schedule (``eta = 0.1 / 0.01 / 0.001`` over the first 20 % / 60 % / rest of the
+    iterations), the cost multiplier ``mu`` re-bisected every ``bisect_every`` iterations and a final
+    bisection so that the budget holds. (Wu's default is 5000 iterations.)
+    """
+    mask = window_mask(x, cost)
+    c = _cvec(x, cost)
+    nd = g.dim()
+    nu = torch.zeros_like(x)
+    vel = torch.zeros_like(x)
+    zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
+    mu = zero.clone()
+
+    def proj(mu_: torch.Tensor, nu_: torch.Tensor) -> torch.Tensor:
+        return simplex_project_rows(g - _b(mu_, nd) * c - gather_window(nu_, cost, fill=0.0), x, mask)
+
+    def solve_mu(nu_: torch.Tensor) -> torch.Tensor:
+        p0 = proj(zero, nu_)
+        ok = coupling_cost(p0, cost) <= budget
+        if bool(ok.all()):
+            return zero
+        hi = 2 * (g.flatten(1).abs().amax(1) + nu_.flatten(1).amax(1)) + x.flatten(1).amax(1)
+        m = _bisect(lambda m_: coupling_cost(proj(m_, nu_), cost), zero, hi, budget, max_bisect, 1e-6, 1e-7)
+        return torch.where(ok, zero, m)
+
+    for it in range(iterations):
+        if it % bisect_every == 0:
+            mu = solve_mu(nu)
+        eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
+        col = column_marginal(proj(mu, nu), cost)
+        vel = momentum * vel + (col - capacity)
+        nu = (nu + eta * vel).clamp_min(0)
+    return proj(solve_mu(nu), nu)
