@@ -208,6 +208,7 @@ def _solve(
     log_lam = math.log(lam)
     lw = lam * wn
     obj_old = torch.full((B,), -math.inf, dtype=dt, device=dev)
+    lk_beta: torch.Tensor | None = None
     converged = torch.zeros(B, dtype=torch.bool, device=dev)
     iters = torch.zeros(B, dtype=torch.long, device=dev)
     cap = max_iter + (extra_iter if (budget_tol is not None or mass_tol is not None) else 0)
@@ -223,7 +224,8 @@ def _solve(
 
         la_a, beta_a, psi_a = sel(la), sel(beta), sel(psi)
         # alpha-step: e^{-alpha} = x / (K * e^{-beta})
-        la_a = sel(log_x) - _lk(-beta_a, cost, psi_a)
+        lkb = _lk(-beta_a, cost, psi_a) if lk_beta is None else sel(lk_beta)  # cached from the last sweep
+        la_a = sel(log_x) - lkb
         la_a = torch.where(torch.isfinite(la_a), la_a, torch.full_like(la_a, -math.inf))
         # beta-step through Wright omega
         log_a = _lk(la_a, cost, psi_a)
@@ -241,10 +243,12 @@ def _solve(
             beta_a = beta1
             phi_a = None
         # psi Newton step
-        _, m1, m2 = _moments(la_a, beta_a, cost, psi_a)
+        m1 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 1)))
+        m2 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 2)))
         psi_a = _newton_psi(psi_a, m1 - sel(eps), -m2)
         # objective for the stopping rule
-        k_e = torch.exp(la_a + _lk(-beta_a, cost, psi_a))  # e^{-alpha} (K * e^{-beta}) with the new psi
+        lkb = _lk(-beta_a, cost, psi_a)  # log(K * e^{-beta}) with the new psi (reused by the next alpha-step)
+        k_e = torch.exp(la_a + lkb)
         alpha_a = -la_a
         if stopping == "wong":
             # the quantity Wong's code watches: eval_obj called as (alpha, exp_alpha, beta, exp_beta, ...)
@@ -254,7 +258,7 @@ def _solve(
                 - psi_a * sel(eps)
                 - _xlogx_safe_dot(alpha_a.clamp(max=1e10), sel(xn))
                 - _bsum(ea.clamp(max=1e10) * sel(wn))
-                - _bsum(beta_a * torch.exp(_lk(-beta_a, cost, psi_a)))
+                - _bsum(beta_a * torch.exp(lkb))
             )
         else:
             bp = beta_a - phi_a if phi_a is not None else beta_a
@@ -271,12 +275,15 @@ def _solve(
         o_old = sel(obj_old)
         close = (obj - o_old).abs() <= atol + rtol * obj.abs()  # numpy allclose(old, new)
         if full:
-            la, beta, psi = la_a, beta_a, psi_a
+            la, beta, psi, lk_beta = la_a, beta_a, psi_a, lkb
             if phi_a is not None:
                 phi = phi_a
             obj_old = obj
         else:
             la[act], beta[act], psi[act] = la_a, beta_a, psi_a
+            if lk_beta is None:
+                lk_beta = torch.zeros_like(la)
+            lk_beta[act] = lkb
             if phi_a is not None:
                 phi[act] = phi_a
             obj_old[act] = obj
