@@ -31,6 +31,8 @@ from .cost import LocalCost
 __all__ = ["local_lse", "local_max", "gather_window", "scatter_window", "window_size"]
 
 _DENSE_MAX_ELEMS = 1 << 24  # elements of one dense (chunk, n, n) block
+_STACK_MAX_ELEMS = 1 << 24  # elements of one stacked (K, chunk, H, W) window block
+_EXP_FLOOR = {torch.float32: -80.0, torch.float16: -15.0, torch.bfloat16: -80.0}
 
 
 def window_size(cost: LocalCost, height: int, width: int) -> int:
@@ -118,23 +120,27 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
         return v.clone()
     if _use_dense(cost, h, w):
         return _dense_lse(vf, cost, e, power).reshape(v.shape)
-    terms: list[tuple[torch.Tensor, float]] = [
-        (s, c) for s, c in _shifts(vf, cost, -math.inf) if not (power and c == 0.0)
-    ]
-    m = torch.full_like(vf, -math.inf)
-    for s, c in terms:
-        a = (s - c) / e
-        if power:
-            a = a + power * math.log(c)
-        m = torch.maximum(m, a)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    acc = torch.zeros_like(vf)
-    for s, c in terms:
-        a = (s - c) / e
-        if power:
-            a = a + power * math.log(c)
-        acc += torch.exp(a - m_safe)
-    out = torch.log(acc) + m_safe
+    floor = _EXP_FLOOR[vf.dtype] if vf.dtype in _EXP_FLOOR else -700.0
+    offs = [(di, dj, c) for di, dj, c in _offsets(cost, h, w) if not (power and c == 0.0)]
+    r = cost.radius(h, w)
+    vp = F.pad(vf, (r, r, r, r), value=-math.inf) if r else vf
+    cvec = torch.tensor([c for _, _, c in offs], dtype=vf.dtype, device=vf.device).reshape(-1, 1, 1, 1)
+    logw = power * torch.log(cvec) if power else None
+    per = max(1, _STACK_MAX_ELEMS // max(1, len(offs) * h * w))
+    out = torch.empty_like(vf)
+    for s0 in range(0, n, per):
+        sl = slice(s0, s0 + per)
+        stack = torch.stack([vp[sl, r + di : r + di + h, r + dj : r + dj + w] for di, dj, _ in offs])
+        e_sl = e[sl] if isinstance(e, torch.Tensor) and e.dim() else e
+        a = (stack - cvec) / e_sl
+        if logw is not None:
+            a = a + logw
+        m = a.amax(0)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        # clamp before exp: float32 exp is ~10x slower on underflowing inputs; e^-80 terms are negligible
+        acc = torch.exp((a - m_safe).clamp_(min=floor)).sum(0)
+        res = torch.log(acc) + m_safe
+        out[sl] = torch.where(torch.isneginf(m), m, res)
     return out.reshape(v.shape)
 
 

@@ -1,5 +1,27 @@
-"""Projections: bring a perturbed image ``w`` back near the clean ``x`` in a transport geometry."""
+"""Projections: bring a perturbed image ``w`` back near the clean ``x`` in a transport (or l_p) geometry.
 
+* :func:`uot_project` / :class:`UOTProjection` - unbalanced OT (penalised or budgeted), this library's method.
+* :func:`sinkhorn_project` / :class:`WongProjection` - Wong et al. 2019 balanced entropic projection.
+* :func:`hu_project` / :class:`HuProjection` - Hu et al. 2020, with the pixel box inside the projection.
+* :mod:`.coupling` - Wu et al. 2020 coupling-space projection and entropic LMO.
+* :class:`LinfProjection`, :class:`L2Projection` - l_p balls.
+"""
+
+from .lp import L2Projection, LinfProjection
+from .sinkhorn import HuProjection, WongProjection, conjugate_sinkhorn, hu_project, sinkhorn_project, wright_omega
 from .uot import ProjectionResult, UOTProjection, solve_z, uot_project
 
-__all__ = ["uot_project", "UOTProjection", "ProjectionResult", "solve_z"]
+__all__ = [
+    "uot_project",
+    "UOTProjection",
+    "ProjectionResult",
+    "solve_z",
+    "sinkhorn_project",
+    "hu_project",
+    "conjugate_sinkhorn",
+    "wright_omega",
+    "WongProjection",
+    "HuProjection",
+    "LinfProjection",
+    "L2Projection",
+]
