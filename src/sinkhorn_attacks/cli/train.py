@@ -1,0 +1,154 @@
+"""``sinkhorn-attacks train``: (adversarial) training, single process or under torchrun (see docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed: Any = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    """Register the ``train`` command."""
+    p = subparsers.add_parser(
+        "train",
+        help=help_text,
+        description="Train a zoo architecture, optionally on adversarial examples of any attack preset. "
+        "Writes <out>/checkpoint.pt atomically after every epoch (model, optimizer, scheduler, RNG state; "
+        "loads with torch.load(weights_only=True)), history.csv/json/png, config.json and, at the end, the "
+        "weights-only model.pt. Launch with torchrun for data parallelism (NCCL on GPUs, gloo on CPU): "
+        "`torchrun --nproc_per_node N -m sinkhorn_attacks train ...`; --batch-size is the global batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, cifar10, tiny-imagenet, digits, "
+        "folder, or synthetic[:C:S] (random images, no files)",
+    )
+    g.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
+    g.add_argument("--train-limit", type=int, help="use only this many training examples")
+    g.add_argument("--train-offset", type=int, default=0)
+    g.add_argument("--eval-limit", type=int, default=0, help="test images evaluated after every epoch (0: none)")
+    g.add_argument(
+        "--arch", default="mnist_cnn", help="zoo architecture (mnist_cnn, resnet18_cifar, resnet18_tiny, small_cnn)"
+    )
+    g.add_argument("--arch-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE")
+    g = p.add_argument_group("adversarial examples")
+    g.add_argument("--attack", default="none", help="attack preset making the training examples, or none")
+    g.add_argument(
+        "--attack-arg",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="preset override (JSON value), e.g. steps=3; repeatable",
+    )
+    g.add_argument(
+        "--eval-attack-arg",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for the per-epoch test evaluation attack",
+    )
+    g.add_argument("--clean-weight", type=float, default=0.0, help="loss = w * CE(clean) + (1 - w) * CE(adversarial)")
+    g.add_argument(
+        "--meter-n", type=int, default=16, help="training examples per epoch metered with the exact OT meter (5x5, p=1)"
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--batch-size", type=int, default=64, help="global batch (split equally across processes)")
+    g.add_argument("--max-steps-per-epoch", type=int)
+    g.add_argument("--no-shuffle", action="store_true", help="keep the data order (default: seeded shuffle)")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument(
+        "--schedule",
+        default="constant",
+        choices=("constant", "cosine", "step", "multistep"),
+        help="learning-rate schedule, stepped once per epoch",
+    )
+    g.add_argument("--step-size", type=int, default=1, help="epochs between decays (schedule step)")
+    g.add_argument("--milestones", type=int, nargs="*", default=[], help="epochs of decay (schedule multistep)")
+    g.add_argument("--gamma", type=float, default=0.1, help="decay factor")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/train", help="output folder")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision (GPU only)")
+    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: per epoch only)")
+    g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # testing: emulate a killed run
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        arch_kwargs=dict(args.arch_arg),
+        train_limit=args.train_limit,
+        train_offset=args.train_offset,
+        eval_limit=args.eval_limit,
+        attack=args.attack,
+        attack_overrides=dict(args.attack_arg),
+        eval_attack_overrides=dict(args.eval_attack_arg),
+        clean_weight=args.clean_weight,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        shuffle=not args.no_shuffle,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        step_size=args.step_size,
+        milestones=list(args.milestones),
+        gamma=args.gamma,
+        seed=args.seed,
+        meter_n=args.meter_n,
+        sync_bn=args.sync_bn,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        device=args.device,
+        amp=args.amp,
+        eval_batch_size=args.eval_batch_size,
+        log_every=args.log_every,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import ConfigMismatchError, TrainingDiverged, train
+
+    try:
+        cfg = config_from_args(args)
+        result = train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+    except (ConfigMismatchError, FileExistsError, TrainingDiverged, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result.files:
+        print(json.dumps({"out": str(result.out_dir), "final": result.history[-1] if result.history else None}))
+    return 0

@@ -1,0 +1,114 @@
+"""Atomic checkpoints that load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a dict of tensors and plain Python values: ``format``, ``config_json`` (the
+:class:`~sinkhorn_attacks.train.config.TrainConfig` as a JSON string), ``epoch`` (epochs completed),
+``model`` / ``optimizer`` / ``scheduler`` / ``scaler`` state dicts, ``rng`` (one entry per rank) and
+``history`` (the per-epoch log rows). Files are written to a temporary name in the same folder, flushed to
+disk and renamed over the target, so a run killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint with ``weights_only=True`` and check its format."""
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable training checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "config_json" not in ck:
+        raise ValueError(f"{path}: not a sinkhorn-attacks training checkpoint (format {CHECKPOINT_FORMAT})")
+    return ck
+
+
+# -- RNG state as plain types -----------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU/CUDA, NumPy, Python) as tensors and plain values."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what users seed
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps(
+            [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]
+        ),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -1,0 +1,116 @@
+"""Training configuration: plain types only, so that it round-trips through JSON and ``weights_only`` loading."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["TrainConfig", "ConfigMismatchError", "RUNTIME_FIELDS", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "multistep")
+AMP_MODES = ("off", "bf16", "fp16")
+
+#: Fields that describe *where / how* a run executes, not *what* it computes: they may differ on resume.
+RUNTIME_FIELDS = frozenset({"out_dir", "data_dir", "device", "amp", "eval_batch_size", "log_every"})
+
+
+class ConfigMismatchError(ValueError):
+    """``--resume`` found a checkpoint written by a different configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (see ``sinkhorn-attacks train --help`` for the meaning).
+
+    ``batch_size`` is the *global* batch: with ``W`` processes each takes a contiguous ``batch_size / W``
+    slice of every global batch, so 1 and W processes see the same examples in the same steps.
+    ``attack`` is a preset name of :mod:`sinkhorn_attacks.attacks` or ``"none"`` (clean training);
+    ``attack_overrides`` are keyword overrides for the preset (plain JSON values).
+    The training loss is ``clean_weight * CE(clean) + (1 - clean_weight) * CE(adversarial)``.
+    """
+
+    dataset: str = "mnist"
+    arch: str = "mnist_cnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_limit: int | None = None
+    train_offset: int = 0
+    eval_limit: int = 0  # test images evaluated (clean + attacked) after every epoch; 0 = skip
+    attack: str = "none"
+    attack_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_attack_overrides: dict[str, Any] = field(default_factory=dict)
+    clean_weight: float = 0.0
+    epochs: int = 1
+    batch_size: int = 64
+    max_steps_per_epoch: int | None = None
+    shuffle: bool = True
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int = 1
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    seed: int = 0
+    meter_n: int = 16  # training examples metered exactly (first ones of each epoch) for the log
+    meter_kernel: int = 5
+    meter_p: float = 1.0
+    sync_bn: bool = False
+    # runtime (may change between a run and its resumption)
+    out_dir: str = "runs/train"
+    data_dir: str | None = None
+    device: str = "auto"
+    amp: str = "off"
+    eval_batch_size: int = 256
+    log_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.clean_weight <= 1.0:
+            raise ValueError("clean_weight must be in [0, 1]")
+        if self.attack in ("", "None", None):
+            self.attack = "none"
+
+    # -- serialisation -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> TrainConfig:
+        return cls.from_dict(json.loads(s))
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the result (everything except :data:`RUNTIME_FIELDS`)."""
+        return {k: v for k, v in json.loads(self.to_json()).items() if k not in RUNTIME_FIELDS}
+
+    def check_same_run(self, other: TrainConfig, source: str = "checkpoint") -> None:
+        """Raise :class:`ConfigMismatchError` naming every field in which ``other`` differs."""
+        a, b = self.identity(), other.identity()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            lines = ", ".join(f"{k}: {source} has {b.get(k)!r}, this run {a.get(k)!r}" for k in diff)
+            raise ConfigMismatchError(
+                f"cannot resume: the {source} was written by another configuration ({lines}). "
+                "Use the original options, or a new --out directory to start a fresh run."
+            )

@@ -1,0 +1,516 @@
+"""The training loop: (adversarial) training, single process or data-parallel under ``torchrun``.
+
+Data parallelism: every global batch of ``batch_size`` examples (a seeded permutation per epoch, or the
+data order without shuffling) is split into ``world_size`` equal contiguous shards, one per rank; each rank
+averages its loss over its shard and DistributedDataParallel averages the gradients, so the update equals
+the single-process update on the whole batch (up to float summation order). The last incomplete batch is
+dropped so that shards stay equal. BatchNorm statistics are per rank unless ``sync_bn`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_torch_save,
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .config import TrainConfig
+from .data import load_train_test
+
+__all__ = ["TrainResult", "TrainingDiverged", "train", "DistInfo", "setup_distributed", "HISTORY_FIELDS"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_FIELDS = (
+    "epoch",
+    "lr",
+    "loss",
+    "train_clean_acc",
+    "train_adv_acc",
+    "metered_radius_mean",
+    "metered_radius_median",
+    "metered_n",
+    "test_clean_acc",
+    "test_adv_acc",
+    "attack_time_s",
+    "epoch_time_s",
+    "steps",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN / infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    model: nn.Module
+    out_dir: Path
+    start_epoch: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _pick_device(pref: str, info: DistInfo) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(pref)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+    return dev
+
+
+def setup_distributed(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ...).
+
+    NCCL when the device is a GPU, gloo otherwise. Without those variables (or ``WORLD_SIZE=1``) this is a
+    plain single process.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    device = _pick_device(device_pref, info)
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+            info.initialized_here = True
+    return info, device
+
+
+def _log(info: DistInfo, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=10**9, gamma=1.0)  # constant
+
+
+def build_model(cfg: TrainConfig, sample: torch.Tensor, n_classes: int) -> nn.Module:
+    from ..zoo import build
+
+    kwargs = dict(cfg.arch_kwargs)
+    if cfg.arch == "small_cnn":
+        kwargs.setdefault("in_ch", int(sample.shape[1]))
+        kwargs.setdefault("size", int(sample.shape[-1]))
+        kwargs.setdefault("n_classes", max(10, n_classes))
+    return build(cfg.arch, **kwargs)
+
+
+def _compute_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (module-level so tests can inject a failure)."""
+    return F.cross_entropy(outputs.float(), labels)
+
+
+def _make_attack(cfg: TrainConfig, model: nn.Module, overrides: dict[str, Any]) -> Any:
+    if cfg.attack == "none":
+        return None
+    from ..attacks import from_preset
+
+    kw = dict(overrides)
+    kw.setdefault("meter_cost", None)  # metered separately on a subset (exact OT is slow)
+    return from_preset(cfg.attack, model, **kw)
+
+
+def _finite_stats(v: torch.Tensor) -> tuple[float | None, float | None, int]:
+    v = v[torch.isfinite(v)]
+    if not v.numel():
+        return None, None, 0
+    return float(v.mean()), float(v.median()), int(v.numel())
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, bs: int) -> float:
+    correct = 0
+    for i in range(0, x.shape[0], bs):
+        out = model(x[i : i + bs].to(device))
+        correct += int((out.argmax(1) == y[i : i + bs].to(device)).sum())
+    return correct / max(1, x.shape[0])
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
+    atomic_write_bytes(out / "history.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "history.json", (json.dumps(history, indent=1) + "\n").encode())
+    try:
+        plot_history(history, out / "history.png")
+    except ImportError:  # pragma: no cover - matplotlib missing
+        pass
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Accuracies and the metered radius of the training examples against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (
+        ("train_clean_acc", "train clean"),
+        ("train_adv_acc", "train adversarial"),
+        ("test_clean_acc", "test clean"),
+        ("test_adv_acc", "test adversarial"),
+    ):
+        ys = [r.get(key) for r in history]
+        if any(v is not None for v in ys):
+            a1.plot(ep, [math.nan if v is None else v for v in ys], marker="o", label=label)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("accuracy")
+    a1.set_ylim(0, 1)
+    a1.legend(fontsize=8)
+    ys = [r.get("metered_radius_mean") for r in history]
+    a2.plot(ep, [math.nan if v is None else v for v in ys], marker="o", color="C3")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("metered radius (mean, exact OT)")
+    a2.set_title("training examples", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None,
+    stop_after_epochs: int | None = None,
+    verbose: bool = True,
+) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; returns the history and the trained model.
+
+    Args:
+        resume: continue from ``<out_dir>/checkpoint.pt`` (a fresh start if there is none). Without it an
+            existing checkpoint is an error, so that a finished run is never overwritten by accident.
+        data: ``(train_x, train_y, test_x, test_y)`` instead of loading ``cfg.dataset``.
+        stop_after_epochs: return after this many epochs *of this call* (simulates a killed run).
+
+    Raises:
+        ConfigMismatchError: the checkpoint to resume was written by a different configuration.
+        TrainingDiverged: the loss became non-finite (the previous checkpoint is left as it was).
+    """
+    info, device = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, info, device, resume, data, stop_after_epochs, verbose)
+    finally:
+        if info.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    info: DistInfo,
+    device: torch.device,
+    resume: bool,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None,
+    stop_after_epochs: int | None,
+    verbose: bool,
+) -> TrainResult:
+    out = Path(cfg.out_dir)
+    ck_path = out / CHECKPOINT_NAME
+    W, rank = info.world_size, info.rank
+    if cfg.batch_size % W:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {W}")
+    local_bs = cfg.batch_size // W
+
+    ck: dict[str, Any] | None = None
+    if ck_path.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{ck_path} exists: pass --resume to continue that run, or choose another --out directory"
+            )
+        ck = load_checkpoint(ck_path)
+        cfg.check_same_run(TrainConfig.from_json(ck["config_json"]), source=str(ck_path))
+    elif resume:
+        _log(info, f"--resume: no checkpoint in {out}, starting a fresh run")
+
+    amp = cfg.amp
+    if amp != "off" and device.type != "cuda":
+        if info.is_main:
+            warnings.warn(f"amp={amp} needs a GPU; training in float32 on {device}", stacklevel=2)
+        amp = "off"
+
+    train_x, train_y, test_x, test_y = (
+        data
+        if data is not None
+        else load_train_test(cfg.dataset, cfg.data_dir, cfg.train_limit, cfg.train_offset, cfg.eval_limit)
+    )
+    if test_x is not None and cfg.eval_limit:
+        test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+    n_classes = int(train_y.max()) + 1
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, train_x[:1], n_classes).to(device)
+    if cfg.sync_bn and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    raw = model
+    opt = _make_optimizer(cfg, raw.parameters())
+    sched = _make_scheduler(cfg, opt)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ck is not None:
+        raw.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        history = list(ck["history"])
+        start_epoch = int(ck["epoch"])
+        rngs = ck["rng"]
+        if len(rngs) == W:
+            set_rng_state(rngs[rank])
+        else:
+            _log(info, f"checkpoint has RNG state for {len(rngs)} processes, now {W}: reseeding")
+            torch.manual_seed(cfg.seed + 7919 * (start_epoch + 1) + rank)
+        _log(info, f"resumed {ck_path} after epoch {start_epoch}")
+    else:
+        torch.manual_seed(cfg.seed + 1 + rank)
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+
+    attack = _make_attack(cfg, raw, cfg.attack_overrides)
+    eval_attack = (
+        _make_attack(cfg, raw, {**cfg.attack_overrides, **cfg.eval_attack_overrides})
+        if cfg.eval_limit and cfg.attack != "none"
+        else None
+    )
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16))
+        if amp != "off"
+        else contextlib.nullcontext
+    )
+    N = train_x.shape[0]
+    n_batches = N // cfg.batch_size
+    if cfg.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, cfg.max_steps_per_epoch)
+    if n_batches < 1:
+        raise ValueError(f"{N} training examples are fewer than one batch of {cfg.batch_size}")
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+        if verbose:
+            _log(
+                info,
+                f"train {cfg.arch} on {cfg.dataset} ({N} examples, {n_batches} steps of {cfg.batch_size} per epoch, "
+                f"{W} process(es), device {device}, attack {cfg.attack}) epochs {start_epoch + 1}..{cfg.epochs}",
+            )
+
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            break
+        t_epoch = time.perf_counter()
+        if cfg.shuffle:
+            perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        else:
+            perm = torch.arange(N)
+        lr = float(opt.param_groups[0]["lr"])
+        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, clean correct, adv correct, adv n
+        meter_x: list[torch.Tensor] = []
+        meter_a: list[torch.Tensor] = []
+        attack_time = 0.0
+        for b in range(n_batches):
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
+            x, y = train_x[idx].to(device), train_y[idx].to(device)
+            xa = None
+            if attack is not None:
+                t0 = time.perf_counter()
+                res = attack(x, y)
+                attack_time += time.perf_counter() - t0
+                xa = res.adv.detach()
+                sums[2] += float(res.clean_correct.sum())
+                sums[3] += float((res.clean_correct & ~res.success).sum())
+                sums[4] += y.shape[0]
+                have = sum(t.shape[0] for t in meter_x)
+                if info.is_main and have < cfg.meter_n:
+                    meter_x.append(x[: cfg.meter_n - have].detach().cpu())
+                    meter_a.append(xa[: cfg.meter_n - have].cpu())
+            model.train()
+            if xa is None:
+                inp, w_clean = x, 1.0
+            elif cfg.clean_weight > 0:
+                inp, w_clean = torch.cat([x, xa]), cfg.clean_weight
+            else:
+                inp, w_clean = xa, 0.0
+            with autocast():
+                outputs = model(inp)
+            if xa is None:
+                loss = _compute_loss(outputs, y)
+                sums[2] += float((outputs.detach().argmax(1) == y).sum())
+            elif cfg.clean_weight > 0:
+                oc, oa = outputs[: y.shape[0]], outputs[y.shape[0] :]
+                loss = w_clean * _compute_loss(oc, y) + (1 - w_clean) * _compute_loss(oa, y)
+            else:
+                loss = _compute_loss(outputs, y)
+            ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+            if info.distributed:
+                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if float(ok) < 1:
+                raise TrainingDiverged(
+                    f"non-finite training loss at epoch {epoch + 1}, step {b + 1}: stopped; the last good "
+                    f"checkpoint ({ck_path if ck_path.exists() else 'none written yet'}) is unchanged. "
+                    "Lower --lr or check the data."
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sums[0] += float(loss.detach()) * y.shape[0]
+            sums[1] += y.shape[0]
+            if cfg.log_every and (b + 1) % cfg.log_every == 0:
+                _log(info, f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss):.4f}")
+        sched.step()
+        if info.distributed:
+            sums_d = sums.to(device)
+            dist.all_reduce(sums_d)
+            sums = sums_d.cpu()
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": float(sums[0] / sums[1]),
+            "train_clean_acc": float(sums[2] / sums[1]),
+            "train_adv_acc": float(sums[3] / sums[4]) if sums[4] > 0 else None,
+            "metered_radius_mean": None,
+            "metered_radius_median": None,
+            "metered_n": 0,
+            "test_clean_acc": None,
+            "test_adv_acc": None,
+            "attack_time_s": attack_time,
+            "steps": n_batches,
+        }
+        if info.is_main:
+            if meter_x:
+                from ..ot import LocalCost, exact_ot
+
+                mx, ma = torch.cat(meter_x), torch.cat(meter_a)
+                m = exact_ot(mx, ma, LocalCost(cfg.meter_kernel, cfg.meter_p)).value
+                row["metered_radius_mean"], row["metered_radius_median"], row["metered_n"] = _finite_stats(m)
+            if test_x is not None and test_y is not None:
+                raw.eval()
+                row["test_clean_acc"] = _accuracy(raw, test_x, test_y, device, cfg.eval_batch_size)
+                if eval_attack is not None:
+                    correct = 0
+                    for i in range(0, test_x.shape[0], cfg.eval_batch_size):
+                        sl = slice(i, i + cfg.eval_batch_size)
+                        r = eval_attack(test_x[sl].to(device), test_y[sl].to(device))
+                        correct += int((r.clean_correct & ~r.success).sum())
+                    row["test_adv_acc"] = correct / test_x.shape[0]
+        row["epoch_time_s"] = time.perf_counter() - t_epoch
+        history.append(row)
+        rngs: list[Any] = [None] * W
+        if info.distributed:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if info.is_main:
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config_json": cfg.to_json(),
+                    "epoch": epoch + 1,
+                    "model": raw.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                    "rng": rngs,
+                    "history": history,
+                    "world_size": W,
+                },
+                ck_path,
+            )
+            _write_history(out, history)
+            if verbose:
+                _log(info, _format_row(row))
+        if info.distributed:
+            dist.barrier()
+        epochs_run += 1
+
+    files: dict[str, str] = {}
+    if info.is_main and len(history) == cfg.epochs:
+        atomic_torch_save({k: v.detach().cpu() for k, v in raw.state_dict().items()}, out / "model.pt")
+        files = {k: str(out / k) for k in ("checkpoint.pt", "model.pt", "history.csv", "history.json", "history.png")}
+    return TrainResult(cfg, history, raw, out, start_epoch, files)
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    def f(v: Any, fmt: str = ".4f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return (
+        f"epoch {row['epoch']}: loss {f(row['loss'])} lr {f(row['lr'], '.4g')} train clean {f(row['train_clean_acc'])} "
+        f"adv {f(row['train_adv_acc'])} | metered radius {f(row['metered_radius_mean'])} (n={row['metered_n']}) | "
+        f"test clean {f(row['test_clean_acc'])} adv {f(row['test_adv_acc'])} | {row['epoch_time_s']:.1f}s "
+        f"(attack {row['attack_time_s']:.1f}s)"
+    )
