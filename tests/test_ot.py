@@ -1,0 +1,201 @@
+"""Transport engine: local operator, UOT Sinkhorn vs POT, the exact meter vs ot.emd2."""
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from sinkhorn_attacks.ot import LocalCost, exact_ot, exact_uot, gather_window, local_lse, local_max, scatter_window
+from sinkhorn_attacks.ot import uot_sinkhorn
+
+
+def _dense_lse(v, cost, eta, power=0):
+    h, w = v.shape[-2:]
+    C = cost.dense(h, w, dtype=v.dtype)
+    a = (v.reshape(-1, 1, h * w) - C) / eta
+    if power:
+        a = a + torch.where((C > 0) & torch.isfinite(C), power * torch.log(C), torch.full_like(C, -math.inf))
+    return torch.logsumexp(a, -1).reshape(v.shape)
+
+
+def test_local_cost_validation_and_units():
+    with pytest.raises(ValueError, match="odd"):
+        LocalCost(4)
+    with pytest.raises(ValueError):
+        LocalCost(3, p=0)
+    c = LocalCost(3, 2.0)
+    t = c.table(5, 5)
+    assert t[1, 1] == 0 and t[0, 1] == 1 and t[0, 0] == pytest.approx(2.0)  # squared distance for p=2
+    assert LocalCost(3, 1.0).table(5, 5)[0, 0] == pytest.approx(math.sqrt(2))
+    assert LocalCost(None).window(4, 7) == 13 and LocalCost(None).covers(4, 7)
+
+
+@pytest.mark.parametrize("k,p,shape", [(3, 1.0, (2, 3, 5, 7)), (5, 2.0, (1, 2, 6, 6)), (None, 1.0, (2, 1, 4, 5))])
+@pytest.mark.parametrize("power", [0, 1, 2])
+def test_window_lse_equals_dense(k, p, shape, power):
+    torch.manual_seed(0)
+    cost = LocalCost(k, p)
+    v = torch.randn(shape, dtype=torch.float64)
+    v[0, 0, :2] = -math.inf  # no mass there
+    ours = local_lse(v, cost, 0.37, power)
+    ref = _dense_lse(v, cost, 0.37, power)
+    assert torch.equal(torch.isneginf(ours), torch.isneginf(ref))
+    fin = torch.isfinite(ref)
+    assert (ours[fin] - ref[fin]).abs().max() < 1e-12
+
+
+def test_window_covering_image_equals_whole_image():
+    torch.manual_seed(1)
+    v = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    a = local_lse(v, LocalCost(9, 1.0), 0.2)
+    b = local_lse(v, LocalCost(None, 1.0), 0.2)
+    assert (a - b).abs().max() < 1e-12
+
+
+def test_per_measure_eta_and_float32():
+    torch.manual_seed(2)
+    v = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    eta = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64).reshape(3, 1, 1, 1)
+    out = local_lse(v, LocalCost(5), eta)
+    for i in range(3):
+        assert (out[i] - local_lse(v[i : i + 1], LocalCost(5), float(eta[i]))[0]).abs().max() < 1e-12
+    o32 = local_lse(v.float(), LocalCost(5), 0.1)
+    assert (o32.double() - local_lse(v, LocalCost(5), 0.1)).abs().max() < 1e-4
+
+
+def test_local_max_is_eta_to_zero_limit_and_gather_scatter_adjoint():
+    torch.manual_seed(3)
+    cost = LocalCost(3, 1.0)
+    v = torch.randn(2, 1, 5, 6, dtype=torch.float64)
+    eta = 1e-4
+    assert (eta * local_lse(v, cost, eta) - local_max(v, cost)).abs().max() < 1e-3
+    g = gather_window(v, cost)
+    t = torch.randn_like(g)
+    u = torch.randn_like(v)
+    # <gather(u), t> == <u, scatter(t)> on the valid offsets
+    valid = gather_window(torch.ones_like(v), cost) > 0
+    lhs = (gather_window(u, cost) * t * valid).sum()
+    rhs = (u * scatter_window(t * valid, cost)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10
+
+
+def _pot_uot_objective(P, M, x, z, eta, tau):
+    P = np.where(P > 0, P, 0.0)
+    ent = np.sum(np.where(P > 0, P * (np.log(np.where(P > 0, P, 1.0)) - 1), 0.0))
+    a, b = P.sum(1), P.sum(0)
+
+    def kl(p, q):
+        return np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0.0) - p + q)
+
+    return (P * M).sum() + eta * ent + tau * (kl(a, x) + kl(b, z))
+
+
+@pytest.mark.parametrize("eta,tau", [(0.1, 1.0), (0.05, 0.1), (0.5, 10.0), (1e-3, 1e-2)])
+def test_uot_sinkhorn_matches_pot(eta, tau):
+    rng = np.random.default_rng(0)
+    h, w = 5, 6
+    x = torch.tensor(rng.uniform(0.05, 0.95, (1, 1, h, w)))
+    z = torch.tensor(rng.uniform(0.05, 0.95, (1, 1, h, w)))
+    cost = LocalCost(None, 2.0)
+    res = uot_sinkhorn(x, z, cost, eta, tau, tol=1e-12, max_iter=100000)
+    assert bool(res.converged.all())
+    M = cost.dense(h, w).numpy()
+    P = ot.unbalanced.sinkhorn_unbalanced(
+        x.flatten().numpy(), z.flatten().numpy(), M, eta, tau, reg_type="entropy", method="sinkhorn_stabilized",
+        stopThr=1e-15, numItermax=200000,
+    )
+    ref = _pot_uot_objective(P, M, x.flatten().numpy(), z.flatten().numpy(), eta, tau)
+    assert abs(float(res.value) - ref) < 1e-8 * max(1.0, abs(ref))
+    assert abs(float(res.value - res.dual)) < 1e-9 and float(res.gap) < 1e-9
+    # plan from the potentials
+    f, g = res.f.flatten(), res.g.flatten()
+    ours = torch.exp((f[:, None] + g[None, :] - torch.tensor(M)) / eta).numpy()
+    assert np.abs(ours - P).max() < 1e-8
+
+
+def test_uot_sinkhorn_rgb_equals_per_channel_and_balanced_limit():
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64) + 0.01
+    z = torch.rand(2, 3, 5, 5, dtype=torch.float64) + 0.01
+    cost = LocalCost(3, 1.0)
+    full = uot_sinkhorn(x, z, cost, 0.2, 2.0, tol=1e-11)
+    per = sum(float(uot_sinkhorn(x[:1, c : c + 1], z[:1, c : c + 1], cost, 0.2, 2.0, tol=1e-11).value) for c in range(3))
+    assert abs(float(full.value[0]) - per) < 1e-9
+    # balanced: POT sinkhorn2 with the same entropy convention on normalised images, whole-image cost
+    cb = LocalCost(None, 1.0)
+    xn = x[:1, :1] / x[:1, :1].sum()
+    zn = z[:1, :1] / z[:1, :1].sum()
+    bal = uot_sinkhorn(xn, zn, cb, 0.05, math.inf, tol=1e-12, max_iter=100000)
+    M = cb.dense(5, 5).numpy()
+    P = ot.sinkhorn(xn.flatten().numpy(), zn.flatten().numpy(), M, 0.05, method="sinkhorn_log", stopThr=1e-14,
+                    numItermax=100000)
+    assert abs(float(bal.transport_cost) - (P * M).sum()) < 1e-8
+    with pytest.raises(ValueError, match="equal mass"):
+        uot_sinkhorn(x[:1], z[:1], cost, 0.1, math.inf)
+
+
+def test_thesis_defaults_transport_nothing_and_tau10_transports():
+    # a blob shifted by one pixel (docs/math.md, scale study)
+    yy, xx = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
+    blob = torch.exp(-((yy - 5.5) ** 2 + (xx - 5.5) ** 2) / 6).double()[None, None]
+    shifted = torch.roll(blob, 1, dims=-1)
+    cost = LocalCost(5, 2.0)
+    thesis = uot_sinkhorn(blob, shifted, cost, 1e-3, 1e-2)
+    assert float(thesis.transported_fraction) < 1e-30
+    moved = uot_sinkhorn(blob, shifted, cost, 0.1, 10.0, max_iter=20000)
+    assert float(moved.transported_fraction) > 0.3
+
+
+def test_exact_ot_matches_emd2_and_rgb_convention():
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.uniform(0, 1, (3, 2, 4, 5)))
+    z = torch.tensor(rng.uniform(0, 1, (3, 2, 4, 5)))
+    x[0, 0, 0, :3] = 0.0
+    cost = LocalCost(None, 1.0)
+    res = exact_ot(x, z, cost)
+    M = cost.dense(4, 5).numpy()
+    for b in range(3):
+        tot = 0.0
+        for c in range(2):
+            share = float(x[b, c].sum() / x[b].sum())
+            p = x[b, c].flatten().numpy() / float(x[b].sum())
+            q = z[b, c].flatten().numpy() / float(z[b, c].sum()) * share
+            tot += ot.emd2(p, q, M)
+        assert abs(float(res.value[b]) - tot) < 1e-9
+    assert float(exact_ot(x, x, LocalCost(3)).value.abs().max()) < 1e-12
+
+
+def test_exact_ot_window_infeasible_is_inf_and_sparse_lp_agrees():
+    x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    z = torch.zeros_like(x)
+    x[0, 0, 0, 0] = 1.0
+    z[0, 0, 8, 8] = 1.0
+    assert math.isinf(float(exact_ot(x, z, LocalCost(5)).value))
+    assert float(exact_ot(x, z, LocalCost(None, 1.0)).value) == pytest.approx(8 * math.sqrt(2))
+    from sinkhorn_attacks.ot import meter
+
+    rng = np.random.default_rng(6)
+    p = rng.uniform(0, 1, (6, 6))
+    q = rng.uniform(0, 1, (6, 6))
+    q = q / q.sum() * p.sum()
+    dense = meter.exact_ot_pair(p, q, LocalCost(5))
+    old = meter._DENSE_LIMIT
+    meter._DENSE_LIMIT = 0
+    try:
+        sparse = meter.exact_ot_pair(p, q, LocalCost(5))
+    finally:
+        meter._DENSE_LIMIT = old
+    assert abs(dense - sparse) < 1e-7
+
+
+def test_exact_uot_between_sinkhorn_bounds():
+    rng = np.random.default_rng(7)
+    x = torch.tensor(rng.uniform(0.05, 1, (1, 1, 4, 4)))
+    z = torch.tensor(rng.uniform(0.05, 1, (1, 1, 4, 4)))
+    cost = LocalCost(None, 1.0)
+    u = float(exact_uot(x, z, cost, 1.0))
+    s = uot_sinkhorn(x, z, cost, 1e-3, 1.0, tol=1e-11, max_iter=50000)
+    ub = float(s.transport_cost + 1.0 * (s.kl_rows + s.kl_cols))
+    assert u <= ub + 1e-9 and ub - u < 1e-2
