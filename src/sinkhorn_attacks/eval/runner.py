@@ -362,6 +362,14 @@ def _still_robust(out: Path, cfg: EvalConfig, model: str, label: str, lo: int, h
     return robust
 
 
+def _median_finite(rows: list[dict[str, Any]]) -> float | None:
+    m = np.asarray([r["metered_radius"] for r in rows if r["clean_correct"] and r["success"]], dtype=float)
+    if not m.size:
+        return None
+    fin = m[np.isfinite(m)]
+    return float(np.median(fin)) if fin.size else math.inf
+
+
 def aggregate(cfg: EvalConfig, out: Path, n: int) -> dict[str, Any]:
     """Read the finished units and write examples.csv, worst_case.csv, curves.json and results.json."""
     nb = math.ceil(n / cfg.batch_size)
@@ -421,6 +429,7 @@ def aggregate(cfg: EvalConfig, out: Path, n: int) -> dict[str, Any]:
             "clean_accuracy": float(cc.mean()) if len(w) else math.nan,
             "robust_accuracy": float((cc & ~s_).mean()) if len(w) else math.nan,
             "order": cfg.worst_case_labels,
+            "median_metered_radius": _median_finite(w),
             "fooled_by": {lab: sum(1 for r in w if r["worst_attack"] == lab) for lab in cfg.worst_case_labels},
             "cascade_examples_attacked": {
                 lab: len(cells[(m, lab)]) for lab in cfg.worst_case_labels if lab not in grid_labels
