@@ -7,8 +7,16 @@ import ot
 import pytest
 import torch
 
-from sinkhorn_attacks.ot import LocalCost, exact_ot, exact_uot, gather_window, local_lse, local_max, scatter_window
-from sinkhorn_attacks.ot import uot_sinkhorn
+from sinkhorn_attacks.ot import (
+    LocalCost,
+    exact_ot,
+    exact_uot,
+    gather_window,
+    local_lse,
+    local_max,
+    scatter_window,
+    uot_sinkhorn,
+)
 
 
 def _dense_lse(v, cost, eta, power=0):
@@ -103,8 +111,15 @@ def test_uot_sinkhorn_matches_pot(eta, tau):
     assert bool(res.converged.all())
     M = cost.dense(h, w).numpy()
     P = ot.unbalanced.sinkhorn_unbalanced(
-        x.flatten().numpy(), z.flatten().numpy(), M, eta, tau, reg_type="entropy", method="sinkhorn_stabilized",
-        stopThr=1e-15, numItermax=200000,
+        x.flatten().numpy(),
+        z.flatten().numpy(),
+        M,
+        eta,
+        tau,
+        reg_type="entropy",
+        method="sinkhorn_stabilized",
+        stopThr=1e-15,
+        numItermax=200000,
     )
     ref = _pot_uot_objective(P, M, x.flatten().numpy(), z.flatten().numpy(), eta, tau)
     assert abs(float(res.value) - ref) < 1e-8 * max(1.0, abs(ref))
@@ -121,7 +136,9 @@ def test_uot_sinkhorn_rgb_equals_per_channel_and_balanced_limit():
     z = torch.rand(2, 3, 5, 5, dtype=torch.float64) + 0.01
     cost = LocalCost(3, 1.0)
     full = uot_sinkhorn(x, z, cost, 0.2, 2.0, tol=1e-11)
-    per = sum(float(uot_sinkhorn(x[:1, c : c + 1], z[:1, c : c + 1], cost, 0.2, 2.0, tol=1e-11).value) for c in range(3))
+    per = sum(
+        float(uot_sinkhorn(x[:1, c : c + 1], z[:1, c : c + 1], cost, 0.2, 2.0, tol=1e-11).value) for c in range(3)
+    )
     assert abs(float(full.value[0]) - per) < 1e-9
     # balanced: POT sinkhorn2 with the same entropy convention on normalised images, whole-image cost
     cb = LocalCost(None, 1.0)
@@ -129,8 +146,9 @@ def test_uot_sinkhorn_rgb_equals_per_channel_and_balanced_limit():
     zn = z[:1, :1] / z[:1, :1].sum()
     bal = uot_sinkhorn(xn, zn, cb, 0.05, math.inf, tol=1e-12, max_iter=100000)
     M = cb.dense(5, 5).numpy()
-    P = ot.sinkhorn(xn.flatten().numpy(), zn.flatten().numpy(), M, 0.05, method="sinkhorn_log", stopThr=1e-14,
-                    numItermax=100000)
+    P = ot.sinkhorn(
+        xn.flatten().numpy(), zn.flatten().numpy(), M, 0.05, method="sinkhorn_log", stopThr=1e-14, numItermax=100000
+    )
     assert abs(float(bal.transport_cost) - (P * M).sum()) < 1e-8
     with pytest.raises(ValueError, match="equal mass"):
         uot_sinkhorn(x[:1], z[:1], cost, 0.1, math.inf)
