@@ -46,3 +46,14 @@ def test_report_html_embeds_images(tmp_path: Path) -> None:
     assert all(base64.b64decode(b)[:4] == b"\x89PNG" for b in imgs)
     assert "http://" not in text and "https://" not in text  # nothing fetched: opens offline
     assert "robust acc" in text and "linf-pgd" in text
+
+
+def test_cli_attack_help_and_list(capsys) -> None:
+    from sinkhorn_attacks.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--help"])
+    assert e.value.code == 0
+    assert "W1" in capsys.readouterr().out
+    assert main(["attack", "--list"]) == 0
+    assert "linf-pgd" in capsys.readouterr().out
