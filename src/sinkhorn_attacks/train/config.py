@@ -13,7 +13,7 @@ SCHEDULES = ("constant", "cosine", "step", "multistep")
 AMP_MODES = ("off", "bf16", "fp16")
 
 #: Fields that describe *where / how* a run executes, not *what* it computes: they may differ on resume.
-RUNTIME_FIELDS = frozenset({"out_dir", "data_dir", "device", "amp", "eval_batch_size", "log_every"})
+RUNTIME_FIELDS = frozenset({"out_dir", "data_dir", "device", "amp", "eval_batch_size", "log_every", "plot"})
 
 
 class ConfigMismatchError(ValueError):
@@ -66,6 +66,7 @@ class TrainConfig:
     amp: str = "off"
     eval_batch_size: int = 256
     log_every: int = 0
+    plot: bool = True  # write history.png every epoch (matplotlib)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -191,7 +191,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return correct / max(1, x.shape[0])
 
 
-def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+def _write_history(out: Path, history: list[dict[str, Any]], plot: bool = True) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), extrasaction="ignore")
     w.writeheader()
@@ -199,6 +199,8 @@ def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
     atomic_write_bytes(out / "history.csv", buf.getvalue().encode())
     atomic_write_bytes(out / "history.json", (json.dumps(history, indent=1) + "\n").encode())
+    if not plot:
+        return
     try:
         plot_history(history, out / "history.png")
     except ImportError:  # pragma: no cover - matplotlib missing
@@ -490,7 +492,7 @@ def _train(
                 },
                 ck_path,
             )
-            _write_history(out, history)
+            _write_history(out, history, cfg.plot)
             if verbose:
                 _log(info, _format_row(row))
         if info.distributed:
