@@ -105,8 +105,9 @@ attacks = ["f", "linf-pgd", { preset = "l2-pgd", params = { steps = 2 } }]
         config_from_dict({"models": ["m"], "attacks": ["a"], "bogus": {}})
 
 
-def test_packaged_config_parses() -> None:
-    p = Path(__file__).resolve().parents[1] / "src" / "sinkhorn_attacks" / "configs" / "thesis_mnist.toml"
+@pytest.mark.parametrize("name", ["thesis_mnist.toml", "thesis_mnist_small.toml"])
+def test_packaged_config_parses(name: str) -> None:
+    p = Path(__file__).resolve().parents[1] / "src" / "sinkhorn_attacks" / "configs" / name
     cfg = load_config(p)
     assert cfg.dataset == "mnist" and cfg.models and cfg.attacks
 
