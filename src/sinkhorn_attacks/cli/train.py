@@ -45,6 +45,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--arch", default="mnist_cnn", help="zoo architecture (mnist_cnn, resnet18_cifar, resnet18_tiny, small_cnn)"
     )
+    g.add_argument("--init", help="start from these weights (state dict file, e.g. another run's model.pt)")
     g.add_argument("--arch-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE")
     g = p.add_argument_group("adversarial examples")
     g.add_argument("--attack", default="none", help="attack preset making the training examples, or none")
@@ -109,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         dataset=args.dataset,
         arch=args.arch,
         arch_kwargs=dict(args.arch_arg),
+        init_weights=args.init,
         train_limit=args.train_limit,
         train_offset=args.train_offset,
         eval_limit=args.eval_limit,

@@ -34,6 +34,7 @@ class TrainConfig:
     dataset: str = "mnist"
     arch: str = "mnist_cnn"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_weights: str | None = None  # start from these weights (a state dict file, e.g. another run's model.pt)
     train_limit: int | None = None
     train_offset: int = 0
     eval_limit: int = 0  # test images evaluated (clean + attacked) after every epoch; 0 = skip

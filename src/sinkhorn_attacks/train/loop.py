@@ -313,7 +313,12 @@ def _train(
     n_classes = int(train_y.max()) + 1
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, train_x[:1], n_classes).to(device)
+    model = build_model(cfg, train_x[:1], n_classes)
+    if cfg.init_weights:
+        from ..zoo import load_state_dict_any, load_weights
+
+        load_weights(model, load_state_dict_any(cfg.init_weights), source=cfg.init_weights)
+    model = model.to(device)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw = model
@@ -432,7 +437,7 @@ def _train(
             sums[0] += float(loss.detach()) * y.shape[0]
             sums[1] += y.shape[0]
             if cfg.log_every and (b + 1) % cfg.log_every == 0:
-                _log(info, f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss):.4f}")
+                _log(info, f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss.detach()):.4f}")
         sched.step()
         if info.distributed:
             sums_d = sums.to(device)
