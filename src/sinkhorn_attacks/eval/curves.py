@@ -54,9 +54,7 @@ def accuracy_at_radii(rows: Sequence[dict[str, Any]], radii: Sequence[float]) ->
 
 def radius_grid(all_rows: Sequence[dict[str, Any]], points: int = 50) -> list[float]:
     """Common radius axis 0..max finite successful metered radius (at least 1e-3)."""
-    m = np.asarray(
-        [r["metered_radius"] for r in all_rows if r["success"] and r["clean_correct"]], dtype=float
-    )
+    m = np.asarray([r["metered_radius"] for r in all_rows if r["success"] and r["clean_correct"]], dtype=float)
     m = m[np.isfinite(m)]
     top = float(m.max()) if m.size else 1.0
     return [float(v) for v in np.linspace(0.0, max(top, 1e-3) * 1.02, max(2, points))]

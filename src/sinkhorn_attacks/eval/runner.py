@@ -270,8 +270,14 @@ def _run(cfg, out, models, data, after_unit, progress, fresh) -> dict[str, Any]:
     units = [u for u in units if u.batch < nb]
     cascade_labels = [lab for lab in cfg.worst_case_labels if lab not in grid_labels]
     todo = [u for u in units if u.key not in state["done"]]
-    log.info("evaluate: %d models x %d attacks x %d examples = %d units (%d to do)", len(cfg.models),
-             len(cfg.attacks), n, len(units), len(todo))
+    log.info(
+        "evaluate: %d models x %d attacks x %d examples = %d units (%d to do)",
+        len(cfg.models),
+        len(cfg.attacks),
+        n,
+        len(units),
+        len(todo),
+    )
 
     from tqdm.auto import tqdm
 
@@ -419,9 +425,9 @@ def aggregate(cfg: EvalConfig, out: Path, n: int) -> dict[str, Any]:
         key = f"{m}|worst-case"
         curves["radius"][key] = C.accuracy_vs_radius(w, rgrid)
         curves["at_radii"][key] = C.accuracy_at_radii(w, cfg.radii)
-        if all(lab in grid_labels for lab in cfg.worst_case_labels):
-            steps = max(summary[m][lab]["steps"] for lab in cfg.worst_case_labels)
-            curves["iteration"][key] = C.accuracy_vs_iteration(w, steps)
+        # worst case after t iterations of each attack (cascade attacks count from their own start)
+        steps = max((int(i.get("steps", 0)) for lab in cfg.worst_case_labels for i in infos[(m, lab)]), default=0)
+        curves["iteration"][key] = C.accuracy_vs_iteration(w, steps)
         cc = np.asarray([r["clean_correct"] for r in w], dtype=bool)
         s_ = np.asarray([r["success"] for r in w], dtype=bool)
         summary[m]["worst-case"] = {

@@ -15,7 +15,11 @@ import numpy as np  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_iteration", "plot_accuracy_vs_radius", "plot_accuracy_at_radii", "plot_grid"]
 
-RADIUS_LABEL = "metered radius (exact W1, mass-normalised, 5x5 window, pixel units)"
+RADIUS_LABEL = "metered W1 radius (pixels)"
+RADIUS_NOTE = (
+    "metered radius: exact W1 between clean and adversarial image, both normalised to mass 1, 5x5 window, "
+    "pixel units; successes outside the window (inf) never count as within r"
+)
 
 
 def _split(curves: dict[str, list[float]]) -> tuple[list[str], list[str]]:
@@ -41,13 +45,16 @@ def _panels(n: int, title: str) -> tuple[Any, list[Any]]:
 
 
 def _finish(fig: Any, path: str | os.PathLike[str]) -> Path:
-    fig.tight_layout()
+    if not fig.texts:
+        fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
 
 
-def _lines(curves: dict[str, list[float]], xs_of, title: str, xlabel: str, path, marker: str = "") -> Path:
+def _lines(
+    curves: dict[str, list[float]], xs_of, title: str, xlabel: str, path, marker: str = "", note: str = ""
+) -> Path:
     models, attacks = _split(curves)
     fig, axes = _panels(len(attacks), title)
     for ax, a in zip(axes, attacks):
@@ -62,6 +69,9 @@ def _lines(curves: dict[str, list[float]], xs_of, title: str, xlabel: str, path,
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7)
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=7, color="#444")
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _finish(fig, path)
 
 
@@ -72,12 +82,14 @@ def plot_accuracy_vs_iteration(curves: dict[str, Any], path: str | os.PathLike[s
 
 def plot_accuracy_vs_radius(curves: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     grid = curves["radius_grid"]
-    return _lines(curves["radius"], lambda ys: grid, "accuracy vs metered radius", RADIUS_LABEL, path)
+    return _lines(curves["radius"], lambda ys: grid, "accuracy vs metered radius", RADIUS_LABEL, path, note=RADIUS_NOTE)
 
 
 def plot_accuracy_at_radii(curves: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     radii = curves["radii"]
-    return _lines(curves["at_radii"], lambda ys: radii, "accuracy at fixed metered radii", RADIUS_LABEL, path, "o")
+    return _lines(
+        curves["at_radii"], lambda ys: radii, "accuracy at fixed metered radii", RADIUS_LABEL, path, "o", RADIUS_NOTE
+    )
 
 
 def plot_grid(npz_path: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
