@@ -44,8 +44,8 @@ def _panels(n: int, title: str) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
-def _finish(fig: Any, path: str | os.PathLike[str]) -> Path:
-    if not fig.texts:
+def _finish(fig: Any, path: str | os.PathLike[str], tight: bool = True) -> Path:
+    if tight:
         fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -72,7 +72,7 @@ def _lines(
     if note:
         fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=7, color="#444")
         fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _finish(fig, path)
+    return _finish(fig, path, tight=not note)
 
 
 def plot_accuracy_vs_iteration(curves: dict[str, Any], path: str | os.PathLike[str]) -> Path:
