@@ -33,9 +33,7 @@ def _one_thread():
 
 def tiny_cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
-    ).eval()
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
 
 
 def tiny_data(n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
