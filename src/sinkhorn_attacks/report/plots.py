@@ -70,8 +70,11 @@ def _lines(
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7)
     if note:
-        fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=7, color="#444")
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        import textwrap
+
+        wrapped = textwrap.fill(note, width=int(fig.get_figwidth() * 14))
+        fig.text(0.5, 0.0, wrapped, ha="center", va="bottom", fontsize=7, color="#444")
+        fig.tight_layout(rect=(0, 0.03 * (1 + wrapped.count("\n")) + 0.02, 1, 1))
     return _finish(fig, path, tight=not note)
 
 
