@@ -25,7 +25,7 @@ def _dense_reference(x, w, C, eta, tau, gamma, sweeps=20000, tol=1e-13):
         q = logsumexp(K + f[:, None] / eta, axis=0)
         for j in range(n):
 
-            def phi(u, j=j):
+            def phi(u, j=j, q=q):
                 return gamma * (math.exp(u) - w[j]) + tau * (1 - math.exp(lam * (q[j] - u)))
 
             if phi(0.0) <= 0:
