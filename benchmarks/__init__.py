@@ -1,0 +1,1 @@
+"""Benchmarks of sinkhorn-attacks: ``python -m benchmarks [--quick] [--out docs/benchmarks/cpu.json]``."""
