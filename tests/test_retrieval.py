@@ -518,12 +518,13 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     ev = json.loads((out / "evaluate.json").read_text())
     assert ev["n_images"] == 32 and ev["match"] == "image"
     args = ["retrieval", "attack", "--heads", str(out / "heads.pt"), "--out", str(out / "atk"), "--n-images", "6",
-            "--steps", "2", "--batch-size", "4", "--attack", "linf-pgd:eps=2/255|8/255,step_size=2/255",
+            "--steps", "2", "--batch-size", "4", "--attack", "linf-pgd:eps=2/255|8/255,step_size=x0.5",
             "--attack", "other:eps=1/255#B", "--meter-images", "1", "--meter-kernel", "3", *common]
     assert main(args) == 0
     res = json.loads((out / "atk" / "attack.json").read_text())
     assert set(res["cells"]) == {"linf-pgd@eps=0.00784314", "linf-pgd@eps=0.0313725", "B"}
     cell = res["cells"]["linf-pgd@eps=0.0313725"]
+    assert cell["overrides"]["step_size"] == pytest.approx(4 / 255)
     assert cell["steps"] == [0, 1, 2] and cell["metered_common_n"] == 1 and cell["metered_common_mean"] > 0
     assert res["matched_radius"]["radius_field"] == "metered_common_mean"
     for f in ("recall_vs_iterations.png", "recall_vs_radius.png", "examples.png"):
@@ -531,3 +532,33 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     # a rerun resumes from parts/ without attacking again
     monkeypatch.setattr(ex, "default_attack_factory", None)
     assert main(args + ["--no-plots"]) == 0
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("linf-pgd", {"radius": 8 / 255, "step_size": 2 / 255}),
+    pytest.param("uot", {"radius": 0.3, "inner_max_iter": 60}, marks=pytest.mark.slow),
+])
+def test_library_attacks_plug_in(trained, preset, overrides):
+    """The real attacks of the library accept the retrieval objective, callback and no-early-stop contract."""
+    attacks = pytest.importorskip("sinkhorn_attacks.attacks", reason="attacks package not built yet")
+    data, model, x, *_ = trained
+    obj, ei, et = _objective(model, data, x)
+    tower = model.image_tower()
+    seen = []
+
+    def make_attack(callback=None):
+        def cb(step, x_adv, *rest):
+            seen.append(step)
+            callback(step, x_adv, *rest)
+
+        return attacks.from_preset(preset, tower, loss_fn=obj, success_fn=None, callback=cb, steps=3,
+                                   meter_cost=None, **overrides)
+
+    idx = np.arange(4)
+    res = attack_gallery(make_attack, tower, lambda ii: data.load_images(ii), obj, ei, data.image_labels, et,
+                         data.caption_labels, data.caption_image, idx, record_steps=[1, 3], batch_size=4, log=None)
+    assert seen == [1, 2, 3]
+    assert res.final_metrics["i2t"]["R@5"] <= res.metrics[0]["i2t"]["R@5"]
+    loss0 = obj(ei[torch.as_tensor(idx)], torch.as_tensor(idx))
+    loss3 = obj(res.embeddings[3], torch.as_tensor(idx))
+    assert loss3.mean() > loss0.mean()

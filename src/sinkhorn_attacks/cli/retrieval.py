@@ -58,7 +58,7 @@ def _attack(args: argparse.Namespace) -> int:
                      objective=args.objective, directions=tuple(args.directions.split(",")),
                      cache_dir=args.cache_dir, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                      plots=not args.no_plots, meter_images=args.meter_images, meter_kernel=args.meter_kernel or None,
-                     meter_p=args.meter_p)
+                     meter_p=args.meter_p, library_meter=not args.no_library_meter)
     print(f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
           f"{len(res['skipped_cells'])} skipped)")
     return 0
@@ -125,6 +125,8 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
                    help="meter the first n images of every cell with the exact OT meter (one ruler for all attacks)")
     a.add_argument("--meter-kernel", type=int, default=5, help="window of the common meter's cost (0: whole image)")
     a.add_argument("--meter-p", type=float, default=1.0, help="exponent p of the common meter's cost d^p")
+    a.add_argument("--no-library-meter", action="store_true",
+                   help="pass meter_cost=None: the attacks do not meter every image (slow at 128 px)")
     common(a)
     a.set_defaults(func=_attack)
 

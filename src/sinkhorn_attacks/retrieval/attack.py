@@ -311,8 +311,8 @@ def attack_gallery(
     Args:
         make_attack: ``make_attack(callback=fn) -> atk`` building the attack for ``tower``, with the
             objective as its ``loss_fn``; ``atk(images, idx)`` returns a result with ``.adv`` and optionally
-            ``.success``, ``.radius``, ``.metered_radius``, ``.iterations``. ``callback(step, x_adv)`` is called
-            by the attack loop after each step (``step`` = 1, 2, ...).
+            ``.success``, ``.radius``, ``.metered_radius``, ``.iterations``. ``callback(step, x_adv, ...)`` is
+            called by the attack loop after each step (``step`` = 1, 2, ...; extra arguments are ignored).
         tower: the image model handed to the attack (``x -> embedding``), used for recording.
         load_images: ``indices -> (B, 3, H, W)`` in ``[0, 1]``.
         objective: its ``img_labels`` etc. must describe the same split as the other arguments.
@@ -341,7 +341,7 @@ def attack_gallery(
         x = load_images(bidx.tolist())
         last: dict[int, Tensor] = {}
 
-        def callback(step: int, x_adv: Tensor, _last: dict = last, _sl: slice = sl) -> None:
+        def callback(step: int, x_adv: Tensor, *_rest: Any, _last: dict = last, _sl: slice = sl) -> None:
             _last["step"] = step
             if step in rec:
                 with torch.no_grad():

@@ -232,8 +232,13 @@ class AttackSpec:
         """``(cell key, overrides)`` per sweep value (one cell without a sweep)."""
         if not self.sweep_key:
             return [(self.name, dict(self.overrides))]
-        return [(f"{self.name}@{self.sweep_key}={v:g}" if isinstance(v, float) else f"{self.name}@{self.sweep_key}={v}",
-                 {**self.overrides, self.sweep_key: v}) for v in self.sweep]
+        out = []
+        for v in self.sweep:
+            key = f"{self.name}@{self.sweep_key}={v:g}" if isinstance(v, float) else f"{self.name}@{self.sweep_key}={v}"
+            ov = {k: (float(o[1:]) * v if isinstance(o, str) and re.fullmatch(r"x[0-9.eE+-]+", o) else o)
+                  for k, o in self.overrides.items()}
+            out.append((key, {**ov, self.sweep_key: v}))
+        return out
 
 
 def _value(s: str) -> Any:
@@ -255,7 +260,8 @@ def _value(s: str) -> Any:
 
 def parse_attack_spec(text: str) -> AttackSpec:
     """``PRESET[:key=value,...][#LABEL]``; one value may be a ``|``-separated sweep, e.g.
-    ``linf-pgd:eps=2/255|4/255|8/255`` or ``uot:radius=0.005|0.01,steps_size=0.1#UOT``."""
+    ``linf-pgd:radius=2/255|4/255|8/255`` or ``uot:radius=0.005|0.01,step_size=0.1#UOT``. A value ``xF``
+    means ``F`` times the swept value (``linf-pgd:radius=1/255|4/255,step_size=x0.25``)."""
     text, _, label = text.partition("#")
     preset, _, rest = text.partition(":")
     spec = AttackSpec(preset=preset.strip(), label=label.strip() or None)
@@ -345,6 +351,7 @@ def run_attack(
     meter_images: int = 0,
     meter_kernel: int | None = 5,
     meter_p: float = 1.0,
+    library_meter: bool = True,
 ) -> dict:
     """Attack the first ``n_images`` images of a split and write ``attack.json`` (+ plots) to ``out``.
 
@@ -355,6 +362,8 @@ def run_attack(
     ``meter_images > 0`` meters the first that many images of every cell with ``ot.exact_ot`` and
     ``LocalCost(meter_kernel, meter_p)``: one ruler for all attacks (including l_p ones), used by the
     matched-radius table. The exact meter is an LP per channel; at 128 px it takes minutes per image on a CPU.
+    ``library_meter=False`` passes ``meter_cost=None`` so that the attacks do not meter every returned image
+    themselves (their ``metered_radius`` is then ``nan``).
     """
     out = Path(out)
     t_start = time.time()
@@ -403,7 +412,10 @@ def run_attack(
                 log(f"[{key}] {n} images x {steps} iterations, overrides {overrides}")
 
             def make(callback=None, _p=spec.preset, _o=overrides):
-                return factory(_p, tower, loss_fn=obj, success_fn=None, callback=callback, steps=steps, **_o)
+                kw = dict(_o)
+                if not library_meter:
+                    kw.setdefault("meter_cost", None)
+                return factory(_p, tower, loss_fn=obj, success_fn=None, callback=callback, steps=steps, **kw)
 
             res = attack_gallery(make, tower, load, obj, ei, ds.image_labels, et, ds.caption_labels,
                                  ds.caption_image, idx, record_steps=rec, batch_size=batch_size, log=log,
