@@ -25,7 +25,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     out = args.out or ("docs/benchmarks/cpu_quick.json" if args.quick else "docs/benchmarks/cpu.json")
-    res = run(args.quick, args.only)
+    res = run(args.quick, args.only, on_section=lambda r: write(r, out))
     js, md = write(res, out)
     print(md.read_text())
     print(f"wrote {js} and {md}")

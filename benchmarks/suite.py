@@ -265,7 +265,7 @@ def bench_attacks(quick: bool) -> dict[str, Any]:
     from sinkhorn_attacks import zoo
     from sinkhorn_attacks.attacks.presets import from_preset
 
-    n = 16 if quick else 100
+    n = 4 if quick else 100
     model = zoo.load("wong2019-mnist-vanilla", models_dir=MODELS_DIR, download=False)
     x, y = mnist(n)
     rows = []
@@ -305,7 +305,7 @@ def bench_peers(quick: bool) -> dict[str, Any]:
         ps = _import_peer()
     except SystemExit as e:
         return {"projected_sinkhorn": {"skipped": str(e)}}
-    n = 20 if quick else 100
+    n = 10 if quick else 100
     x, _ = mnist(n)
     w = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).sign()
     lam, eps, iters = 1000.0, 0.7, 400
@@ -393,7 +393,7 @@ def bench_memory(quick: bool) -> dict[str, Any]:
     from sinkhorn_attacks.projections.uot import uot_project
 
     rows = []
-    for size, bsz in [((28, 28, 1), 8)] if quick else [((28, 28, 1), 64), ((64, 64, 3), 8)]:
+    for size, bsz in [((28, 28, 1), 4)] if quick else [((28, 28, 1), 64), ((64, 64, 3), 8)]:
         x = images(size, bsz)
         w = sign_step(x)
         rss0 = peak_rss_mib()
@@ -419,7 +419,10 @@ def bench_memory(quick: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run(quick: bool, sections: list[str] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool, sections: list[str] | None = None, on_section: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any]:
+    """Run the sections in order; ``on_section(partial_results)`` after each one (incremental writes)."""
     threads = torch.get_num_threads()
     res: dict[str, Any] = {
         "quick": quick,
@@ -451,7 +454,13 @@ def run(quick: bool, sections: list[str] | None = None) -> dict[str, Any]:
             res[name] = {"error": f"{type(e).__name__}: {e}"}
         res[name]["section_wall_s"] = time.perf_counter() - t0
         res[name]["peak_rss_mib"] = peak_rss_mib()
+        if on_section is not None:
+            res["total_wall_s"] = time.perf_counter() - t_all
+            res["machine"]["load_avg_end"] = list(os.getloadavg())
+            res["imagenet_estimate"] = imagenet_estimate(res)
+            on_section(res)
     res["total_wall_s"] = time.perf_counter() - t_all
+    res["total_cpu_s"] = time.process_time()
     res["machine"]["load_avg_end"] = list(os.getloadavg())
     res["imagenet_estimate"] = imagenet_estimate(res)
     return res
@@ -502,7 +511,8 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     L.append(
         f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"load avg {m['load_avg_start'][0]:.1f} -> {m['load_avg_end'][0]:.1f}; total {res['total_wall_s']:.0f} s."
+        f"load avg {m['load_avg_start'][0]:.1f} -> {m['load_avg_end'][0]:.1f}; total {res['total_wall_s']:.0f} s wall, "
+        f"{res.get('total_cpu_s', float('nan')):.0f} s CPU."
     )
     L.append("")
     bw = res.get("bandwidth", {})
