@@ -74,9 +74,11 @@ def _markdown(out: dict) -> str:
         f"wall-clock budget {out['budget_min']} min on a shared 2-core CPU (load avg at start "
         f"{out['load_start']}). Status: **{out['status']}**, elapsed {out['elapsed_s']:.0f} s.",
         "",
-        "| model | Wong README | ours | #images | clean acc | median radius (fooled) | median metered | s/image |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | Wong README | ours | #images | ours, first n_common | clean acc | median radius (fooled) "
+        "| median metered | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    n_common = min(len(rec["radii"]) for rec in out["models"].values())
 
     def f(v, fmt="{:.3f}"):
         return "-" if v is None else fmt.format(v)
@@ -85,10 +87,14 @@ def _markdown(out: dict) -> str:
         s = rec["summary"]
         lines.append(
             f"| {name} | {rec['wong_readme']:.0%} | {f(s['adv_acc_eps1'], '{:.0%}')} | {s['n_images']} | "
+            f"{f(float(np.mean(np.asarray(rec['radii'][:n_common]) > EPS)) if n_common else None, '{:.0%}')} | "
             f"{f(s['clean_accuracy'], '{:.0%}')} | {f(s['median_radius_fooled'])} | "
             f"{f(s['median_metered_radius_fooled'])} | {f(s['s_per_image'], '{:.1f}')} |"
         )
     lines += [
+        "",
+        f"n_common = {n_common}: the first images that every model was attacked on. A batch is started only "
+        "while the budget lasts, so the last one can overrun it.",
         "",
         "Radius = the nominal (normalised) Wasserstein radius at which the attack first fooled the model; "
         "`inf` if never fooled within 200 steps (max radius 0.7 x 1.1^19 = 4.3), 0 for clean errors. "
@@ -108,7 +114,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models-dir", default="/work/shared/models")
     ap.add_argument("--out", default="docs/results/wong_reproduction.json")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from an existing JSON")
     args = ap.parse_args()
+    if args.render:
+        out = json.loads(Path(args.out).read_text())
+        _atomic_write(Path(args.out).with_suffix(".md"), _markdown(out))
+        return
     torch.set_num_threads(args.threads)
     path = os.environ.get("SINKHORN_ATTACKS_DATA", "/work/shared/data/mnist_test.npz")
     d = np.load(path, allow_pickle=False)
