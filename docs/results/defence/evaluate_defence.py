@@ -28,8 +28,8 @@ from sinkhorn_attacks.data import load_dataset
 ATTACKS: list[tuple[str, dict[str, Any], int | None]] = [
     ("linf-pgd", {}, None),
     ("uot", {"steps": 10, "inner_max_iter": 20, "max_search": 5, "radius_rtol": 0.1, "inner_tol": 1e-3}, None),
-    ("wong2019-mnist", {"steps": 30}, 100),
-    ("hu2020-mnist", {"steps": 30}, 100),
+    ("wong2019-mnist", {"steps": 20, "sinkhorn_iters": 50}, 50),
+    ("hu2020-mnist", {"steps": 20, "sinkhorn_iters": 50}, 50),
 ]
 
 
