@@ -22,6 +22,8 @@ from ..ot.checks import check_images
 from ..ot.cost import LocalCost
 from ..ot.meter import exact_ot
 
+DEFAULT_METER_COST = LocalCost(5, 1.0)  # exact W1, 5x5 window, pixel units
+
 __all__ = ["Attack", "AttackResult", "LossFn", "SuccessFn", "cross_entropy", "misclassified"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -135,7 +137,7 @@ class Attack:
         loss_fn: LossFn | None = None,
         success_fn: SuccessFn | None = misclassified,
         targeted: bool = False,
-        meter_cost: LocalCost | None = LocalCost(5, 1.0),
+        meter_cost: LocalCost | None = DEFAULT_METER_COST,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         batch_size: int | None = None,
     ) -> None:

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             correct = model(x).argmax(1) == y
         y_sub = y[correct]  # the loop attacks only the clean-correct images; clean errors stay errors
 
-        def cb(step: int, cur: torch.Tensor, done: torch.Tensor, acc_t: list[float] = acc_t) -> None:
+        def cb(step: int, cur: torch.Tensor, done: torch.Tensor, acc_t: list[float] = acc_t, y_sub=y_sub) -> None:
             with torch.no_grad():
                 acc_t.append(float((model(cur).argmax(1) == y_sub).sum()) / len(y))
 
@@ -122,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
     plot_accuracy_vs_iteration({"iteration": curves}, out / "accuracy_vs_iteration.png")
     results["accuracy_vs_iteration"] = curves
     write_json(out / "results.json", results)
-    header = f"{'attack':<10} {'clean acc':>9} {'robust acc':>10} {'median metered W1':>18} {'transported':>11} {'time s':>7}"
+    header = (
+        f"{'attack':<10} {'clean acc':>9} {'robust acc':>10} {'median metered W1':>18} {'transported':>11} "
+        f"{'time s':>7}"
+    )
     print(header)
     print("-" * len(header))
     for name, s in rows:
@@ -130,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
         med_s = "-" if med is None else ("outside 5x5" if med == float("inf") else f"{med:.4f}")
         tf = s.get("mean_transported_fraction")
         tf_s = "-" if tf is None else f"{tf:.2f}"
-        print(f"{name:<10} {s['clean_accuracy']:>9.3f} {s['robust_accuracy']:>10.3f} {med_s:>18} {tf_s:>11} "
-              f"{s['time_s']:>7.1f}")
+        print(
+            f"{name:<10} {s['clean_accuracy']:>9.3f} {s['robust_accuracy']:>10.3f} {med_s:>18} {tf_s:>11} "
+            f"{s['time_s']:>7.1f}"
+        )
     print(f"\nwrote {out / 'results.json'}, {out / 'accuracy_vs_iteration.png'}, {out / 'grid_uot.png'}")
     print(json.dumps({n: round(s["robust_accuracy"], 3) for n, s in rows}))
     return 0
