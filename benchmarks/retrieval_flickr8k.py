@@ -46,8 +46,18 @@ DEFAULT_ATTACKS = [
 class LocalLinfPGD:
     """l_inf PGD with the library's call contract: ``atk(images, labels)``, maximising ``loss_fn``."""
 
-    def __init__(self, model, loss_fn, steps=20, eps=None, radius=2 / 255, step_size=None, callback=None,
-                 success_fn=None, **_ignored):
+    def __init__(
+        self,
+        model,
+        loss_fn,
+        steps=20,
+        eps=None,
+        radius=2 / 255,
+        step_size=None,
+        callback=None,
+        success_fn=None,
+        **_ignored,
+    ):
         eps = radius if eps is None else eps
         self.model, self.loss_fn, self.steps, self.eps = model, loss_fn, int(steps), float(eps)
         self.alpha = float(step_size) if step_size is not None else 2.5 * self.eps / max(self.steps, 1)
@@ -61,8 +71,13 @@ class LocalLinfPGD:
             x = (images + (x.detach() + self.alpha * g.sign() - images).clamp(-self.eps, self.eps)).clamp(0, 1)
             if self.callback is not None:
                 self.callback(t, x)
-        return SimpleNamespace(adv=x, success=None, radius=torch.full((len(x),), self.eps), metered_radius=None,
-                               iterations=torch.full((len(x),), self.steps))
+        return SimpleNamespace(
+            adv=x,
+            success=None,
+            radius=torch.full((len(x),), self.eps),
+            metered_radius=None,
+            iterations=torch.full((len(x),), self.steps),
+        )
 
 
 def make_factory(local_linf: bool, notes: list[str]):
@@ -102,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meter-p", type=float, default=1.0)
     ap.add_argument("--budget-min", type=float, default=60.0, help="no new attack cell after this many minutes")
     ap.add_argument("--local-linf", action="store_true", help="local l_inf PGD if the attacks package is missing")
-    ap.add_argument("--library-meter", action="store_true",
-                    help="let every attack meter all its images (exact OT; ~15 s per 64-px image on this CPU)")
+    ap.add_argument(
+        "--library-meter",
+        action="store_true",
+        help="let every attack meter all its images (exact OT; ~15 s per 64-px image on this CPU)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/sinkhorn_attacks/retrieval)")
     args = ap.parse_args(argv)
@@ -115,26 +133,54 @@ def main(argv: list[str] | None = None) -> int:
     heads = work / "heads.pt"
     bk = {"image": {"input_size": args.model_input_size}} if args.model_input_size else {}
     if not heads.is_file():
-        run_train(TrainRun(data=data, out=str(work), image_size=args.image_size or None, eval_split="val",
-                           train=TrainConfig(epochs=args.epochs), cache_dir=cache, backbone_kwargs=bk))
+        run_train(
+            TrainRun(
+                data=data,
+                out=str(work),
+                image_size=args.image_size or None,
+                eval_split="val",
+                train=TrainConfig(epochs=args.epochs),
+                cache_dir=cache,
+                backbone_kwargs=bk,
+            )
+        )
     clean = run_evaluate(heads, data, "test", str(work), cache)
     notes: list[str] = []
     specs = [parse_attack_spec(s) for s in (args.attack or DEFAULT_ATTACKS)]
     record = [int(v) for v in args.record.split(",")]
-    res = run_attack(heads, specs, work / "attack", data=data, split="test", steps=args.steps, record_steps=record,
-                     n_images=args.n_images, batch_size=args.batch_size, objective=args.objective, cache_dir=cache,
-                     attack_factory=make_factory(args.local_linf, notes),
-                     time_budget_s=args.budget_min * 60 - (time.time() - t0), meter_images=args.meter_images,
-                     meter_kernel=args.meter_kernel or None, meter_p=args.meter_p, library_meter=args.library_meter,
-                     extra_meta={"notes": notes, "command": " ".join(sys.argv)})
+    res = run_attack(
+        heads,
+        specs,
+        work / "attack",
+        data=data,
+        split="test",
+        steps=args.steps,
+        record_steps=record,
+        n_images=args.n_images,
+        batch_size=args.batch_size,
+        objective=args.objective,
+        cache_dir=cache,
+        attack_factory=make_factory(args.local_linf, notes),
+        time_budget_s=args.budget_min * 60 - (time.time() - t0),
+        meter_images=args.meter_images,
+        meter_kernel=args.meter_kernel or None,
+        meter_p=args.meter_p,
+        library_meter=args.library_meter,
+        extra_meta={"notes": notes, "command": " ".join(sys.argv)},
+    )
     results.mkdir(parents=True, exist_ok=True)
     train = json.loads((work / "train.json").read_text())
     summary = {
         "dataset": "Flickr8k, flickr8k_128.npz, seeded split (not the official one): 6091 train / 1000 val / "
-                   "1000 test images, 5 captions each",
-        "model": {"image": train["image_backbone"], "text": train["text_backbone"],
-                  "attacked_image_size": args.image_size, "model_input_size": args.model_input_size,
-                  "heads": "Linear->512 both sides, CMPM+CMPC", "train_config": train["train_config"]},
+        "1000 test images, 5 captions each",
+        "model": {
+            "image": train["image_backbone"],
+            "text": train["text_backbone"],
+            "attacked_image_size": args.image_size,
+            "model_input_size": args.model_input_size,
+            "heads": "Linear->512 both sides, CMPM+CMPC",
+            "train_config": train["train_config"],
+        },
         "train_history": train["history"],
         "clean_test_full": {k: clean[k] for k in ("t2i", "i2t", "n_images", "n_captions")},
         "attack": {k: v for k, v in res.items() if k != "heads"},
@@ -144,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     for f in ("recall_vs_iterations.png", "recall_vs_radius.png"):
         if (work / "attack" / f).is_file():
             shutil.copyfile(work / "attack" / f, results / f"flickr8k_{f}")
-    print(json.dumps({"clean": summary["clean_test_full"], "cells": list(res["cells"]),
-                      "skipped": res["skipped_cells"]}, indent=1))
+    print(
+        json.dumps(
+            {"clean": summary["clean_test_full"], "cells": list(res["cells"]), "skipped": res["skipped_cells"]},
+            indent=1,
+        )
+    )
     return 0
 
 
