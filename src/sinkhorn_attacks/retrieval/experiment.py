@@ -69,6 +69,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=1, default=_json_default)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -291,8 +292,9 @@ def matched_radius_table(cells: dict[str, dict], grid: Sequence[float] | None = 
     """R@K of the final adversarial images interpolated at common *metered* radii.
 
     For every attack (cells grouped by attack name), the points (mean metered radius, R@K) of its sweep
-    are sorted by radius and linearly interpolated on ``grid`` (default: 5 radii spanning the range that
-    all attacks cover, or the union when they do not overlap; outside an attack's range: ``null``).
+    are sorted by radius and linearly interpolated on ``grid`` (default: every radius measured for any
+    attack, so each attack is read off at the others' radii; outside an attack's own range: ``null``,
+    never extrapolated).
     """
     by_attack: dict[str, list[tuple[float, dict]]] = {}
     key = "metered_common_mean" if any(c.get("metered_common_mean") is not None for c in cells.values()) \
@@ -304,13 +306,8 @@ def matched_radius_table(cells: dict[str, dict], grid: Sequence[float] | None = 
         by_attack.setdefault(c["attack"], []).append((r, c["final"]))
     if not by_attack:
         return {}
-    if grid is None:
-        lo = max(min(r for r, _ in pts) for pts in by_attack.values())
-        hi = min(max(r for r, _ in pts) for pts in by_attack.values())
-        if hi <= lo:
-            lo = min(min(r for r, _ in pts) for pts in by_attack.values())
-            hi = max(max(r for r, _ in pts) for pts in by_attack.values())
-        grid = list(np.linspace(lo, hi, 5)) if hi > lo else [lo]
+    if grid is None:  # every radius some attack was measured at: each attack is read off at the others' radii
+        grid = sorted({round(r, 12) for pts in by_attack.values() for r, _ in pts})
     out: dict = {"radius_field": key, "metered_radius": [float(g) for g in grid], "attacks": {}}
     for name, pts in by_attack.items():
         pts.sort(key=lambda t: t[0])

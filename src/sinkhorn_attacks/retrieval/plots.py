@@ -22,6 +22,11 @@ def _plt():
     return plt
 
 
+def _short(spec: str) -> str:
+    kind, _, arg = spec.partition(":")
+    return f"{kind}:{Path(arg).name}" if arg else spec
+
+
 def _colours(names: list[str]) -> dict[str, str]:
     base = ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:gray"]
     return {n: base[i % len(base)] for i, n in enumerate(names)}
@@ -45,10 +50,10 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
         i = count.get(c["attack"], 0)
         count[c["attack"]] = i + 1
         ts = sorted(int(t) for t in c["curve"])
-        style = ["-", "--", ":", "-."][i % 4]
+        style = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))][i % 5]
         for r, (d, _) in enumerate(_DIRS):
             for k, kk in enumerate(_KS):
-                axes[r, k].plot(ts, [c["curve"][str(t)][d][kk] for t in ts], style, color=cols[c["attack"]],
+                axes[r, k].plot(ts, [c["curve"][str(t)][d][kk] for t in ts], linestyle=style, color=cols[c["attack"]],
                                 marker="o", ms=3, label=key if (r, k) == (0, 0) else None)
     for r, (_, title) in enumerate(_DIRS):
         for k, kk in enumerate(_KS):
@@ -61,7 +66,7 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
             if k == 0:
                 ax.set_ylabel("recall (%)")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{result['data']} ({result['split']}): {result['n_images']} attacked images, "
+    fig.suptitle(f"{_short(result['data'])} ({result['split']}): {result['n_images']} attacked images, "
                  f"objective {result['objective']['kind']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -94,14 +99,16 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
                 ax.axhline(clean[d][kk], color="k", ls="--", lw=0.8, label="clean" if (r, k) == (0, 0) else None)
             ax.set_title(f"{title}: {kk}")
             ax.set_ylim(-2, 102)
-            ax.set_xscale("symlog", linthresh=1e-4)
+            xs = [c.get(field) for c in result["cells"].values() if c.get(field) is not None]
+            ax.set_xscale("log" if xs and min(xs) > 0 else "symlog")
             ax.grid(alpha=0.3)
             if r == 1:
                 ax.set_xlabel("metered radius (exact OT, mean over images)")
             if k == 0:
                 ax.set_ylabel("recall (%)")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{result['data']} ({result['split']}): recall after {result['steps']} iterations vs metered radius",
+    fig.suptitle(f"{_short(result['data'])} ({result['split']}): recall after {result['steps']} iterations vs "
+                 "metered radius",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
