@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ..projections.lp import L2Projection, LinfProjection
 from .base import Attack
 from .pgd import PGDAttack, RadiusSchedule
 from .uot import UOTAttack
@@ -58,126 +59,54 @@ def _with(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _lp_projection(kind: str):
-    def proj(x, w, radius, state):
-        import torch
-
-        d = w - x
-        r = radius.reshape(-1, 1, 1, 1).to(x.dtype)
-        if kind == "linf":
-            d = torch.maximum(torch.minimum(d, r), -r)
-        else:
-            n = d.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1).clamp_min(1e-12)
-            d = d * torch.clamp(r / n, max=1.0)
-        return (x + d).clamp(0, 1), {}, {"certified_radius": radius.double()}
-
-    return proj
+_UOT_BALL = dict(eta=0.05, tau=10.0, gamma=1.0, steps=40, step="sign", step_size=0.1, kernel_size=5, p=1.0)
+_UOT_PRESETS: dict[str, dict[str, Any]] = {
+    "thesis": dict(_UOT_BALL, penalised=True, eta=1e-3, tau=1e-2, gamma=0.5, steps=75, radius=0.0),
+    "uot": dict(_UOT_BALL, radius=0.3),
+    "uot-search": dict(_UOT_BALL, radius=0.05, steps=60, schedule=RadiusSchedule("multiply", factor=1.15, every=3)),
+}
 
 
-def _thesis(model, **kw):
-    return UOTAttack(
-        model,
-        **_with(
-            dict(
-                penalised=True,
-                eta=1e-3,
-                tau=1e-2,
-                gamma=0.5,
-                steps=75,
-                step="sign",
-                step_size=0.1,
-                kernel_size=5,
-                p=1.0,
-                radius=0.0,
-                name="thesis",
-            ),
-            kw,
-        ),
-    )
+def _uot_preset(name: str) -> Callable[..., Attack]:
+    def factory(model: nn.Module, **kw: Any) -> Attack:
+        return UOTAttack(model, **_with(dict(_UOT_PRESETS[name], name=name), kw))
+
+    return factory
 
 
-def _uot(model, **kw):
-    return UOTAttack(
-        model,
-        **_with(
-            dict(
-                eta=0.05,
-                tau=10.0,
-                gamma=1.0,
-                radius=0.3,
-                steps=40,
-                step="sign",
-                step_size=0.1,
-                kernel_size=5,
-                p=1.0,
-                name="uot",
-            ),
-            kw,
-        ),
-    )
+_LP_PRESETS: dict[str, tuple[type, str, dict[str, Any], str]] = {
+    "linf-pgd": (LinfProjection, "sign", dict(radius=0.3, steps=40, step_size=0.01), "l_inf"),
+    "l2-pgd": (L2Projection, "l2", dict(radius=2.0, steps=40, step_size=0.2), "l_2"),
+    "fgsm": (LinfProjection, "sign", dict(radius=0.3, steps=1), "l_inf"),
+}
 
 
-def _uot_search(model, **kw):
-    d = dict(
-        eta=0.05,
-        tau=10.0,
-        gamma=1.0,
-        radius=0.05,
-        steps=60,
-        step="sign",
-        step_size=0.1,
-        kernel_size=5,
-        p=1.0,
-        schedule=RadiusSchedule("multiply", factor=1.15, every=3),
-        name="uot-search",
-    )
-    return UOTAttack(model, **_with(d, kw))
+def _lp_preset(name: str) -> Callable[..., Attack]:
+    projection, step, defaults, norm = _LP_PRESETS[name]
+
+    def factory(model: nn.Module, **kw: Any) -> Attack:
+        d = _with(defaults, kw)
+        d.setdefault("step_size", d["radius"])  # FGSM: one step of the full radius
+        return PGDAttack(
+            model,
+            projection=projection(),
+            step=step,
+            name=d.pop("name", name),
+            units=f"{norm} norm of the pixel perturbation",
+            **d,
+        )
+
+    return factory
 
 
-def _linf(model, **kw):
-    d = _with(dict(radius=0.3, steps=40, step_size=0.01), kw)
-    return PGDAttack(
-        model,
-        projection=_lp_projection("linf"),
-        step="sign",
-        name=d.pop("name", "linf-pgd"),
-        units="l_inf norm of the pixel perturbation",
-        **d,
-    )
-
-
-def _l2(model, **kw):
-    d = _with(dict(radius=2.0, steps=40, step_size=0.2), kw)
-    return PGDAttack(
-        model,
-        projection=_lp_projection("l2"),
-        step="l2",
-        name=d.pop("name", "l2-pgd"),
-        units="l_2 norm of the pixel perturbation",
-        **d,
-    )
-
-
-def _fgsm(model, **kw):
-    d = _with(dict(radius=0.3), kw)
-    d.setdefault("step_size", d["radius"])
-    return PGDAttack(
-        model,
-        projection=_lp_projection("linf"),
-        step="sign",
-        steps=1,
-        name=d.pop("name", "fgsm"),
-        units="l_inf norm of the pixel perturbation",
-        **d,
-    )
-
-
-register_preset("thesis", _thesis, "thesis hyper-parameters, corrected equations (penalised; no mass moves)")
-register_preset("uot", _uot, "recommended budgeted UOT ball (tau=10, eta=0.05, p=1, 5x5, radius 0.3)")
-register_preset("uot-search", _uot_search, "UOT ball, minimal-radius search (x1.15 every 3 steps)")
-register_preset("linf-pgd", _linf, "l_inf PGD, eps 0.3, 40 steps of 0.01")
-register_preset("l2-pgd", _l2, "l_2 PGD, eps 2.0, 40 steps of 0.2")
-register_preset("fgsm", _fgsm, "FGSM, eps 0.3")
+register_preset(
+    "thesis", _uot_preset("thesis"), "thesis hyper-parameters, corrected equations (penalised; no mass moves)"
+)
+register_preset("uot", _uot_preset("uot"), "recommended budgeted UOT ball (tau=10, eta=0.05, p=1, 5x5, radius 0.3)")
+register_preset("uot-search", _uot_preset("uot-search"), "UOT ball, minimal-radius search (x1.15 every 3 steps)")
+register_preset("linf-pgd", _lp_preset("linf-pgd"), "l_inf PGD, eps 0.3, 40 steps of 0.01")
+register_preset("l2-pgd", _lp_preset("l2-pgd"), "l_2 PGD, eps 2.0, 40 steps of 0.2")
+register_preset("fgsm", _lp_preset("fgsm"), "FGSM, eps 0.3")
 
 try:  # baseline presets live beside their implementations
     from . import presets_baselines as _pb
