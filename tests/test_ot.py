@@ -54,6 +54,56 @@ def test_window_lse_equals_dense(k, p, shape, power):
     assert (ours[fin] - ref[fin]).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("path", ["scaling", "streamed"])
+@pytest.mark.parametrize("k,p", [(5, 1.0), (7, 2.0), (3, 1.5)])
+@pytest.mark.parametrize("power", [0, 1, 2])
+@pytest.mark.parametrize("eta", [1e-3, 0.05, 3.0])
+def test_both_operator_paths_equal_dense(path, k, p, power, eta, monkeypatch):
+    """The scaling form (grouped convolution, log-domain fallback) and the streamed log-domain form, both
+    against the dense float64 reference, at temperatures from near-exact (1e-3: huge dynamic range) to smooth."""
+    import sinkhorn_attacks.ot.kernel as kernel
+
+    monkeypatch.setattr(kernel, "_SCALING_FIRST", path == "scaling")
+    torch.manual_seed(11)
+    cost = LocalCost(k, p)
+    v = torch.randn(3, 2, 9, 11, dtype=torch.float64)
+    v[0, 0, :3] = -math.inf
+    v[1, 1] = -math.inf  # a measure without mass
+    v[2, 0] = -math.inf
+    v[2, 0, 4, 5] = 0.0  # a single mass: its window's centre carries no weight for power > 0
+    ours = local_lse(v, cost, eta, power)
+    ref = _dense_lse(v, cost, eta, power)
+    assert torch.equal(torch.isneginf(ours), torch.isneginf(ref))
+    fin = torch.isfinite(ref)
+    assert ((ours[fin] - ref[fin]).abs() / ref[fin].abs().clamp(min=1)).max() < 1e-11
+    etas = torch.tensor([eta, 2 * eta, 0.5 * eta], dtype=torch.float64).reshape(3, 1, 1, 1)
+    per = local_lse(v, cost, etas, power)
+    for i in range(3):
+        ref_i = _dense_lse(v[i : i + 1], cost, float(etas[i]), power)[0]
+        fin = torch.isfinite(ref_i)
+        assert torch.equal(torch.isneginf(per[i]), torch.isneginf(ref_i))
+        assert ((per[i][fin] - ref_i[fin]).abs() / ref_i[fin].abs().clamp(min=1)).max() < 1e-11
+    o32 = local_lse(v.float(), cost, eta, power).double()
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isneginf(o32), torch.isneginf(ref))
+    scale = 1.0 + v[torch.isfinite(v)].abs().max() / eta  # float32 holds v/eta to ~1e-7 of this
+    assert (o32[fin] - ref[fin]).abs().max() < 1e-6 * scale
+
+
+def test_scaling_form_flags_underflow_and_falls_back():
+    """A potential with a dynamic range far beyond exp's is computed in the log domain, still exactly."""
+    from sinkhorn_attacks.ot.kernel import _scaling_lse
+
+    torch.manual_seed(12)
+    cost = LocalCost(5, 1.0)
+    v = torch.randn(2, 12, 12, dtype=torch.float32)
+    v[0, :6] -= 50.0  # at eta = 0.1 the top half is e^-500 below the image max: the scaling sum underflows
+    _, redo = _scaling_lse(v, cost, 0.1, 0)
+    assert redo.tolist() == [True, False]
+    ref = _dense_lse(v.double(), cost, 0.1)
+    assert (local_lse(v, cost, 0.1).double() - ref).abs().max() < 1e-4
+
+
 def test_window_covering_image_equals_whole_image():
     torch.manual_seed(1)
     v = torch.randn(2, 3, 5, 4, dtype=torch.float64)
