@@ -13,9 +13,10 @@ The cost is symmetric, so the same operator gives row and column reductions of a
 
 It is computed in the scaling form first: with ``s`` the image's max of ``v/eta``, the window sum of
 ``exp(v/eta - s)`` against the kernel ``c**m e^{-c/eta}`` is one grouped convolution (one ``exp`` per pixel
-instead of one per pixel and offset). That sum is exact to rounding wherever it is not tiny; the few pixels
-where it underflows are recomputed in the log domain by gathering their windows (exact for any dynamic
-range). When the window covers a small image a dense ``(n, n)`` log-sum-exp is used.
+instead of one per pixel and offset). That sum is exact to rounding wherever it is not tiny; float32 images
+with pixels where it underflows are redone in float64 (exp range e^+-700), and the few pixels left are
+recomputed in the log domain by gathering their windows (exact for any dynamic range). When the window
+covers a small image a dense ``(n, n)`` log-sum-exp is used.
 ``gather_window``/``scatter_window`` are the same shifts used to store a local coupling (Wu et al.).
 ``eta`` may be a scalar or a tensor broadcastable to ``v``'s leading dims plus ``(1, 1)`` (per-measure eta).
 """
@@ -133,6 +134,14 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
     u = vf / e
     if _SCALING_FIRST and vf.dtype in (torch.float32, torch.float64):
         out, redo = _scaling_lse(u, cost, e, power)
+        if vf.dtype == torch.float32 and bool(redo.any()):
+            # float64's exp range (e^+-700 instead of e^+-87) covers most potentials that float32's does not
+            imgs = redo.flatten(1).any(1)
+            e64 = e[imgs].double() if isinstance(e, torch.Tensor) and e.dim() else e
+            o64, r64 = _scaling_lse(u[imgs].double(), cost, e64, power)
+            sub_out, sub_redo = out[imgs], redo[imgs]
+            out[imgs] = torch.where(sub_redo, o64.to(out.dtype), sub_out)
+            redo[imgs] = sub_redo & r64
     else:
         out, redo = torch.empty_like(vf), torch.ones_like(vf, dtype=torch.bool)
     if bool(redo.any()):
