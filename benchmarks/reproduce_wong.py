@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default="/work/shared/models")
     ap.add_argument("--out", default="docs/results/wong_reproduction.json")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from an existing JSON")
+    ap.add_argument("--resume", action="store_true", help="continue the run recorded in --out (same batch size)")
     args = ap.parse_args()
     if args.render:
         out = json.loads(Path(args.out).read_text())
@@ -154,15 +155,25 @@ def main() -> None:
             for n, (lab, acc) in MODELS.items()
         },  # fmt: skip
     }
+    out_prev = json.loads(out_json.read_text()) if args.resume and out_json.exists() else None
+    if out_prev is not None:
+        if out_prev["batch"] != args.batch:
+            raise SystemExit(f"--resume needs --batch {out_prev['batch']} (the recorded run's)")
+        out = out_prev
+        out["status"] = "running"
+        out["budget_min"] = out.get("budget_min", 0.0) + args.budget_min
     for rec in out["models"].values():
         rec["summary"] = _summary(rec)
+    elapsed_before = float(out.get("elapsed_s", 0.0)) if out_prev is not None else 0.0
     t_start = time.perf_counter()
     budget = args.budget_min * 60
-    start = 0
+    start = min(len(rec["radii"]) for rec in out["models"].values())
     done = False
     while not done and start < len(xs):
         for name, atk in attacks.items():
             rec = out["models"][name]
+            if len(rec["radii"]) > start:
+                continue  # resumed: this model already has this batch
             if time.perf_counter() - t_start > budget:
                 done = True
                 break
@@ -177,13 +188,13 @@ def main() -> None:
             rec["grad_evals"] += int(res.grad_evals)
             rec["batch_times_s"].append(dt)
             rec["summary"] = _summary(rec)
-            out["elapsed_s"] = time.perf_counter() - t_start
+            out["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
             _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
             _atomic_write(out_json.with_suffix(".md"), _markdown(out))
             print(f"{name}: +{len(x)} images in {dt:.1f}s -> {rec['summary']}", flush=True)
         start += args.batch
     out["status"] = "finished (budget spent)" if done else "finished (all images)"
-    out["elapsed_s"] = time.perf_counter() - t_start
+    out["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
     _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
     _atomic_write(out_json.with_suffix(".md"), _markdown(out))
 

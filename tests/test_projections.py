@@ -141,3 +141,28 @@ def test_float32_close_to_float64():
     r64 = uot_project(x, w, cost, 0.05, 1.0, 0.5, tol=1e-10, max_iter=20000)
     r32 = uot_project(x.float(), w.float(), cost, 0.05, 1.0, 0.5, tol=1e-5, max_iter=20000)
     assert float((r32.z.double() - r64.z).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("relax", [1.0, 1.5, 1.8, 1.95])
+def test_over_relaxation_keeps_the_solution_and_cannot_diverge(relax, monkeypatch):
+    """Over-relaxed sweeps reach the plain sweeps' fixed point; at 1.95 one image of this problem diverges
+    without the damping safeguard (checked below), so that case exercises it."""
+    d = np.random.default_rng(3)
+    x = torch.tensor(d.uniform(0.0, 1.0, (3, 1, 12, 12)) * (d.uniform(size=(3, 1, 12, 12)) < 0.5))
+    w = x + 0.1 * torch.tensor(np.sign(d.normal(size=x.shape)))
+    cost = LocalCost(5, 1.0)
+    ref = uot_project(x, w, cost, 0.05, 10.0, 1.0, tol=1e-12, max_iter=50000, relax=1.0)
+    res = uot_project(x, w, cost, 0.05, 10.0, 1.0, tol=1e-12, max_iter=50000, relax=relax)
+    assert bool((res.residual <= 1e-12).all())
+    assert (res.z - ref.z).abs().max() < 1e-9
+    assert res.gap.abs().max() < 1e-9
+    if relax == 1.8:
+        assert int(res.iterations.max()) * 3 < int(ref.iterations.max())  # the point of relaxing
+    if relax == 1.95:
+        import sinkhorn_attacks.projections.uot as uot_module
+
+        monkeypatch.setattr(uot_module, "_DIVERGED", math.inf)  # safeguard off
+        bad = uot_project(x, w, cost, 0.05, 10.0, 1.0, tol=1e-12, max_iter=3000, relax=relax)
+        assert float(bad.residual.max()) > 1.0
+    with pytest.raises(ValueError, match="relax"):
+        uot_project(x, w, cost, 0.05, 10.0, 1.0, relax=2.0)

@@ -92,6 +92,16 @@ def solve_z(
     return z
 
 
+_RELAX = 1.8  # default over-relaxation of the potentials (1 = plain block-coordinate ascent)
+_DIVERGED = 4.0  # an image whose residual exceeds this multiple of its best gets its omega halved
+
+
+def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """``(1 - omega) old + omega new`` where both are finite, else ``new`` (infinite potentials are exact)."""
+    both = torch.isfinite(old) & torch.isfinite(new)
+    return torch.where(both, torch.lerp(old, new, omega), new)
+
+
 def _penalised_sweeps(
     lx: torch.Tensor,
     w: torch.Tensor,
@@ -104,41 +114,85 @@ def _penalised_sweeps(
     f: torch.Tensor,
     g: torch.Tensor,
     z: torch.Tensor,
+    relax: float = _RELAX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm A on a batch with per-image ``eta``, ``gamma`` of shape ``(B, 1, 1, 1)``; in place on f, g, z.
 
-    Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images leave the active set.
+    Over-relaxed (successive over-relaxation of Sinkhorn, Thibault et al. 2017): each block update
+    ``f~, (g~, z)`` is applied as ``f <- f + omega (f~ - f)``, ``g <- g + omega (g~ - g)``; ``omega = 1`` is
+    the plain ascent. Fixed points are unchanged. The residual is the sweep's change of ``LSE_C[g]`` on the
+    support of x (for ``omega = 1`` it equals the first-order row residual ``max |log(a / a*)|``; for any
+    ``omega`` it vanishes exactly at a fixed point); an image whose residual grows past ``_DIVERGED`` times its
+    best gets its ``omega`` halved towards 1 (plain ascent converges from any finite point; a non-finite
+    iterate restarts from the initial potentials with ``omega = 1``).
+    The certified gap of the returned pair is reported separately (``_report``).
+    Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images leave the working set once half of
+    it has converged (until then they keep iterating, which only tightens them).
     """
     B = lx.shape[0]
     kappa = tau / (tau + eta)
-    lam = eta / (tau + eta)
     iters = torch.zeros(B, dtype=torch.long, device=lx.device)
     resid = torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device)
-    act = torch.arange(B, device=lx.device)
-    ell_old = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, eta)
+    # the working set: contiguous copies of the unconverged images, compacted only when half of them are done
+    idx = torch.arange(B, device=lx.device)
+    ws = {
+        "lx": lx,
+        "w": w,
+        "eta": eta,
+        "step": eta * kappa,
+        "lam": eta / (tau + eta),
+        "gamma": gamma,
+        "f": f.clone(),
+        "g": g.clone(),
+        "z": z.clone(),
+        "omega": torch.ones(B, 1, 1, 1, dtype=lx.dtype, device=lx.device),  # first sweep: plain update
+        "best": torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device),
+    }
+    ws["ell"] = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, eta)
+    f0, g0, z0 = f.clone(), g.clone(), z.clone()
     for it in range(1, max_iter + 1):
-        full = act.numel() == B
-        lxa = lx if full else lx[act]
-        la = ell_old if full else ell_old[act]
-        ea = eta if full else eta[act]
-        ka, lma = (kappa, lam) if full else (kappa[act], lam[act])
-        fa = torch.where(torch.isneginf(lxa), lxa, ea * ka * (lxa - la))
+        lxa, sa, ea, om = ws["lx"], ws["step"], ws["eta"], ws["omega"]
+        fa = _relaxed(ws["f"], torch.where(torch.isneginf(lxa), lxa, sa * (lxa - ws["ell"])), om)
         q = local_lse(fa, cost, ea)
-        za = solve_z(q, w if full else w[act], lma, tau, gamma if full else gamma[act], z if full else z[act])
-        ga = ea * ka * (torch.log(za) - q)
-        ga = torch.where(torch.isneginf(q), torch.full_like(ga, math.inf), ga)
-        ga = torch.where((za <= 0) & torch.isfinite(q), torch.full_like(ga, -math.inf), ga)
+        za = solve_z(q, ws["w"], ws["lam"], tau, ws["gamma"], ws["z"])
+        g_new = sa * (torch.log(za) - q)
+        g_new = torch.where(torch.isneginf(q), torch.full_like(g_new, math.inf), g_new)
+        g_new = torch.where((za <= 0) & torch.isfinite(q), torch.full_like(g_new, -math.inf), g_new)
+        ga = _relaxed(ws["g"], g_new, om)
         ell = local_lse(torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga), cost, ea)
-        diff = torch.where(torch.isneginf(lxa), torch.zeros_like(lxa), (ell - la).abs())
+        diff = torch.where(torch.isneginf(lxa), torch.zeros_like(lxa), (ell - ws["ell"]).abs())
         r = torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
-        f[act], g[act], z[act], ell_old[act] = fa, ga, za, ell
-        resid[act] = r
-        iters[act] = it
-        done = r <= tol
-        if bool(done.any()):
-            act = act[~done]
-            if act.numel() == 0:
+        ws["f"], ws["g"], ws["z"], ws["ell"] = fa, ga, za, ell
+        if it == 1:
+            ws["omega"] = torch.full_like(om, float(relax))
+        iters[idx] = it
+        resid[idx] = r
+        best = ws["best"]
+        diverged = ~(r <= _DIVERGED * best)  # also NaN
+        ws["best"] = torch.minimum(best, r)
+        if bool(diverged.any()):  # damp omega towards 1 (plain ascent converges from any finite point)
+            om_d = 1.0 + 0.5 * (ws["omega"][diverged] - 1.0)
+            ws["omega"][diverged] = torch.where(om_d < 1.05, torch.ones_like(om_d), om_d)
+            ws["best"][diverged] = r[diverged]
+            bad = diverged & ~(torch.isfinite(r))
+            if bool(bad.any()):  # non-finite iterate: restart those images from their initial potentials
+                bi = idx[bad]
+                ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
+                gb = ws["g"][bad]
+                ws["ell"][bad] = local_lse(torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb), cost, ea[bad])
+                ws["omega"][bad] = 1.0
+                ws["best"][bad] = math.inf
+        done = (r <= tol) & ~diverged
+        n_done = int(done.sum())
+        if n_done and (2 * n_done >= idx.numel() or it == max_iter):
+            f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
+            keep = ~done
+            idx = idx[keep]
+            if idx.numel() == 0:
                 break
+            ws = {k: (v[keep] if v.shape[0] == keep.shape[0] else v) for k, v in ws.items()}
+    if idx.numel():
+        f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
     return f, g, z, iters, resid
 
 
@@ -205,6 +259,7 @@ def uot_project(
     radius_rtol: float = 1e-3,
     max_search: int = 40,
     state: dict[str, torch.Tensor] | None = None,
+    relax: float = _RELAX,
 ) -> ProjectionResult:
     """Project ``w`` towards the clean image ``x`` in unbalanced OT (see module docstring).
 
@@ -219,6 +274,8 @@ def uot_project(
         tol: inner residual tolerance (default 1e-5 float32 / 1e-10 float64).
         radius_rtol: the budgeted search stops when ``eps (1 - radius_rtol) <= F <= eps``.
         state: warm start from a previous call's ``result.state`` (same batch).
+        relax: over-relaxation ``omega`` in [1, 2) of the inner sweeps (1 = plain block ascent; the fixed
+            point does not depend on it, and a diverging image is damped back towards 1).
     Returns:
         :class:`ProjectionResult`; ``.radius`` is the certified ``F(P, z)`` per image.
     """
@@ -230,6 +287,8 @@ def uot_project(
         raise ValueError("w contains NaN or inf")
     eta = check_positive(eta, "eta")
     tau = check_positive(tau, "tau")
+    if not (isinstance(relax, (int, float)) and 1.0 <= relax < 2.0):
+        raise ValueError(f"relax must be in [1, 2), got {relax!r}")
     gamma = check_positive(gamma, "gamma")
     if tol is None:
         tol = 1e-5 if x.dtype == torch.float32 else 1e-10
@@ -248,7 +307,7 @@ def uot_project(
         eta_b, gam_b = eta_b.expand(B, 1, 1, 1), gam_b.expand(B, 1, 1, 1)
 
     if radius is None:
-        f, g, z, it, res = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z)
+        f, g, z, it, res = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z, relax)
         rep = _report(x, z, f, g, cost, eta_b, tau)
         psi = torch.full((B,), math.nan, dtype=x.dtype, device=x.device)
         return ProjectionResult(z=z, psi=psi, iterations=it, residual=res, state={"f": f, "g": g}, **rep)
@@ -259,10 +318,10 @@ def uot_project(
         raise ValueError(f"radius must be a scalar or have one entry per image ({B}), got {eps.numel()}")
     if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
         raise ValueError("radius must be finite and >= 0")
-    return _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st)
+    return _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax)
 
 
-def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, st):
+def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, st, relax):
     B = x.shape[0]
     dev, dt = x.device, x.dtype
     total_it = torch.zeros(B, dtype=torch.long, device=dev)
@@ -312,6 +371,7 @@ def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_sea
             f[out_idx],
             g[out_idx],
             st["psi"][out_idx] if "psi" in st else None,
+            relax,
         )
         z_out[out_idx] = r["z"]
         f_out[out_idx], g_out[out_idx] = r["f"], r["g"]
@@ -330,7 +390,7 @@ def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_sea
     )
 
 
-def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, psi0):
+def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, psi0, relax):
     """Per-image root of h(t) = F(z_t) - eps in t = log psi (h non-increasing), bracketed secant."""
     B = x.shape[0]
     dev, dt = x.device, x.dtype
@@ -354,7 +414,9 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
         eta_b = (eta / psi).reshape(-1, 1, 1, 1)
         gam_b = (gamma / psi).reshape(-1, 1, 1, 1)
         fa, ga, za = f[act].clone(), g[act].clone(), z[act].clone()
-        fa, ga, za, it, res = _penalised_sweeps(lx[act], w[act], cost, eta_b, tau, gam_b, tol, max_iter, fa, ga, za)
+        fa, ga, za, it, res = _penalised_sweeps(
+            lx[act], w[act], cost, eta_b, tau, gam_b, tol, max_iter, fa, ga, za, relax
+        )
         f[act], g[act], z[act] = fa, ga, za
         iters[act] += it
         rep = _report(x[act], za, fa, ga, cost, eta_b, tau)
