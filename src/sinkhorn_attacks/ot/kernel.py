@@ -37,7 +37,11 @@ __all__ = ["local_lse", "local_max", "gather_window", "scatter_window", "window_
 _DENSE_MAX_ELEMS = 1 << 24  # elements of one dense (chunk, n, n) block
 _STACK_MAX_ELEMS = 1 << 22  # elements of one gathered (pixels, k*k) block of the log-domain path
 # the scaling form's window sums are exact to rounding above this (all neglected terms are < ~1e-37)
-_SCALING_MIN_SUM = {torch.float32: 1e-20, torch.float64: 1e-280}
+# the neglected terms (each below the smallest normal number) total at most k^2 * 1.2e-38 (float32): above
+# these thresholds that is <= 3e-7 absolute in log S, under the rounding of log S itself (|log S| >= 69)
+_SCALING_MIN_SUM = {torch.float32: 1e-30, torch.float64: 1e-290}
+_F32_SPAN = 40.0  # float32 images whose potential v/eta spans more than this are scaled in float64
+_SMALL_CALL = 1 << 17  # pixels below which a mixed float32 batch is scaled in float64 in a single call
 _SCALING_FIRST = True
 
 
@@ -133,15 +137,7 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
         return _dense_lse(vf, cost, e, power).reshape(v.shape)
     u = vf / e
     if _SCALING_FIRST and vf.dtype in (torch.float32, torch.float64):
-        out, redo = _scaling_lse(u, cost, e, power)
-        if vf.dtype == torch.float32 and bool(redo.any()):
-            # float64's exp range (e^+-700 instead of e^+-87) covers most potentials that float32's does not
-            imgs = redo.flatten(1).any(1)
-            e64 = e[imgs].double() if isinstance(e, torch.Tensor) and e.dim() else e
-            o64, r64 = _scaling_lse(u[imgs].double(), cost, e64, power)
-            sub_out, sub_redo = out[imgs], redo[imgs]
-            out[imgs] = torch.where(sub_redo, o64.to(out.dtype), sub_out)
-            redo[imgs] = sub_redo & r64
+        out, redo = _scaling_any(u, cost, e, power)
     else:
         out, redo = torch.empty_like(vf), torch.ones_like(vf, dtype=torch.bool)
     if bool(redo.any()):
@@ -149,13 +145,54 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
     return out.reshape(v.shape)
 
 
+def _take(e, sel, dtype: torch.dtype | None = None):
+    """Per-measure ``eta`` restricted to the selected images (a scalar passes through)."""
+    if isinstance(e, torch.Tensor) and e.dim():
+        e = e[sel]
+        return e.to(dtype) if dtype is not None else e
+    return e
+
+
+def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_scaling_lse` in the cheapest precision that holds the image's range of ``u``.
+
+    A float32 image whose finite ``u`` spans more than ``_F32_SPAN`` may underflow float32's ``exp``: it is
+    computed in float64 directly (one call instead of a float32 attempt plus a retry), and so is a whole
+    small batch holding such an image; float32 images that still flag pixels are retried in float64.
+    Returns the result in ``u``'s dtype and the pixels left.
+    """
+    if u.dtype != torch.float32:
+        return _scaling_lse(u, cost, eta, power)
+    fin = torch.isfinite(u)
+    span = torch.where(fin, u, -math.inf).amax((1, 2)) - torch.where(fin, u, math.inf).amin((1, 2))
+    wide = span > _F32_SPAN
+    if bool(wide.any()) and u.numel() <= _SMALL_CALL:
+        wide = torch.ones_like(wide)  # small call: per-call overhead dominates, one float64 call is cheapest
+    out = torch.empty_like(u)
+    redo = torch.zeros_like(u, dtype=torch.bool)
+    for group, dt in ((~wide, torch.float32), (wide, torch.float64)):
+        if not bool(group.any()):
+            continue
+        sel = slice(None) if bool(group.all()) else group
+        o, r = _scaling_lse(u[sel].to(dt), cost, _take(eta, sel, dt), power)
+        if dt == torch.float32 and bool(r.any()):
+            imgs = r.flatten(1).any(1)
+            o64, r64 = _scaling_lse(u[sel][imgs].double(), cost, _take(_take(eta, sel), imgs, torch.float64), power)
+            o[imgs] = torch.where(r[imgs], o64.to(o.dtype), o[imgs])
+            r[imgs] = r[imgs] & r64
+        out[sel] = o.to(u.dtype)
+        redo[sel] = r
+    return out, redo
+
+
 def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaling form: ``log(K^(m) * exp(u - s)) + s``, ``u = v/eta``, ``K^(m)_d = c_d**m e^{-c_d/eta}`` (a convolution).
 
     ``s`` is each image's max of ``u``, so ``exp`` never overflows and one ``exp`` per pixel replaces one per
-    pixel and offset. Every neglected (underflowed) term is below ~1e-37 (float32), so a window sum
-    ``S_i >= _SCALING_MIN_SUM`` is exact to rounding. Returns the result and the mask of pixels with a finite
-    window whose sum is below that threshold (the caller recomputes them in the log domain).
+    pixel and offset. Every neglected (underflowed) term is below the smallest normal number (1.2e-38 in
+    float32), so a window sum ``S_i >= _SCALING_MIN_SUM`` is exact to the rounding of its logarithm.
+    Returns the result and the mask of pixels with a finite window whose sum is below that threshold (the
+    caller recomputes them in the log domain).
     """
     n, h, w = u.shape
     r = cost.radius(h, w)

@@ -126,14 +126,14 @@ def _penalised_sweeps(
     best gets its ``omega`` halved towards 1 (plain ascent converges from any finite point; a non-finite
     iterate restarts from the initial potentials with ``omega = 1``).
     The certified gap of the returned pair is reported separately (``_report``).
-    Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images leave the working set once half of
-    it has converged (until then they keep iterating, which only tightens them).
+    Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images are written back and leave the
+    working set (contiguous copies of the unconverged images' tensors, so a sweep does no gather/scatter).
     """
     B = lx.shape[0]
     kappa = tau / (tau + eta)
     iters = torch.zeros(B, dtype=torch.long, device=lx.device)
     resid = torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device)
-    # the working set: contiguous copies of the unconverged images, compacted only when half of them are done
+    # the working set: contiguous copies of the unconverged images, compacted when some converge
     idx = torch.arange(B, device=lx.device)
     ws = {
         "lx": lx,
@@ -183,8 +183,7 @@ def _penalised_sweeps(
                 ws["omega"][bad] = 1.0
                 ws["best"][bad] = math.inf
         done = (r <= tol) & ~diverged
-        n_done = int(done.sum())
-        if n_done and (2 * n_done >= idx.numel() or it == max_iter):
+        if bool(done.any()):
             f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
             keep = ~done
             idx = idx[keep]
