@@ -26,11 +26,13 @@ import torch
 from sinkhorn_attacks import zoo
 from sinkhorn_attacks.attacks.presets import from_preset
 
+BINARIZE_WONG = "wong2019-mnist-binarize@wong-protocol"  # attack_mnist.py --binarize: x = (x >= 0.5), plain net
 MODELS = {
     "wong2019-mnist-vanilla": ("standard", 0.04),
     "wong2019-mnist-robust": ("l_inf robust", 0.48),
     "wong2019-mnist-adv": ("adversarially trained", 0.86),
-    "wong2019-mnist-binarize": ("binarize", 0.14),
+    "wong2019-mnist-binarize": ("binarize (threshold inside the model, straight-through gradient)", 0.14),
+    BINARIZE_WONG: ("binarize, Wong's protocol (clean input binarized once, plain network attacked)", 0.14),
 }
 EPS = 1.0
 
@@ -128,7 +130,11 @@ def main() -> None:
     ys = torch.tensor(d["y"][: args.max_images], dtype=torch.long)
     attacks = {}
     for name in MODELS:
-        model = zoo.load(name, models_dir=args.models_dir, download=False)
+        if name == BINARIZE_WONG:  # Wong's attack_mnist.py --binarize: the network without its threshold
+            base = name.split("@")[0]
+            model = zoo.load(zoo.locate(base, models_dir=args.models_dir, download=False))
+        else:
+            model = zoo.load(name, models_dir=args.models_dir, download=False)
         attacks[name] = from_preset("wong2019-mnist", model)
     out_json = Path(args.out)
     out = {
@@ -157,6 +163,8 @@ def main() -> None:
     }
     out_prev = json.loads(out_json.read_text()) if args.resume and out_json.exists() else None
     if out_prev is not None:
+        for n, rec in out["models"].items():  # models added since the recorded run start from image 0
+            out_prev["models"].setdefault(n, rec)
         if out_prev["batch"] != args.batch:
             raise SystemExit(f"--resume needs --batch {out_prev['batch']} (the recorded run's)")
         out = out_prev
@@ -178,6 +186,8 @@ def main() -> None:
                 done = True
                 break
             x, y = xs[start : start + args.batch], ys[start : start + args.batch]
+            if name == BINARIZE_WONG:
+                x = (x >= 0.5).to(x.dtype)
             t0 = time.perf_counter()
             res = atk(x, y)
             dt = time.perf_counter() - t0
