@@ -267,3 +267,20 @@ def test_exact_uot_between_sinkhorn_bounds():
     s = uot_sinkhorn(x, z, cost, 1e-3, 1.0, tol=1e-11, max_iter=50000)
     ub = float(s.transport_cost + 1.0 * (s.kl_rows + s.kl_cols))
     assert u <= ub + 1e-9 and ub - u < 1e-2
+
+
+def test_large_float32_calls_take_the_float32_scaling_path_and_match_float64():
+    """Calls above the small-call size run the float32 scaling form (with the range check and float64
+    retries); they agree with the float64 result, including an image far too wide for float32's exp."""
+    import sinkhorn_attacks.ot.kernel as kernel
+
+    torch.manual_seed(13)
+    v = 0.05 * torch.randn(2, 3, 80, 80, dtype=torch.float64)
+    assert v.numel() > kernel._SMALL_CALL
+    v[0, 0, :10] = -math.inf
+    v[1, 2, 40:] -= 30.0  # v/eta spans > 600 in this channel: float64 from the start
+    ref = local_lse(v, LocalCost(5, 1.0), 0.05)
+    o32 = local_lse(v.float(), LocalCost(5, 1.0), 0.05).double()
+    assert torch.equal(torch.isneginf(o32), torch.isneginf(ref))
+    fin = torch.isfinite(ref)
+    assert ((o32[fin] - ref[fin]).abs() / ref[fin].abs().clamp(min=1)).max() < 1e-5

@@ -41,7 +41,7 @@ _STACK_MAX_ELEMS = 1 << 22  # elements of one gathered (pixels, k*k) block of th
 # these thresholds that is <= 3e-7 absolute in log S, under the rounding of log S itself (|log S| >= 69)
 _SCALING_MIN_SUM = {torch.float32: 1e-30, torch.float64: 1e-290}
 _F32_SPAN = 40.0  # float32 images whose potential v/eta spans more than this are scaled in float64
-_SMALL_CALL = 1 << 17  # pixels below which a mixed float32 batch is scaled in float64 in a single call
+_SMALL_CALL = 1 << 15  # float32 calls up to this many pixels are scaled in float64 (overhead-bound anyway)
 _SCALING_FIRST = True
 
 
@@ -157,17 +157,19 @@ def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
     """:func:`_scaling_lse` in the cheapest precision that holds the image's range of ``u``.
 
     A float32 image whose finite ``u`` spans more than ``_F32_SPAN`` may underflow float32's ``exp``: it is
-    computed in float64 directly (one call instead of a float32 attempt plus a retry), and so is a whole
-    small batch holding such an image; float32 images that still flag pixels are retried in float64.
+    computed in float64 directly (one call instead of a float32 attempt plus a retry), and so is every small
+    call (where per-operation overhead, not arithmetic, sets the cost); float32 images that still flag pixels
+    are retried in float64.
     Returns the result in ``u``'s dtype and the pixels left.
     """
     if u.dtype != torch.float32:
         return _scaling_lse(u, cost, eta, power)
+    if u.numel() <= _SMALL_CALL:  # per-op overhead dominates: one float64 call, no range check, no retry
+        out, redo = _scaling_lse(u.double(), cost, _take(eta, slice(None), torch.float64), power)
+        return out.to(u.dtype), redo
     fin = torch.isfinite(u)
     span = torch.where(fin, u, -math.inf).amax((1, 2)) - torch.where(fin, u, math.inf).amin((1, 2))
     wide = span > _F32_SPAN
-    if bool(wide.any()) and u.numel() <= _SMALL_CALL:
-        wide = torch.ones_like(wide)  # small call: per-call overhead dominates, one float64 call is cheapest
     out = torch.empty_like(u)
     redo = torch.zeros_like(u, dtype=torch.bool)
     for group, dt in ((~wide, torch.float32), (wide, torch.float64)):
