@@ -161,8 +161,24 @@ def test_over_relaxation_keeps_the_solution_and_cannot_diverge(relax, monkeypatc
     if relax == 1.95:
         import sinkhorn_attacks.projections.uot as uot_module
 
-        monkeypatch.setattr(uot_module, "_DIVERGED", math.inf)  # safeguard off
+        monkeypatch.setattr(uot_module, "_DIVERGED", math.inf)  # safeguards off
+        monkeypatch.setattr(uot_module, "_STALL", 10**9)
         bad = uot_project(x, w, cost, 0.05, 10.0, 1.0, tol=1e-12, max_iter=3000, relax=relax)
         assert float(bad.residual.max()) > 1.0
     with pytest.raises(ValueError, match="relax"):
         uot_project(x, w, cost, 0.05, 10.0, 1.0, relax=2.0)
+
+
+def test_over_relaxation_converges_in_float32():
+    """In float32 over-relaxation amplifies rounding noise; the stall guard returns to plain sweeps and stops
+    at the rounding floor (before the guard, solves ran to max_iter just above the tolerance)."""
+    d = np.random.default_rng(4)
+    x = torch.tensor(d.uniform(0.0, 1.0, (2, 3, 32, 32)) * (d.uniform(size=(2, 3, 32, 32)) < 0.6), dtype=torch.float32)
+    w = x + 0.1 * torch.tensor(np.sign(d.normal(size=x.shape)), dtype=torch.float32)
+    cost = LocalCost(5, 1.0)
+    plain = uot_project(x, w, cost, 0.05, 10.0, 1.0, max_iter=3000, relax=1.0)
+    fast = uot_project(x, w, cost, 0.05, 10.0, 1.0, max_iter=3000, relax=1.8)
+    assert bool((fast.residual <= 1e-4).all()) and int(fast.iterations.max()) < 3000  # tol, or the float32 floor
+    assert int(fast.iterations.sum()) < int(plain.iterations.sum())
+    assert (fast.z - plain.z).abs().max() < 1e-3
+    assert fast.gap.abs().max() < 1e-3 * fast.radius.max()

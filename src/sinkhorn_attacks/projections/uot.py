@@ -94,6 +94,8 @@ def solve_z(
 
 _RELAX = 1.8  # default over-relaxation of the potentials (1 = plain block-coordinate ascent)
 _DIVERGED = 4.0  # an image whose residual exceeds this multiple of its best gets its omega halved
+_STALL = 30  # an image whose residual has not dropped by 10% for this many sweeps continues with omega = 1
+_FLOOR = 10.0  # a plain float32 solve stalled (3 x _STALL sweeps) below this multiple of tol stops there
 
 
 def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
@@ -124,7 +126,9 @@ def _penalised_sweeps(
     support of x (for ``omega = 1`` it equals the first-order row residual ``max |log(a / a*)|``; for any
     ``omega`` it vanishes exactly at a fixed point); an image whose residual grows past ``_DIVERGED`` times its
     best gets its ``omega`` halved towards 1 (plain ascent converges from any finite point; a non-finite
-    iterate restarts from the initial potentials with ``omega = 1``).
+    iterate restarts from the initial potentials with ``omega = 1``); one that stalls (no 10% progress in
+    ``_STALL`` sweeps: in float32, over-relaxation amplifies rounding noise above ``tol``) continues plainly,
+    and a plain float32 solve stalled below ``_FLOOR * tol`` stops there (its residual is reported as is).
     The certified gap of the returned pair is reported separately (``_report``).
     Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images are written back and leave the
     working set (contiguous copies of the unconverged images' tensors, so a sweep does no gather/scatter).
@@ -147,6 +151,7 @@ def _penalised_sweeps(
         "z": z.clone(),
         "omega": torch.ones(B, 1, 1, 1, dtype=lx.dtype, device=lx.device),  # first sweep: plain update
         "best": torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device),
+        "stall": torch.zeros(B, dtype=torch.long, device=lx.device),
     }
     ws["ell"] = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, eta)
     f0, g0, z0 = f.clone(), g.clone(), z.clone()
@@ -169,6 +174,15 @@ def _penalised_sweeps(
         resid[idx] = r
         best = ws["best"]
         diverged = ~(r <= _DIVERGED * best)  # also NaN
+        # stalled: no 10% progress for _STALL sweeps (over-relaxation amplifies rounding noise near the floor)
+        ws["stall"] = torch.where(r < 0.9 * best, torch.zeros_like(ws["stall"]), ws["stall"] + 1)
+        plain = ws["omega"].reshape(-1) == 1.0
+        # plain float32 sweeps stuck at the rounding level (float64's floor is far below any usable tol)
+        at_floor = (ws["stall"] >= 3 * _STALL) & plain & (r <= _FLOOR * tol) & (lx.dtype == torch.float32)
+        stalled = (ws["stall"] >= _STALL) & ~plain
+        if bool(stalled.any()):  # relaxed sweeps stuck: plain sweeps from here
+            ws["omega"][stalled] = 1.0
+            ws["stall"][stalled] = 0
         ws["best"] = torch.minimum(best, r)
         if bool(diverged.any()):  # damp omega towards 1 (plain ascent converges from any finite point)
             om_d = 1.0 + 0.5 * (ws["omega"][diverged] - 1.0)
@@ -182,7 +196,7 @@ def _penalised_sweeps(
                 ws["ell"][bad] = local_lse(torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb), cost, ea[bad])
                 ws["omega"][bad] = 1.0
                 ws["best"][bad] = math.inf
-        done = (r <= tol) & ~diverged
+        done = ((r <= tol) | at_floor) & ~diverged
         if bool(done.any()):
             f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
             keep = ~done
