@@ -5,6 +5,7 @@ This package computes and writes results; :mod:`sinkhorn_attacks.report` reads t
 
 from .config import AttackSpec, EvalConfig, config_from_dict, load_config
 from .curves import accuracy_at_radii, accuracy_vs_iteration, accuracy_vs_radius, worst_case
+from .distributed import attack_sharded, shard_indices
 from .runner import EXAMPLE_COLUMNS, Unit, plan_units, run_evaluation, run_unit
 
 __all__ = [
@@ -21,4 +22,6 @@ __all__ = [
     "accuracy_vs_radius",
     "accuracy_at_radii",
     "worst_case",
+    "attack_sharded",
+    "shard_indices",
 ]
