@@ -36,7 +36,6 @@ __all__ = ["local_lse", "local_max", "gather_window", "scatter_window", "window_
 
 _DENSE_MAX_ELEMS = 1 << 24  # elements of one dense (chunk, n, n) block
 _STACK_MAX_ELEMS = 1 << 22  # elements of one gathered (pixels, k*k) block of the log-domain path
-# the scaling form's window sums are exact to rounding above this (all neglected terms are < ~1e-37)
 # the neglected terms (each below the smallest normal number) total at most k^2 * 1.2e-38 (float32): above
 # these thresholds that is <= 3e-7 absolute in log S, under the rounding of log S itself (|log S| >= 69)
 _SCALING_MIN_SUM = {torch.float32: 1e-30, torch.float64: 1e-290}
