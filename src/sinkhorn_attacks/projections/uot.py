@@ -180,11 +180,13 @@ def _penalised_sweeps(
         # plain float32 sweeps stuck at the rounding level (float64's floor is far below any usable tol)
         at_floor = (ws["stall"] >= 3 * _STALL) & plain & (r <= _FLOOR * tol) & (lx.dtype == torch.float32)
         stalled = (ws["stall"] >= _STALL) & ~plain
-        if bool(stalled.any()):  # relaxed sweeps stuck: plain sweeps from here
+        done = ((r <= tol) | at_floor) & ~diverged
+        any_stalled, any_diverged, any_done = torch.stack([stalled.any(), diverged.any(), done.any()]).tolist()
+        if any_stalled:  # relaxed sweeps stuck: plain sweeps from here
             ws["omega"][stalled] = 1.0
             ws["stall"][stalled] = 0
         ws["best"] = torch.minimum(best, r)
-        if bool(diverged.any()):  # damp omega towards 1 (plain ascent converges from any finite point)
+        if any_diverged:  # damp omega towards 1 (plain ascent converges from any finite point)
             om_d = 1.0 + 0.5 * (ws["omega"][diverged] - 1.0)
             ws["omega"][diverged] = torch.where(om_d < 1.05, torch.ones_like(om_d), om_d)
             ws["best"][diverged] = r[diverged]
@@ -196,8 +198,7 @@ def _penalised_sweeps(
                 ws["ell"][bad] = local_lse(torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb), cost, ea[bad])
                 ws["omega"][bad] = 1.0
                 ws["best"][bad] = math.inf
-        done = ((r <= tol) | at_floor) & ~diverged
-        if bool(done.any()):
+        if any_done:
             f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
             keep = ~done
             idx = idx[keep]
