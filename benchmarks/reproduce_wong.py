@@ -108,6 +108,21 @@ def _markdown(out: dict) -> str:
     return "\n".join(lines)
 
 
+def _merge(runs: list[dict], out_json: Path) -> None:
+    """Combine runs over disjoint model subsets: each model's record comes from the run with most images."""
+    out = dict(runs[0])
+    out["models"] = {}
+    for name in MODELS:
+        recs = [r["models"][name] for r in runs if name in r["models"]]
+        if recs:
+            out["models"][name] = max(recs, key=lambda rec: len(rec["radii"]))
+    out["elapsed_s"] = max(r["elapsed_s"] for r in runs)  # the runs went in parallel
+    out["budget_min"] = max(r["budget_min"] for r in runs)
+    out["status"] = " / ".join(sorted({r["status"] for r in runs})) + f" ({len(runs)} processes in parallel)"
+    _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
+    _atomic_write(out_json.with_suffix(".md"), _markdown(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-min", type=float, default=25.0)
@@ -118,7 +133,17 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/wong_reproduction.json")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from an existing JSON")
     ap.add_argument("--resume", action="store_true", help="continue the run recorded in --out (same batch size)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="attack only these models (default: all)")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge runs of disjoint --models into --out (per model, the record with most images)",
+    )
     args = ap.parse_args()
+    if args.merge:
+        _merge([json.loads(Path(f).read_text()) for f in args.merge], Path(args.out))
+        return
     if args.render:
         out = json.loads(Path(args.out).read_text())
         _atomic_write(Path(args.out).with_suffix(".md"), _markdown(out))
@@ -129,7 +154,7 @@ def main() -> None:
     xs = torch.tensor(d["x"][: args.max_images], dtype=torch.float32).div_(255).unsqueeze(1)
     ys = torch.tensor(d["y"][: args.max_images], dtype=torch.long)
     attacks = {}
-    for name in MODELS:
+    for name in args.models or MODELS:
         if name == BINARIZE_WONG:  # Wong's attack_mnist.py --binarize: the network without its threshold
             base = name.split("@")[0]
             model = zoo.load(zoo.locate(base, models_dir=args.models_dir, download=False))
@@ -175,7 +200,7 @@ def main() -> None:
     elapsed_before = float(out.get("elapsed_s", 0.0)) if out_prev is not None else 0.0
     t_start = time.perf_counter()
     budget = args.budget_min * 60
-    start = min(len(rec["radii"]) for rec in out["models"].values())
+    start = min(len(out["models"][n]["radii"]) for n in attacks)
     done = False
     while not done and start < len(xs):
         for name, atk in attacks.items():

@@ -235,27 +235,83 @@ def test_exact_ot_matches_emd2_and_rgb_convention():
     assert float(exact_ot(x, x, LocalCost(3)).value.abs().max()) < 1e-12
 
 
-def test_exact_ot_window_infeasible_is_inf_and_sparse_lp_agrees():
+def test_exact_ot_window_infeasible_is_inf():
     x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     z = torch.zeros_like(x)
     x[0, 0, 0, 0] = 1.0
     z[0, 0, 8, 8] = 1.0
     assert math.isinf(float(exact_ot(x, z, LocalCost(5)).value))
     assert float(exact_ot(x, z, LocalCost(None, 1.0)).value) == pytest.approx(8 * math.sqrt(2))
+
+
+def _pot_windowed(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
+    """Independent reference: POT's network simplex on the full dense windowed cost (float64)."""
+    h, w = p.shape
+    c = cost.dense(h, w).numpy()
+    inside = np.isfinite(c)
+    plan = ot.emd(p.ravel(), q.ravel(), np.where(inside, c, 1e6), numItermax=10_000_000)
+    if plan[~inside].sum() > 1e-12:
+        return math.inf
+    return float((plan * np.where(inside, c, 0.0)).sum())
+
+
+@pytest.mark.parametrize("k,p_exp", [(3, 1.0), (5, 1.0), (5, 2.0), (7, 1.5)])
+def test_grid_flow_meter_matches_network_simplex(monkeypatch, k, p_exp):
+    """The grid min-cost-flow path of the meter equals POT's exact transport on full, holed and dark images."""
     from sinkhorn_attacks.ot import meter
 
-    rng = np.random.default_rng(6)
-    p = rng.uniform(0, 1, (6, 6))
-    q = rng.uniform(0, 1, (6, 6))
+    monkeypatch.setattr(meter, "_DENSE_LIMIT", 0)  # force the flow path
+    cost = LocalCost(k, p_exp)
+    rng = np.random.default_rng(k * 10 + int(p_exp * 2))
+    gaps = []
+    for trial in range(9):
+        h, w = rng.integers(6, 13, size=2)
+        p = rng.uniform(0.2, 1.0, (h, w))
+        q = p + rng.normal(0, 0.15, (h, w))
+        if trial % 3:  # black (trial 1) or nearly black (trial 2) pixels: little mass to relay through
+            fill = 0.0 if trial % 3 == 1 else 1e-3
+            p[rng.uniform(size=(h, w)) < 0.4] = fill
+            q[rng.uniform(size=(h, w)) < 0.4] = fill
+        q = q.clip(0, None)
+        q = q / q.sum() * p.sum()
+        ref = _pot_windowed(p, q, cost)
+        got = meter.exact_ot_pair(p, q, cost)
+        if math.isinf(ref):
+            assert math.isinf(got)
+            continue
+        assert got == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        monkeypatch.setattr(meter, "_CAP_BELOW", -1.0)  # no capacity up front: found by the cut rounds
+        assert meter.exact_ot_pair(p, q, cost) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        monkeypatch.setattr(meter, "_CUT_TOL", math.inf)  # the relaxation alone (empty pixels still exact)
+        gaps.append(ref - meter.exact_ot_pair(p, q, cost))
+        monkeypatch.setattr(meter, "_CUT_TOL", 1e-7)
+        monkeypatch.setattr(meter, "_CAP_BELOW", 0.05)
+    assert min(gaps) > -1e-9  # a relaxation: never above the optimum
+    if p_exp == 1.0:
+        assert max(gaps) > 1e-6  # the capacities were needed on the dark images
+
+
+def test_grid_flow_meter_all_capacities_and_infeasible(monkeypatch):
+    from sinkhorn_attacks.ot import meter
+
+    monkeypatch.setattr(meter, "_DENSE_LIMIT", 0)
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, (9, 11))
+    q = (p + rng.normal(0, 0.2, p.shape)).clip(0, None)
     q = q / q.sum() * p.sum()
-    dense = meter.exact_ot_pair(p, q, LocalCost(5))
-    old = meter._DENSE_LIMIT
-    meter._DENSE_LIMIT = 0
-    try:
-        sparse = meter.exact_ot_pair(p, q, LocalCost(5))
-    finally:
-        meter._DENSE_LIMIT = old
-    assert abs(dense - sparse) < 1e-7
+    ref = _pot_windowed(p, q, LocalCost(5))
+    monkeypatch.setattr(meter, "_CUT_ROUNDS", 0)  # every capacity from the start: the full LP at once
+    assert meter.exact_ot_pair(p, q, LocalCost(5)) == pytest.approx(ref, rel=1e-9)
+    monkeypatch.setattr(meter, "_CUT_ROUNDS", 6)
+    # mass at one end of a row, demand at the other, nothing to relay through: no in-window plan
+    p = np.zeros((1, 7))
+    q = np.zeros((1, 7))
+    p[0, 0], q[0, 6] = 1.0, 1.0
+    p[0, 3] = q[0, 3] = 0.25  # too little mass in the middle to relay the whole unit
+    assert math.isinf(_pot_windowed(p, q, LocalCost(5)))
+    assert math.isinf(meter.exact_ot_pair(p, q, LocalCost(5)))
+    p[0, 3] = q[0, 3] = 1.0  # enough: 0 -> 3 -> 6 through the common mass, cost 3 + 3 of 2.25 moved
+    assert meter.exact_ot_pair(p, q, LocalCost(7)) == pytest.approx(_pot_windowed(p, q, LocalCost(7)), rel=1e-9)
 
 
 def test_exact_uot_between_sinkhorn_bounds():

@@ -12,7 +12,8 @@ normalisation hides is reported beside the radius. Pairs that cannot be matched 
 (e.g. mass appears farther than ``(k-1)/2`` pixels from any clean mass) get ``inf``.
 
 Solvers: POT's network simplex (``ot.emd``) on the dense cost restricted to the two supports when that
-block is small; a sparse exact LP (HiGHS, only in-window edges) otherwise.
+block is small; otherwise the same LP written as a min-cost flow on the pixel grid (HiGHS, only in-window
+arcs, see :func:`_grid_flow`), about 6x faster than the bipartite LP at 128x128.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from .cost import LocalCost
 
 __all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair"]
 
-_DENSE_LIMIT = 6_000_000  # entries of the restricted dense cost block
+_DENSE_LIMIT = 250_000  # entries of the restricted dense cost block (POT); larger: grid flow
+_CUT_ROUNDS = 6  # rounds of added pixel capacities before all are imposed (grid flow)
+_CAP_BELOW = 0.05  # pixels holding less than this fraction of the mean mass are capacitated from the start
+_CUT_TOL = 1e-7  # through-flow slack, in units of the mean pixel mass (HiGHS's feasibility tolerance)
 _SUPPORT_EPS = 0.0
 
 
@@ -57,47 +61,93 @@ def exact_ot_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
         return 0.0
     if sp.size == 0 or sq.size == 0:
         return math.inf
+    qf = qf * (pf.sum() / qf.sum())  # remove round-off mass mismatch
+    if sp.size * sq.size > _DENSE_LIMIT:
+        return _grid_flow(pf.reshape(h, w), qf.reshape(h, w), cost)
     a, b = pf[sp], qf[sq]
-    b = b * (a.sum() / b.sum())  # remove round-off mass mismatch
     pos = _grid(h, w)
     d = pos[sp][:, None, :] - pos[sq][None, :, :]
     r = cost.radius(h, w)
     inside = (np.abs(d) <= r).all(-1)
     if not inside.any(1).all() or not inside.any(0).all():
         return math.inf
+    import ot
+
     c = np.sqrt((d**2).sum(-1)) ** cost.p
-    if sp.size * sq.size <= _DENSE_LIMIT:
-        import ot
-
-        big = float(c[inside].max() + 1.0) * 1e3 + 1e3
-        m = np.where(inside, c, big)
-        plan = ot.emd(a, b, m, numItermax=10_000_000)
-        if (plan[~inside] > 1e-12 * a.sum()).any():
-            return math.inf
-        return float((plan * np.where(inside, c, 0.0)).sum())
-    return _sparse_lp(a, b, c, inside)
-
-
-def _sparse_lp(a: np.ndarray, b: np.ndarray, c: np.ndarray, inside: np.ndarray) -> float:
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix, vstack
-
-    ri, ci = np.nonzero(inside)
-    ne = ri.size
-    rows = coo_matrix((np.ones(ne), (ri, np.arange(ne))), shape=(a.size, ne))
-    cols = coo_matrix((np.ones(ne), (ci, np.arange(ne))), shape=(b.size, ne))
-    res = linprog(
-        c[ri, ci],
-        A_eq=vstack([rows, cols]).tocsr(),
-        b_eq=np.concatenate([a, b]),
-        bounds=(0, None),
-        method="highs",
-    )
-    if res.status == 2:
+    big = float(c[inside].max() + 1.0) * 1e3 + 1e3
+    plan = ot.emd(a, b, np.where(inside, c, big), numItermax=10_000_000)
+    if (plan[~inside] > 1e-12 * a.sum()).any():
         return math.inf
-    if res.status != 0:
-        raise RuntimeError(f"exact LP failed: {res.message}")
-    return float(res.fun)
+    return float((plan * np.where(inside, c, 0.0)).sum())
+
+
+def _window_arcs(h: int, w: int, offsets: list[tuple[int, int, float]]):
+    """Arcs ``i -> i + (di, dj)`` of the pixel grid for each offset that stays inside the image."""
+    ii, jj = np.divmod(np.arange(h * w), w)
+    src, dst, cst = [], [], []
+    for di, dj, c in offsets:
+        ok = np.flatnonzero((ii + di >= 0) & (ii + di < h) & (jj + dj >= 0) & (jj + dj < w))
+        src.append(ok)
+        dst.append(ok + di * w + dj)
+        cst.append(np.full(ok.size, c))
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(cst)
+
+
+def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
+    """Exact windowed OT of two ``(H, W)`` arrays as a min-cost flow on the pixel grid (HiGHS LP).
+
+    A plan ``P`` is a diagonal plus a flow ``f`` on the window's arcs (``f_ij = P_ij``, ``i != j``) with
+
+        out_j - in_j = p_j - q_j,        out_j <= p_j        (equivalently in_j <= q_j),
+
+    and conversely any such flow gives the plan ``P_jj = p_j - out_j``: the problems are the same LP. The
+    capacities ``out_j <= p_j`` (mass passed *through* a pixel cannot exceed what it holds) rarely bind
+    on images, so they start absent (except at dark pixels) and are added only at pixels whose
+    through-flow ``min(in_j, out_j)`` exceeds ``min(p_j, q_j)``; without any the flow problem is a
+    relaxation, so a solution that respects them all is optimal for the full one; at empty pixels they
+    are zero and their arcs are dropped. For
+    ``p = 1`` on images without empty pixels, the arcs whose cost equals a path of shorter arcs (offsets
+    ``(2, 0)``, ``(2, 2)``, ...) are left out until a capacity is needed. After
+    ``_CUT_ROUNDS`` rounds every capacity is imposed. Marginals are scaled to mean 1 so that HiGHS's
+    absolute tolerances (1e-7) are relative ones.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix
+
+    h, w = p.shape
+    n = h * w
+    scale = n / p.sum()
+    a, b = p.ravel() * scale, q.ravel() * scale
+    offsets = cost.offsets(h, w)[1:]
+    sends, takes = a > 0, b > 0  # out_j <= p_j = 0 and in_j <= q_j = 0: no arcs out of / into empty pixels
+    short = cost.p == 1 and bool((sends & takes).all())
+    arcs = [o for o in offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else offsets
+    capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0)  # dark pixels: where relays bind
+    if capped.all():
+        arcs = offsets
+    rounds = 0
+    while True:  # at most _CUT_ROUNDS + 1 solves
+        src, dst, c = _window_arcs(h, w, arcs)
+        keep = sends[src] & takes[dst]
+        src, dst, c = src[keep], dst[keep], c[keep]
+        if src.size == 0:  # no arc can carry mass: feasible only if nothing has to move
+            return 0.0 if np.abs(a - b).max() <= _CUT_TOL else math.inf
+        cols = np.arange(src.size)
+        out_op = csr_matrix((np.ones(src.size), (src, cols)), shape=(n, src.size))
+        in_op = csr_matrix((np.ones(src.size), (dst, cols)), shape=(n, src.size))
+        ub = {"A_ub": out_op[capped], "b_ub": a[capped]} if capped.any() else {}
+        res = linprog(c, A_eq=out_op - in_op, b_eq=a - b, bounds=(0, None), method="highs-ipm", **ub)
+        if res.status == 2:
+            return math.inf
+        if res.status != 0:
+            raise RuntimeError(f"exact OT flow LP failed: {res.message}")
+        through = np.minimum(out_op @ res.x, in_op @ res.x)
+        over = through > np.minimum(a, b) + _CUT_TOL
+        if capped.all() or not over.any():
+            return float(res.fun / scale)
+        rounds += 1
+        arcs = offsets
+        capped = np.ones(n, dtype=bool) if rounds >= _CUT_ROUNDS else capped | over
 
 
 def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
