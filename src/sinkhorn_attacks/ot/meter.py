@@ -30,7 +30,7 @@ from .cost import LocalCost
 __all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair"]
 
 _DENSE_LIMIT = 250_000  # entries of the restricted dense cost block (POT); larger: grid flow
-_CUT_ROUNDS = 6  # rounds of added pixel capacities before all are imposed (grid flow)
+_CUT_ROUNDS = 2  # solves with capacities only where needed before all are imposed (grid flow)
 _CAP_BELOW = 0.05  # pixels holding less than this fraction of the mean mass are capacitated from the start
 _CUT_TOL = 1e-7  # through-flow slack, in units of the mean pixel mass (HiGHS's feasibility tolerance)
 _SUPPORT_EPS = 0.0
@@ -102,15 +102,14 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
 
     and conversely any such flow gives the plan ``P_jj = p_j - out_j``: the problems are the same LP. The
     capacities ``out_j <= p_j`` (mass passed *through* a pixel cannot exceed what it holds) rarely bind
-    on images, so they start absent (except at dark pixels) and are added only at pixels whose
-    through-flow ``min(in_j, out_j)`` exceeds ``min(p_j, q_j)``; without any the flow problem is a
-    relaxation, so a solution that respects them all is optimal for the full one; at empty pixels they
-    are zero and their arcs are dropped. For
-    ``p = 1`` on images without empty pixels, the arcs whose cost equals a path of shorter arcs (offsets
-    ``(2, 0)``, ``(2, 2)``, ...) are left out until a capacity is needed. After
-    ``_CUT_ROUNDS`` rounds every capacity is imposed. Marginals are scaled to mean 1 so that HiGHS's
-    absolute tolerances (1e-7) are relative ones.
+    on images. Without them the flow problem is a relaxation, so a solution that respects them all is
+    optimal for the full one. They are imposed up front at dark pixels (empty ones lose their arcs), then
+    where a solve violates them (with the violators' windows), and after ``_CUT_ROUNDS`` solves
+    everywhere. For ``p = 1`` on images without empty pixels, the arcs whose cost equals a path of
+    shorter arcs (offsets ``(2, 0)``, ``(2, 2)``, ...) are left out until a capacity is needed. Marginals
+    are scaled to mean 1 so that HiGHS's absolute tolerances (1e-7) are relative ones.
     """
+    from scipy.ndimage import binary_dilation
     from scipy.optimize import linprog
     from scipy.sparse import csr_matrix
 
@@ -147,7 +146,11 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
             return float(res.fun / scale)
         rounds += 1
         arcs = offsets
-        capped = np.ones(n, dtype=bool) if rounds >= _CUT_ROUNDS else capped | over
+        if rounds >= _CUT_ROUNDS:
+            capped = np.ones(n, dtype=bool)
+        else:  # the violators and their windows (the flow would re-route through the neighbours)
+            k = 2 * cost.radius(h, w) + 1
+            capped |= binary_dilation(over.reshape(h, w), np.ones((k, k), dtype=bool)).ravel()
 
 
 def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
