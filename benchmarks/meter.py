@@ -34,7 +34,7 @@ def bipartite_lp(p: np.ndarray, q: np.ndarray, cost: LocalCost, scaled: bool) ->
     h, w = p.shape
     n = h * w
     scale = n / p.sum() if scaled else 1.0
-    src, dst, c = _window_arcs(h, w, cost.offsets(h, w))
+    src, dst, c, _ = _window_arcs(h, w, cost.offsets(h, w))
     cols = np.arange(src.size)
     rows = csr_matrix((np.ones(src.size), (src, cols)), shape=(n, src.size))
     colsum = csr_matrix((np.ones(src.size), (dst, cols)), shape=(n, src.size))

@@ -340,3 +340,34 @@ def test_large_float32_calls_take_the_float32_scaling_path_and_match_float64():
     assert torch.equal(torch.isneginf(o32), torch.isneginf(ref))
     fin = torch.isfinite(ref)
     assert ((o32[fin] - ref[fin]).abs() / ref[fin].abs().clamp(min=1)).max() < 1e-5
+
+
+def test_shortcut_relays_keeps_divergence_never_raises_cost_and_removes_ties():
+    from sinkhorn_attacks.ot import meter
+
+    h, w = 7, 9
+    for p_exp in (1.0, 2.0):
+        cost = LocalCost(5, p_exp)
+        offsets = cost.offsets(h, w)[1:]
+        src, dst, c, kind = meter._window_arcs(h, w, offsets)
+        rng = np.random.default_rng(int(p_exp))
+        flow = np.zeros((len(offsets), h * w))
+        flow[kind, src] = rng.exponential(1.0, src.size) * (rng.uniform(size=src.size) < 0.3)
+
+        def stats(f, kind=kind, src=src, dst=dst, c=c):
+            moved = f[kind, src]
+            out, inn = np.bincount(src, moved, h * w), np.bincount(dst, moved, h * w)
+            return float((moved * c).sum()), out - inn, np.minimum(out, inn).sum()
+
+        cost0, div0, thr0 = stats(flow)
+        meter._shortcut_relays(flow, offsets, h, w, cost.radius(h, w))
+        cost1, div1, thr1 = stats(flow)
+        assert flow.min() >= -1e-12  # nothing negative, nothing on arcs that leave the image
+        assert np.abs(flow.sum() - flow[kind, src].sum()) < 1e-9
+        np.testing.assert_allclose(div1, div0, atol=1e-9)  # same supplies and demands
+        assert cost1 <= cost0 + 1e-9
+        if p_exp == 1.0:
+            assert thr1 < 0.5 * thr0  # most relays were shortcuts (random flows relay a lot)
+            assert cost1 < cost0  # and many were strictly dearer than the direct arc
+        else:  # d^2 is superadditive along a line: only bent relays with a no-dearer direct arc go
+            assert thr1 <= thr0

@@ -82,15 +82,53 @@ def exact_ot_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
 
 
 def _window_arcs(h: int, w: int, offsets: list[tuple[int, int, float]]):
-    """Arcs ``i -> i + (di, dj)`` of the pixel grid for each offset that stays inside the image."""
+    """Arcs ``i -> i + (di, dj)`` of the pixel grid for each offset that stays inside the image.
+
+    Returns ``src, dst, cost, kind`` (``kind`` = the arc's index in ``offsets``).
+    """
     ii, jj = np.divmod(np.arange(h * w), w)
-    src, dst, cst = [], [], []
-    for di, dj, c in offsets:
+    src, dst, cst, kind = [], [], [], []
+    for o, (di, dj, c) in enumerate(offsets):
         ok = np.flatnonzero((ii + di >= 0) & (ii + di < h) & (jj + dj >= 0) & (jj + dj < w))
         src.append(ok)
         dst.append(ok + di * w + dj)
         cst.append(np.full(ok.size, c))
-    return np.concatenate(src), np.concatenate(dst), np.concatenate(cst)
+        kind.append(np.full(ok.size, o))
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(cst), np.concatenate(kind)
+
+
+def _shortcut_relays(flow: np.ndarray, offsets: list[tuple[int, int, float]], h: int, w: int, r: int) -> None:
+    """Replace relays ``i -> j -> k`` by the direct arc ``i -> k`` where that is in the window and no dearer.
+
+    ``flow[o, i]`` is the flow from pixel ``i`` along ``offsets[o]`` (in place). An optimal flow keeps its
+    cost (the replaced relays are ties, e.g. two unit steps vs one step of 2 for p = 1) and conservation,
+    and passes less mass through pixels, so fewer pixel capacities bind.
+    """
+    index = {(di, dj): o for o, (di, dj, _) in enumerate(offsets)}
+    rows = np.arange(h * w) // w
+    cols = np.arange(h * w) % w
+    for o1, (a1, b1, c1) in enumerate(offsets):
+        for o2, (a2, b2, c2) in enumerate(offsets):
+            d = (a1 + a2, b1 + b2)
+            o3 = index.get(d)
+            if o3 is None or max(abs(d[0]), abs(d[1])) > r or offsets[o3][2] > c1 + c2:
+                continue
+            # relay pixels j with j - d1 and j + d2 inside the image
+            ok = (rows - a1 >= 0) & (rows - a1 < h) & (cols - b1 >= 0) & (cols - b1 < w)
+            ok &= (rows + a2 >= 0) & (rows + a2 < h) & (cols + b2 >= 0) & (cols + b2 < w)
+            classes = [ok]
+            if o1 == o2:  # j - d and j share one array: split j by parity along d so writes never overlap
+                par = (rows if a1 else cols) % 2 == 0
+                classes = [ok & par, ok & ~par]
+            for cls in classes:
+                j = np.flatnonzero(cls)
+                i = j - (a1 * w + b1)
+                moved = np.minimum(flow[o1, i], flow[o2, j])
+                if not moved.any():
+                    continue
+                flow[o1, i] -= moved
+                flow[o2, j] -= moved
+                flow[o3, i] += moved
 
 
 def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
@@ -124,11 +162,13 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0)  # dark pixels: where relays bind
     if capped.all():
         arcs = offsets
+    every = _window_arcs(h, w, offsets)
+    r = cost.radius(h, w)
     rounds = 0
     while True:  # at most _CUT_ROUNDS + 1 solves
-        src, dst, c = _window_arcs(h, w, arcs)
+        src, dst, c, kind = _window_arcs(h, w, arcs)
         keep = sends[src] & takes[dst]
-        src, dst, c = src[keep], dst[keep], c[keep]
+        src, dst, c, kind = src[keep], dst[keep], c[keep], kind[keep]
         if src.size == 0:  # no arc can carry mass: feasible only if nothing has to move
             return 0.0 if np.abs(a - b).max() <= _CUT_TOL else math.inf
         cols = np.arange(src.size)
@@ -140,7 +180,12 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
             return math.inf
         if res.status != 0:
             raise RuntimeError(f"exact OT flow LP failed: {res.message}")
-        through = np.minimum(out_op @ res.x, in_op @ res.x)
+        flow = np.zeros((len(offsets), n))
+        flow[np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x
+        for _ in range(2):
+            _shortcut_relays(flow, offsets, h, w, r)
+        moved = flow[every[3], every[0]]
+        through = np.minimum(np.bincount(every[0], moved, n), np.bincount(every[1], moved, n))
         over = through > np.minimum(a, b) + _CUT_TOL
         if capped.all() or not over.any():
             return float(res.fun / scale)
