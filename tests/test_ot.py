@@ -371,3 +371,15 @@ def test_shortcut_relays_keeps_divergence_never_raises_cost_and_removes_ties():
             assert cost1 < cost0  # and many were strictly dearer than the direct arc
         else:  # d^2 is superadditive along a line: only bent relays with a no-dearer direct arc go
             assert thr1 <= thr0
+
+
+def test_grid_flow_moves_across_a_dark_pixel_directly(monkeypatch):
+    """A two-pixel move across a dark (capacitated) pixel must use the direct arc, not a relay."""
+    from sinkhorn_attacks.ot import meter
+
+    monkeypatch.setattr(meter, "_DENSE_LIMIT", 0)
+    p = np.array([[1.0, 0.01, 0.01]])
+    q = np.array([[0.01, 0.01, 1.0]])
+    ref = _pot_windowed(p, q, LocalCost(5))
+    assert ref == pytest.approx(0.99 * 2)
+    assert meter.exact_ot_pair(p, q, LocalCost(5)) == pytest.approx(ref, rel=1e-9)

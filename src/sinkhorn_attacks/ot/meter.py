@@ -142,9 +142,10 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     capacities ``out_j <= p_j`` (mass passed *through* a pixel cannot exceed what it holds) rarely bind
     on images. Without them the flow problem is a relaxation, so a solution that respects them all is
     optimal for the full one. They are imposed up front at dark pixels (empty ones lose their arcs), then
-    where a solve violates them (with the violators' windows), and after ``_CUT_ROUNDS`` solves
-    everywhere. For ``p = 1`` on images without empty pixels, the arcs whose cost equals a path of
-    shorter arcs (offsets ``(2, 0)``, ``(2, 2)``, ...) are left out until a capacity is needed. Marginals
+    where a solve violates them once tied relays are replaced by direct arcs (:func:`_shortcut_relays`),
+    with the violators' windows, and after ``_CUT_ROUNDS`` solves everywhere. For ``p = 1`` on images
+    without dark pixels, the arcs whose cost equals a path of shorter arcs (offsets ``(2, 0)``,
+    ``(2, 2)``, ...) are left out until a capacity is needed. Marginals
     are scaled to mean 1 so that HiGHS's absolute tolerances (1e-7) are relative ones.
     """
     from scipy.ndimage import binary_dilation
@@ -157,11 +158,11 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     a, b = p.ravel() * scale, q.ravel() * scale
     offsets = cost.offsets(h, w)[1:]
     sends, takes = a > 0, b > 0  # out_j <= p_j = 0 and in_j <= q_j = 0: no arcs out of / into empty pixels
-    short = cost.p == 1 and bool((sends & takes).all())
-    arcs = [o for o in offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else offsets
     capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0)  # dark pixels: where relays bind
-    if capped.all():
-        arcs = offsets
+    # without the arcs that equal a path of unit arcs, the problem is a relaxation only if no pixel is
+    # capacitated: a (2, 0) move across a capped pixel would have to relay through it
+    short = cost.p == 1 and not capped.any() and bool((sends & takes).all())
+    arcs = [o for o in offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else offsets
     every = _window_arcs(h, w, offsets)
     r = cost.radius(h, w)
     rounds = 0
@@ -194,8 +195,7 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
         if rounds >= _CUT_ROUNDS:
             capped = np.ones(n, dtype=bool)
         else:  # the violators and their windows (the flow would re-route through the neighbours)
-            k = 2 * cost.radius(h, w) + 1
-            capped |= binary_dilation(over.reshape(h, w), np.ones((k, k), dtype=bool)).ravel()
+            capped |= binary_dilation(over.reshape(h, w), np.ones((2 * r + 1, 2 * r + 1), dtype=bool)).ravel()
 
 
 def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
