@@ -77,6 +77,8 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
 def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
     """2 x 3 grid: final R@K against the mean metered (exact OT) radius, one line per attack sweep."""
     plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
     names = _attacks(result)
     cols = _colours(names)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
@@ -101,6 +103,7 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
             ax.set_ylim(-2, 102)
             xs = [c.get(field) for c in result["cells"].values() if c.get(field) is not None]
             ax.set_xscale("log" if xs and min(xs) > 0 else "symlog")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within one decade
             ax.grid(alpha=0.3)
             if r == 1:
                 ax.set_xlabel("metered radius (exact OT, mean over images)")
