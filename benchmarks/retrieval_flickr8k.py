@@ -8,7 +8,7 @@ attacks). Work lives in ``--work`` (heads, feature cache, parts); the small resu
 copied to ``--results``. Rerunning skips finished stages and cells.
 
     .venv/bin/python benchmarks/retrieval_flickr8k.py --data ../shared/data/flickr8k_128.npz \
-        --work runs/retrieval/bench --results docs/results/retrieval --budget-min 60
+        --work runs/retrieval/bench --results docs/results/retrieval --budget-min 180 --threads 1
 
 Attacks come from ``sinkhorn_attacks.attacks.from_preset``. ``--local-linf`` replaces an unavailable
 library by a local l_inf PGD (sign step, projection on the ball and the box) for the ``linf`` cells only,
