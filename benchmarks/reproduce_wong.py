@@ -72,7 +72,8 @@ def _markdown(out: dict) -> str:
         "# Wong et al. MNIST reproduction (Adv Acc at eps = 1.0)",
         "",
         f"Preset `wong2019-mnist` (p=2, 7x7, lam=1000, 400 Sinkhorn its, 200 steps, eps0=0.7 x1.1 every 10), "
-        f"first test images of `mnist_test.npz`, batch {out['batch']}, {out['threads']} torch thread(s), "
+        f"test images from index {out.get('first_image', 0)} of `mnist_test.npz`, batch {out['batch']}, "
+        f"{out['threads']} torch thread(s), "
         f"wall-clock budget {out['budget_min']} min on a shared 2-core CPU (load avg at start "
         f"{out['load_start']}). Status: **{out['status']}**, elapsed {out['elapsed_s']:.0f} s.",
         "",
@@ -128,6 +129,7 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=25.0)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--max-images", type=int, default=10000)
+    ap.add_argument("--first", type=int, default=0, help="index of the first test image attacked")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models-dir", default="/work/shared/models")
     ap.add_argument("--out", default="docs/results/wong_reproduction.json")
@@ -151,8 +153,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = os.environ.get("SINKHORN_ATTACKS_DATA", "/work/shared/data/mnist_test.npz")
     d = np.load(path, allow_pickle=False)
-    xs = torch.tensor(d["x"][: args.max_images], dtype=torch.float32).div_(255).unsqueeze(1)
-    ys = torch.tensor(d["y"][: args.max_images], dtype=torch.long)
+    sl = slice(args.first, args.first + args.max_images)
+    xs = torch.tensor(d["x"][sl], dtype=torch.float32).div_(255).unsqueeze(1)
+    ys = torch.tensor(d["y"][sl], dtype=torch.long)
     attacks = {}
     for name in args.models or MODELS:
         if name == BINARIZE_WONG:  # Wong's attack_mnist.py --binarize: the network without its threshold
@@ -166,6 +169,7 @@ def main() -> None:
         "preset": "wong2019-mnist",
         "eps": EPS,
         "data": path,
+        "first_image": args.first,
         "batch": args.batch,
         "threads": args.threads,
         "budget_min": args.budget_min,
