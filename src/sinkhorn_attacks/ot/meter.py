@@ -167,7 +167,7 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     r = cost.radius(h, w)
     rounds = 0
     while True:  # at most _CUT_ROUNDS + 1 solves
-        src, dst, c, kind = _window_arcs(h, w, arcs)
+        src, dst, c, kind = every if arcs is offsets else _window_arcs(h, w, arcs)
         keep = sends[src] & takes[dst]
         src, dst, c, kind = src[keep], dst[keep], c[keep], kind[keep]
         if src.size == 0:  # no arc can carry mass: feasible only if nothing has to move
@@ -182,7 +182,7 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
         if res.status != 0:
             raise RuntimeError(f"exact OT flow LP failed: {res.message}")
         flow = np.zeros((len(offsets), n))
-        flow[np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x
+        flow[kind if arcs is offsets else np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x
         for _ in range(2):
             _shortcut_relays(flow, offsets, h, w, r)
         moved = flow[every[3], every[0]]
