@@ -1,8 +1,11 @@
 """Command line: ``sinkhorn-attacks <command> ...``.
 
-Each command lives in its own module ``sinkhorn_attacks.cli.<name>`` exposing ``add_parser(subparsers)``
-(registers the sub-parser and sets ``func``) and is imported lazily so that ``--help`` stays fast and a
-missing optional dependency only affects its own command.
+Each command lives in its own module ``sinkhorn_attacks.cli.<name>`` exposing
+``add_parser(subparsers, help_text)`` (registers the sub-parser and sets ``func``); adding a command is one
+line in :data:`COMMANDS`. ``main`` applies the shared options (``--threads``, see :mod:`._common`) and turns
+user errors (:class:`~sinkhorn_attacks._util.UserError`, missing or unwritable files) into one line on stderr
+with exit code 2; any other exception is a bug and keeps its traceback. On Ctrl-C a command that can resume
+prints how (``args.resume_hint``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = {
-    "demo": "offline demo on scikit-learn digits: UOT attack vs l_inf PGD, table + plot + grid",
-    "attack": "attack a model (zoo name or checkpoint) on a dataset slice with one preset",
-    "evaluate": "models x attacks x data: per-example results, curves, worst case, report",
-    "train": "(adversarial) training, single process or torchrun",
-    "retrieval": "image-text retrieval: train heads, evaluate and attack R@K",
-    "zoo": "list / download / verify the published checkpoints",
-    "bench": "speed benchmarks (projection, window pass, full attack, peers)",
-}
+from .._util import Registry, UserError
+
+# name -> one-line help; the module sinkhorn_attacks.cli.<name> provides add_parser(subparsers, help_text)
+COMMANDS: Registry[str] = Registry(
+    "command",
+    [
+        ("demo", "offline demo on scikit-learn digits: UOT attack vs l_inf PGD, table + plot + grid"),
+        ("attack", "attack a model (zoo name or checkpoint) on a dataset slice with one preset"),
+        ("evaluate", "models x attacks x data: per-example results, curves, worst case, report"),
+        ("train", "(adversarial) training, single process or torchrun"),
+        ("retrieval", "image-text retrieval: train heads, evaluate and attack R@K"),
+        ("zoo", "list / download / verify the published checkpoints"),
+    ],
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,16 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._common import setup_threads
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prog = f"sinkhorn-attacks {args.command}"
     try:
+        setup_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print(f"\ninterrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        # a path the user gave (input missing, output not writable)
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

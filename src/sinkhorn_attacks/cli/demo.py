@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._common import StepBar, UserError, add_threads, fmt, smoke_limit
+
 
 def add_parser(sub: Any, help_text: str) -> None:
     p = sub.add_parser(
@@ -35,6 +37,8 @@ def add_parser(sub: Any, help_text: str) -> None:
     p.add_argument("--linf", type=float, default=0.3, help="l_inf radius of the PGD reference (default 0.3)")
     p.add_argument("--epochs", type=int, default=15, help="training epochs of the small CNN (default 15)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -63,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from ..report.plots import plot_accuracy_vs_iteration, plot_grid
 
     if args.n_images < 1 or args.steps < 1:
-        raise SystemExit("--n-images and --steps must be >= 1")
+        raise UserError("--n-images and --steps must be >= 1")
+    smoke = smoke_limit()
+    if smoke:  # smoke run (tests of the documented commands)
+        args.n_images, args.steps, args.epochs = min(args.n_images, smoke), min(args.steps, smoke), 1
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +95,20 @@ def run(args: argparse.Namespace) -> int:
             correct = model(x).argmax(1) == y
         y_sub = y[correct]  # the loop attacks only the clean-correct images; clean errors stay errors
 
-        def cb(step: int, cur: torch.Tensor, done: torch.Tensor, acc_t: list[float] = acc_t, y_sub=y_sub) -> None:
+        bar = StepBar(args.steps, f"{name:<8}", disable=args.quiet)
+
+        def cb(
+            step: int, cur: torch.Tensor, done: torch.Tensor, acc_t: list[float] = acc_t, y_sub=y_sub, bar=bar
+        ) -> None:
             with torch.no_grad():
                 acc_t.append(float((model(cur).argmax(1) == y_sub).sum()) / len(y))
+            bar(step, cur, done)
 
         atk = from_preset(name, model, callback=cb, early_stop=False, **kw)
-        res = atk(x, y)
+        try:
+            res = atk(x, y)
+        finally:
+            bar.close()
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
         curves[f"digits-cnn|{name}"] = [clean] + acc_t
@@ -130,12 +145,10 @@ def run(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for name, s in rows:
         med = s["median_metered_radius"]
-        med_s = "-" if med is None else ("outside 5x5" if med == float("inf") else f"{med:.4f}")
-        tf = s.get("mean_transported_fraction")
-        tf_s = "-" if tf is None else f"{tf:.2f}"
+        med_s = "outside 5x5" if med == float("inf") else fmt(med, 4)
         print(
-            f"{name:<10} {s['clean_accuracy']:>9.3f} {s['robust_accuracy']:>10.3f} {med_s:>18} {tf_s:>11} "
-            f"{s['time_s']:>7.1f}"
+            f"{name:<10} {fmt(s['clean_accuracy']):>9} {fmt(s['robust_accuracy']):>10} {med_s:>18} "
+            f"{fmt(s.get('mean_transported_fraction'), 2):>11} {fmt(s['time_s'], 1):>7}"
         )
     print(f"\nwrote {out / 'results.json'}, {out / 'accuracy_vs_iteration.png'}, {out / 'grid_uot.png'}")
     print(json.dumps({n: round(s["robust_accuracy"], 3) for n, s in rows}))

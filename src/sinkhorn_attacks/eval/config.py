@@ -6,7 +6,7 @@ TOML layout (every section optional except ``models`` and ``attacks``)::
     out = "runs/thesis_mnist"   # output folder (results, state, log)
     seed = 0                    # base seed; each work unit gets its own seed derived from it
     batch_size = 50             # examples per work unit
-    device = "cpu"
+    device = "auto"             # auto (cuda when available), cpu, cuda
     grid_examples = 8           # examples saved per (model, attack) for the report's grids
 
     [data]
@@ -42,16 +42,30 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._util import UserError, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["AttackSpec", "EvalConfig", "load_config", "config_from_dict"]
+__all__ = [
+    "AttackSpec",
+    "ConfigError",
+    "EvalConfig",
+    "bundled_configs",
+    "config_from_dict",
+    "PreflightError",
+    "preflight",
+    "load_config",
+    "resolve_config",
+    "validate_attack",
+]
 
 
 @dataclass
@@ -80,7 +94,7 @@ class EvalConfig:
     out: str = "runs/evaluate"
     seed: int = 0
     batch_size: int = 50
-    device: str = "cpu"
+    device: str = "auto"
     grid_examples: int = 8
     radii: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0])
     radius_points: int = 50
@@ -117,39 +131,155 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the output folder or the device)."""
+    def fingerprint(self, *, with_limit: bool = True) -> str:
+        """Hash of everything that changes results (not the output folder or the device). ``with_limit=False``
+        leaves out ``limit``: runs that differ only in it share their finished work units."""
         d = self.to_dict()
-        for k in ("out", "device", "data_dir", "models_dir"):
+        for k in ("out", "device", "data_dir", "models_dir") + (() if with_limit else ("limit",)):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _attack_spec(item: Any) -> AttackSpec:
+_SCHEMA: dict[str, dict[str, str]] = {
+    "run": {"out": "str", "seed": "int", "batch_size": "int", "device": "str", "grid_examples": "int"},
+    "data": {"dataset": "str", "split": "str", "limit": "int", "offset": "int", "data_dir": "str"},
+    "models": {"names": "list[str]", "models_dir": "str"},
+    "curves": {"radii": "list[float]", "radius_points": "int"},
+    "worst_case": {"attacks": "list"},
+}
+_ATTACK_KEYS = {"preset": "str", "label": "str", "params": "dict"}
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "list[str]": "a list of strings",
+    "list[float]": "a list of numbers",
+    "list": "a list",
+    "dict": "a table",
+}
+
+
+class ConfigError(UserError):
+    """A config file or value that cannot be used; the message names the file, the key and the fix."""
+
+
+def _where(source: str | None, key: str) -> str:
+    return f"{source}: {key}" if source else key
+
+
+def _check_type(value: Any, kind: str, where: str) -> Any:
+    ok = {
+        "str": lambda v: isinstance(v, str),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[float]": lambda v: (
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ),
+        "list": lambda v: isinstance(v, list),
+        "dict": lambda v: isinstance(v, dict),
+    }[kind](value)
+    if not ok:
+        hint = ""
+        if kind.startswith("list") and isinstance(value, str):
+            hint = f"; write [{value!r}] for a single entry".replace("'", '"')
+        raise ConfigError(f"{where} = {value!r}: expected {_TYPE_WORDS[kind]}{hint}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: Iterable[str], where: str) -> None:
+    allowed = list(allowed)
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(f"unknown key {k!r} in {where}{suggest(k, allowed)}; valid keys: {', '.join(allowed)}")
+
+
+def _attack_spec(item: Any, where: str = "attacks") -> AttackSpec:
     if isinstance(item, str):
         return AttackSpec(item)
     if isinstance(item, dict):
-        extra = set(item) - {"preset", "label", "params"}
-        if "preset" not in item or extra:
-            raise ValueError(f"config: an attack needs 'preset' (and optional 'label', 'params'), got {item}")
-        return AttackSpec(str(item["preset"]), str(item.get("label", "")), dict(item.get("params", {})))
-    raise ValueError(f"config: an attack is a preset name or a table, got {item!r}")
+        _check_keys(item, _ATTACK_KEYS, where)
+        if "preset" not in item:
+            raise ConfigError(f'{where}: an attack table needs preset = "NAME" (and optional label, params)')
+        for k, kind in _ATTACK_KEYS.items():
+            if k in item:
+                _check_type(item[k], kind, f"{where}.{k}")
+        return AttackSpec(item["preset"], item.get("label", ""), dict(item.get("params", {})))
+    raise ConfigError(f"{where}: an attack is a preset name or a table {{ preset = ..., params = ... }}, got {item!r}")
 
 
-def config_from_dict(d: dict[str, Any], base_dir: str | os.PathLike[str] | None = None) -> EvalConfig:
-    """Build an :class:`EvalConfig` from the parsed TOML structure (see the module docstring)."""
-    known = {"run", "data", "models", "attacks", "curves", "worst_case"}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"config: unknown sections {sorted(unknown)}; known: {sorted(known)}")
-    run, data, curves = d.get("run", {}), d.get("data", {}), d.get("curves", {})
+def validate_attack(spec: AttackSpec, where: str = "") -> None:
+    """Check the preset name and the keyword overrides of ``spec`` (names and value types) without a model.
+
+    Unknown names get the nearest valid one; a value whose type differs from the preset's default (``steps =
+    "abc"``) is refused. Raises :class:`ConfigError`.
+    """
+    import inspect
+
+    from torch import nn
+
+    from ..attacks import from_preset, preset_names
+
+    where = where or f"attack {spec.label!r}"
+    names = preset_names()
+    if spec.preset not in names:
+        raise ConfigError(
+            f"{where}: unknown attack preset {spec.preset!r}{suggest(spec.preset, names)}; "
+            "list them with `sinkhorn-attacks attack --list`"
+        )
+    default = from_preset(spec.preset, nn.Identity())
+    valid = set(default.config()) | {
+        n for c in type(default).__mro__ for n in inspect.signature(c.__init__).parameters if c is not object
+    }
+    valid -= {"self", "model", "args", "kwargs", "kw"}
+    for k, v in spec.params.items():
+        if k not in valid:
+            raise ConfigError(
+                f"{where}: preset {spec.preset!r} has no parameter {k!r}{suggest(k, valid)}; "
+                f"parameters: {', '.join(sorted(valid))}"
+            )
+        d = getattr(default, k, None)
+        num = (int, float)
+        bad = (
+            (isinstance(d, bool) and not isinstance(v, bool))
+            or (isinstance(d, num) and not isinstance(d, bool) and (isinstance(v, bool) or not isinstance(v, num)))
+            or (isinstance(d, int) and not isinstance(d, bool) and isinstance(v, float))
+        )
+        if bad:
+            raise ConfigError(f"{where}: {k} = {v!r}: expected {type(d).__name__} like the default {d!r}")
+    try:
+        from_preset(spec.preset, nn.Identity(), **spec.params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: preset {spec.preset!r} with {spec.params}: {err}") from None
+
+
+def config_from_dict(
+    d: dict[str, Any], base_dir: str | os.PathLike[str] | None = None, source: str | None = None
+) -> EvalConfig:
+    """Build an :class:`EvalConfig` from the parsed TOML structure (see the module docstring).
+
+    Unknown sections or keys (at any depth) and values of the wrong type raise :class:`ConfigError` naming
+    ``source`` (the file), the key and the nearest valid name.
+    """
+    known = ["run", "data", "models", "attacks", "curves", "worst_case"]
+    _check_keys(d, known, _where(source, "the config (sections)"))
     models = d.get("models", {})
     if isinstance(models, list):
         models = {"names": models}
+    tables: dict[str, dict[str, Any]] = {}
+    for sec, schema in _SCHEMA.items():
+        t = models if sec == "models" else d.get(sec, {})
+        if not isinstance(t, dict):
+            raise ConfigError(f"{_where(source, sec)}: expected a [{sec}] table, got {t!r}")
+        _check_keys(t, schema, _where(source, f"[{sec}]"))
+        for k, kind in schema.items():
+            if k in t:
+                _check_type(t[k], kind, _where(source, f"[{sec}] {k}"))
+        tables[sec] = t
+    run, data, curves, wc = tables["run"], tables["data"], tables["curves"], tables["worst_case"]
     attacks = d.get("attacks", [])
     if not isinstance(attacks, list):
-        raise ValueError("config: 'attacks' must be a list")
-    wc = d.get("worst_case", {})
+        raise ConfigError(f"{_where(source, 'attacks')}: expected a list of presets or [[attacks]] tables")
 
     def _path(v: Any) -> str | None:
         if not v:
@@ -160,40 +290,120 @@ def config_from_dict(d: dict[str, Any], base_dir: str | os.PathLike[str] | None 
         return str(p)
 
     kw: dict[str, Any] = dict(
-        models=[str(m) for m in models.get("names", [])],
-        attacks=[_attack_spec(a) for a in attacks],
+        models=list(models.get("names", [])),
+        attacks=[_attack_spec(a, _where(source, f"[[attacks]] #{i + 1}")) for i, a in enumerate(attacks)],
         models_dir=_path(models.get("models_dir")),
-        dataset=str(data.get("dataset", "mnist")),
-        split=str(data.get("split", "test")),
-        limit=int(data.get("limit", 100)),
-        offset=int(data.get("offset", 0)),
+        dataset=data.get("dataset", "mnist"),
+        split=data.get("split", "test"),
+        limit=data.get("limit", 100),
+        offset=data.get("offset", 0),
         data_dir=_path(data.get("data_dir")),
-        out=str(run.get("out", "runs/evaluate")),
-        seed=int(run.get("seed", 0)),
-        batch_size=int(run.get("batch_size", 50)),
-        device=str(run.get("device", "cpu")),
-        grid_examples=int(run.get("grid_examples", 8)),
-        radius_points=int(curves.get("radius_points", 50)),
+        out=run.get("out", "runs/evaluate"),
+        seed=run.get("seed", 0),
+        batch_size=run.get("batch_size", 50),
+        device=run.get("device", "auto"),
+        grid_examples=run.get("grid_examples", 8),
+        radius_points=curves.get("radius_points", 50),
     )
     if "attacks" in wc:
         grid = {a.label for a in kw["attacks"]}
         order, extra = [], []
-        for item in wc["attacks"]:
+        for i, item in enumerate(wc["attacks"]):
             if isinstance(item, str) and item in grid:
                 order.append(item)
             else:  # an attack run only in the worst-case cascade, on the still-robust examples
-                spec = _attack_spec(item)
+                spec = _attack_spec(item, _where(source, f"[worst_case] attacks #{i + 1}"))
                 extra.append(spec)
                 order.append(spec.label)
         kw["worst_case"], kw["cascade_attacks"] = order, extra
     if "radii" in curves:
         kw["radii"] = [float(r) for r in curves["radii"]]
-    return EvalConfig(**kw)
+    try:
+        return EvalConfig(**kw)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped with the package (``sinkhorn-attacks evaluate --config NAME``)."""
+    from importlib import resources
+
+    return sorted(
+        f.name[: -len(".toml")]
+        for f in resources.files("sinkhorn_attacks.configs").iterdir()
+        if f.name.endswith(".toml")
+    )
+
+
+def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:
+    """A config file path: an existing path, else a bundled config by name (``thesis_mnist``, with or without
+    ``.toml`` or a leading ``configs/``). Raises :class:`ConfigError` listing the bundled names."""
+    from importlib import resources
+
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_file():
+        return p
+    stem = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
+    if stem in bundled_configs():
+        with resources.as_file(resources.files("sinkhorn_attacks.configs") / f"{stem}.toml") as f:
+            return Path(f)
+    known = bundled_configs()
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a bundled config{suggest(stem, known)}; "
+        f"bundled: {', '.join(known)}"
+    )
+
+
+class PreflightError(UserError):
+    """Some model, data or device of a run is not available; the message lists every problem."""
+
+
+def preflight(cfg: EvalConfig, *, check_models: bool = True, check_data: bool = True) -> None:
+    """Check, before any work, that the device exists, every attack preset and override is valid, the data
+    slice can be read and every model is available (local file, or downloadable). Raises
+    :class:`PreflightError` listing everything that is missing."""
+    from .._util import resolve_device
+
+    problems: list[str] = []
+    try:
+        resolve_device(cfg.device)
+    except UserError as err:
+        problems.append(f"device: {err}")
+    for spec in cfg.attacks + cfg.cascade_attacks:
+        try:
+            validate_attack(spec)
+        except ConfigError as err:
+            problems.append(str(err))
+    if check_data:
+        from ..data import DatasetError, load_dataset
+
+        try:
+            load_dataset(cfg.dataset, cfg.split, cfg.data_dir, limit=1, offset=cfg.offset)
+        except (DatasetError, ValueError, OSError) as err:
+            problems.append(f"data {cfg.dataset}/{cfg.split}: {str(err).splitlines()[0]}")
+    if check_models:
+        from .. import zoo
+
+        for name in cfg.models:
+            try:
+                if name in zoo.REGISTRY:
+                    zoo.locate(name, models_dir=cfg.models_dir, download=True)
+                elif not Path(name).expanduser().is_file():
+                    hint = suggest(name, zoo.REGISTRY)
+                    problems.append(f"model {name!r}: not a zoo name{hint} nor an existing checkpoint file")
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(f"model {name}: {str(err).splitlines()[0]}")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise PreflightError(f"nothing was run; {len(problems)} problem(s) to fix first:\n{lines}")
 
 
 def load_config(path: str | os.PathLike[str]) -> EvalConfig:
-    """Read a TOML evaluation config (see the module docstring for the layout)."""
-    p = Path(path)
-    with p.open("rb") as f:
-        d = tomllib.load(f)
-    return config_from_dict(d, base_dir=p.parent)
+    """Read a TOML evaluation config (a path or a bundled name; see the module docstring for the layout)."""
+    p = resolve_config(path)
+    try:
+        with p.open("rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: TOML syntax error: {err}") from None
+    return config_from_dict(d, base_dir=p.parent, source=str(p))

@@ -1,4 +1,4 @@
-"""Atomic file writes (temp file in the same folder + ``os.replace``) and the CSV / JSON readers."""
+"""File writes (atomic, through :func:`sinkhorn_attacks._util.atomic_write`) and the CSV / JSON readers."""
 
 from __future__ import annotations
 
@@ -7,38 +7,44 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_csv", "read_csv", "save_npz"]
+from .._util import atomic_write
+
+__all__ = [
+    "plain_float",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "write_csv",
+    "read_csv",
+    "save_npz",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the complete new file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"))
+
+
+def plain_float(v: float) -> float:
+    """``v`` as a plain float; a value that is exactly a float32 number is written with float32's shortest
+    digits (``0.3`` rather than ``0.30000001192092896``)."""
+    v = float(v)
+    if math.isfinite(v) and v != 0.0 and abs(v) < 3.4e38:
+        f32 = np.float32(v)
+        if float(f32) == v:
+            return float(str(f32))
+    return v
 
 
 def _jsonable(v: Any) -> Any:
@@ -46,10 +52,20 @@ def _jsonable(v: Any) -> Any:
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")  # strict JSON has no inf / nan
+    if hasattr(v, "tolist") and hasattr(v, "dim"):  # torch tensor
+        return _jsonable(v.tolist())
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "inf" if v > 0 else ("-inf" if v < 0 else "nan")  # strict JSON has no inf / nan
+        return plain_float(v)
+    if isinstance(v, Path):
+        return str(v)
     return v
 
 

@@ -27,13 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._util import UserError, resolve_device
 from . import curves as C
-from .config import AttackSpec, EvalConfig
+from .config import AttackSpec, EvalConfig, preflight
 from .io import read_json, save_npz, write_csv, write_json
 
 __all__ = ["Unit", "run_evaluation", "run_unit", "plan_units", "EXAMPLE_COLUMNS", "RESULTS_VERSION"]
 
 RESULTS_VERSION = 1
+
+
+class OutputConflictError(UserError, RuntimeError):
+    """The output folder holds a run of another configuration."""
+
+
 log = logging.getLogger("sinkhorn_attacks.eval")
 
 EXAMPLE_COLUMNS = [
@@ -95,6 +102,7 @@ def run_unit(
     y: torch.Tensor,
     index: torch.Tensor,
     seed: int,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray]]:
     """Attack one batch; returns per-example rows, unit info and the arrays for the example grid.
 
@@ -117,6 +125,8 @@ def run_unit(
 
     def callback(t: int, cur: torch.Tensor, done: torch.Tensor) -> None:
         calls["n"] += 1
+        if on_step is not None:
+            on_step(t, cur, done)
         if cur.shape[0] != todo.numel():
             calls["mismatch"] = True
             return
@@ -167,7 +177,7 @@ def run_unit(
         "grad_evals": int(res.grad_evals),
         "units": res.units,
         "attack_name": res.name,
-        "attack_config": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in res.config.items()},
+        "attack_config": {k: _plain(v) for k, v in res.config.items()},
         "seed": seed,
     }
     grid = {
@@ -181,6 +191,29 @@ def run_unit(
         "index": index.cpu().numpy(),
     }
     return rows, info, grid
+
+
+def _default_steps(preset: str) -> int | None:
+    """The preset's number of steps (for the progress bar's total)."""
+    from ..attacks import from_preset
+
+    try:
+        return getattr(from_preset(preset, nn.Identity()), "steps", None)
+    except Exception:  # noqa: BLE001 - only a progress-bar total
+        return None
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly copy of a config value: dicts and lists kept, numbers as Python numbers."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (int, float, str, bool)):
+        return v
+    return str(v)
 
 
 def _setup_log(out: Path) -> logging.Handler:
@@ -202,7 +235,7 @@ def _default_model_loader(cfg: EvalConfig) -> Callable[[str], nn.Module]:
     def load(name: str) -> nn.Module:
         from .. import zoo
 
-        return zoo.load(name, models_dir=cfg.models_dir, device=cfg.device)
+        return zoo.load(name, models_dir=cfg.models_dir, device=resolve_device(cfg.device))
 
     return load
 
@@ -215,6 +248,7 @@ def run_evaluation(
     after_unit: Callable[[Unit, int], None] | None = None,
     progress: bool = True,
     fresh: bool = False,
+    keep_adversarial: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the evaluation described by ``cfg`` and write its outputs under ``cfg.out``.
 
@@ -225,31 +259,38 @@ def run_evaluation(
         after_unit: called after each finished unit with (unit, units finished in this call); tests use
             it to simulate a kill.
         fresh: ignore (and overwrite) an existing state file.
+        keep_adversarial: also write every grid unit's adversarial images to ``<out>/adversarial/<unit>.npz``
+            (finished units without that file are rerun).
     Returns the content of ``results.json``.
     """
     out = Path(cfg.out)
     (out / "units").mkdir(parents=True, exist_ok=True)
     handler = _setup_log(out)
     try:
-        return _run(cfg, out, models, data, after_unit, progress, fresh)
+        return _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _run(cfg, out, models, data, after_unit, progress, fresh) -> dict[str, Any]:
+def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=False) -> dict[str, Any]:
     state_path = out / "state.json"
     fp = cfg.fingerprint()
     state: dict[str, Any] = {"fingerprint": fp, "done": {}}
+    old_n: int | None = None  # examples of a previous run with another --limit (its units are reused)
     if state_path.exists() and not fresh:
         old = read_json(state_path)
         if old.get("fingerprint") != fp:
-            raise RuntimeError(
-                f"{out} holds a run with another configuration (fingerprint {old.get('fingerprint')} != {fp}); "
-                "use another output folder or --fresh"
-            )
+            old_n = _other_limit(out, old, cfg)
+            if old_n is None:
+                raise OutputConflictError(
+                    f"{out} holds a run with another configuration (fingerprint {old.get('fingerprint')} != {fp}); "
+                    "use another --out folder, or --fresh to discard it"
+                )
         state = old
         log.info("resuming: %d units already done", len(state["done"]))
+    if models is None or data is None:
+        preflight(cfg, check_models=models is None, check_data=data is None)
     write_json(out / "config.json", {"fingerprint": fp, **cfg.to_dict()})
 
     if data is None:
@@ -257,19 +298,30 @@ def _run(cfg, out, models, data, after_unit, progress, fresh) -> dict[str, Any]:
     else:
         images, labels = data[0][cfg.offset : cfg.offset + cfg.limit], data[1][cfg.offset : cfg.offset + cfg.limit]
     n = images.shape[0]
+    if old_n is not None:  # another limit: keep the units whose examples are the same
+        bs = cfg.batch_size
+        same = {b for b in range(math.ceil(max(n, old_n) / bs)) if min(n, (b + 1) * bs) == min(old_n, (b + 1) * bs)}
+        kept = {k: v for k, v in state["done"].items() if int(k.rsplit("__b", 1)[1]) in same}
+        log.info("limit %d -> %d examples: reusing %d of %d finished units", old_n, n, len(kept), len(state["done"]))
+        state = {"fingerprint": fp, "done": kept}
+    state["n_examples"] = n
     indices = torch.arange(cfg.offset, cfg.offset + n)
     if isinstance(models, dict):
         loader: Callable[[str], nn.Module] = models.__getitem__
     else:
         loader = models or _default_model_loader(cfg)
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
 
     grid_labels = {a.label for a in cfg.attacks}
     units = plan_units(cfg)
     nb = math.ceil(n / cfg.batch_size)
     units = [u for u in units if u.batch < nb]
     cascade_labels = [lab for lab in cfg.worst_case_labels if lab not in grid_labels]
-    todo = [u for u in units if u.key not in state["done"]]
+    todo = [
+        u
+        for u in units
+        if u.key not in state["done"] or (keep_adversarial and not (out / "adversarial" / f"{u.key}.npz").exists())
+    ]
     log.info(
         "evaluate: %d models x %d attacks x %d examples = %d units (%d to do)",
         len(cfg.models),
@@ -297,12 +349,23 @@ def _run(cfg, out, models, data, after_unit, progress, fresh) -> dict[str, Any]:
         bar.set_postfix_str(f"{u.model} / {u.attack} / batch {u.batch}")
         x, y = images[sel].to(device), labels[sel].to(device)
         if sel.numel():
-            rows, info, grid = run_unit(get_model(u.model), spec, x, y, indices[sel], u.seed(cfg.seed))
+            steps = spec.params.get("steps") or _default_steps(spec.preset)
+            step_bar = tqdm(total=steps, desc="  steps", unit="step", leave=False, disable=not progress)
+
+            def on_step(t: int, cur: torch.Tensor, done: torch.Tensor) -> None:
+                step_bar.update(max(0, int(t) - step_bar.n))
+
+            try:
+                rows, info, grid = run_unit(get_model(u.model), spec, x, y, indices[sel], u.seed(cfg.seed), on_step)
+            finally:
+                step_bar.close()
         else:
             rows, info, grid = [], {"steps": 0, "time_s": 0.0}, None
         for r in rows:
             r["model"], r["attack"] = u.model, u.attack
         write_json(out / "units" / f"{u.key}.json", {"unit": u.key, "info": info, "rows": rows})
+        if grid is not None and keep_adversarial and not u.cascade:
+            save_npz(out / "adversarial" / f"{u.key}.npz", **grid, model=np.array(u.model), attack=np.array(u.attack))
         if grid is not None and u.batch == 0 and not u.cascade:
             k = min(cfg.grid_examples, sel.numel())
             save_npz(
@@ -341,6 +404,22 @@ def _run(cfg, out, models, data, after_unit, progress, fresh) -> dict[str, Any]:
     results = aggregate(cfg, out, n)
     log.info("results written to %s", out)
     return results
+
+
+def _other_limit(out: Path, old_state: dict[str, Any], cfg: EvalConfig) -> int | None:
+    """Examples of the previous run in ``out`` when it differs from ``cfg`` only in ``limit``, else None."""
+    old_cfg = read_json(out / "config.json") if (out / "config.json").exists() else {}
+    old_limit = old_cfg.get("limit")
+    if not isinstance(old_limit, int):
+        return None
+    try:
+        probe = EvalConfig(**{**cfg.to_dict(), "limit": old_limit, "attacks": cfg.attacks,
+                              "cascade_attacks": cfg.cascade_attacks})  # fmt: skip
+    except ValueError:
+        return None
+    if probe.fingerprint() != old_state.get("fingerprint"):
+        return None
+    return int(old_state.get("n_examples", old_limit))
 
 
 def _load_rows(out: Path, u: Unit) -> tuple[list[dict[str, Any]], dict[str, Any]]:
