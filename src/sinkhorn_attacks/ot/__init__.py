@@ -4,6 +4,7 @@ from .cost import LocalCost
 from .kernel import gather_window, local_lse, local_max, scatter_window
 from .meter import MeterResult, exact_ot, exact_uot
 from .sinkhorn import SinkhornResult, uot_sinkhorn, uot_terms
+from .yardstick import Measurement, Yardstick, measure
 
 __all__ = [
     "LocalCost",
@@ -17,4 +18,7 @@ __all__ = [
     "exact_ot",
     "exact_uot",
     "MeterResult",
+    "measure",
+    "Yardstick",
+    "Measurement",
 ]

@@ -27,7 +27,7 @@ import torch
 from .checks import check_measure, check_positive, check_same
 from .cost import LocalCost
 
-__all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair"]
+__all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair", "tv_pair", "TVPair"]
 
 _DENSE_LIMIT = 250_000  # entries of the restricted dense cost block (POT); larger: grid flow
 _CUT_ROUNDS = 2  # solves with capacities only where needed before all are imposed (grid flow)
@@ -52,6 +52,14 @@ def _grid(h: int, w: int) -> np.ndarray:
     return np.stack([ii.ravel(), jj.ravel()], axis=1).astype(np.float64)
 
 
+def _block_cost(h: int, w: int, sp: np.ndarray, sq: np.ndarray, cost: LocalCost) -> tuple[np.ndarray, np.ndarray]:
+    """Ground cost ``d**p`` between the pixels ``sp`` (rows) and ``sq`` (columns) and the in-window mask."""
+    pos = _grid(h, w)
+    d = pos[sp][:, None, :] - pos[sq][None, :, :]
+    inside = (np.abs(d) <= cost.radius(h, w)).all(-1)
+    return np.sqrt((d**2).sum(-1)) ** cost.p, inside
+
+
 def exact_ot_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     """Exact balanced OT between two non-negative ``(H, W)`` arrays of equal total mass (float64)."""
     h, w = p.shape
@@ -65,15 +73,11 @@ def exact_ot_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     if sp.size * sq.size > _DENSE_LIMIT:
         return _grid_flow(pf.reshape(h, w), qf.reshape(h, w), cost)
     a, b = pf[sp], qf[sq]
-    pos = _grid(h, w)
-    d = pos[sp][:, None, :] - pos[sq][None, :, :]
-    r = cost.radius(h, w)
-    inside = (np.abs(d) <= r).all(-1)
+    c, inside = _block_cost(h, w, sp, sq, cost)
     if not inside.any(1).all() or not inside.any(0).all():
         return math.inf
     import ot
 
-    c = np.sqrt((d**2).sum(-1)) ** cost.p
     big = float(c[inside].max() + 1.0) * 1e3 + 1e3
     plan = ot.emd(a, b, np.where(inside, c, big), numItermax=10_000_000)
     if (plan[~inside] > 1e-12 * a.sum()).any():
@@ -131,7 +135,26 @@ def _shortcut_relays(flow: np.ndarray, offsets: list[tuple[int, int, float]], h:
                 flow[o3, i] += moved
 
 
+@dataclass
+class _Flow:
+    """A solution of :func:`_grid_flow_solve`, in the units of its inputs (``None`` fields: infeasible)."""
+
+    value: float  # the LP optimum as HiGHS reports it
+    offsets: list[tuple[int, int, float]]  # the window without the zero offset
+    flow: np.ndarray | None = None  # (len(offsets), H*W): flow leaving pixel i along offsets[o]
+    destroyed: np.ndarray | None = None  # (H*W,) mass sent to the extra node (price given)
+    created: np.ndarray | None = None  # (H*W,) mass received from the extra node (price given)
+    potential: np.ndarray | None = None  # (H*W,) multipliers of the conservation rows
+
+
 def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
+    """Exact windowed balanced OT of two ``(H, W)`` arrays of equal mass (see :func:`_grid_flow_solve`)."""
+    return _grid_flow_solve(p, q, cost).value
+
+
+def _grid_flow_solve(
+    p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float | None = None, *, tight: bool = False
+) -> _Flow:
     """Exact windowed OT of two ``(H, W)`` arrays as a min-cost flow on the pixel grid (HiGHS LP).
 
     A plan ``P`` is a diagonal plus a flow ``f`` on the window's arcs (``f_ij = P_ij``, ``i != j``) with
@@ -147,55 +170,200 @@ def _grid_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost) -> float:
     without dark pixels, the arcs whose cost equals a path of shorter arcs (offsets ``(2, 0)``,
     ``(2, 2)``, ...) are left out until a capacity is needed. Marginals
     are scaled to mean 1 so that HiGHS's absolute tolerances (1e-7) are relative ones.
+
+    With a ``price`` the graph gets one extra node: every pixel holding clean mass may send it there
+    (destruction, cost ``price`` per unit) and every pixel holding perturbed mass may receive from it
+    (creation, same price); the conservation rows become ``out_j + d_j - in_j - a_j = p_j - q_j``, the
+    capacities ``out_j + d_j <= p_j``, and the problem is always feasible (the extra node's own row is
+    the sum of the others and is left out). ``tight`` imposes every capacity at once and asks HiGHS for
+    tolerances of 1e-10.
     """
     from scipy.ndimage import binary_dilation
     from scipy.optimize import linprog
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_matrix, hstack
 
     h, w = p.shape
     n = h * w
-    scale = n / p.sum()
+    scale = n / p.sum() if price is None else 2 * n / (p.sum() + q.sum())
     a, b = p.ravel() * scale, q.ravel() * scale
     offsets = cost.offsets(h, w)[1:]
     sends, takes = a > 0, b > 0  # out_j <= p_j = 0 and in_j <= q_j = 0: no arcs out of / into empty pixels
-    capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0)  # dark pixels: where relays bind
+    capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0) | tight  # dark pixels: where relays bind
     # without the arcs that equal a path of unit arcs, the problem is a relaxation only if no pixel is
     # capacitated: a (2, 0) move across a capped pixel would have to relay through it
     short = cost.p == 1 and not capped.any() and bool((sends & takes).all())
     arcs = [o for o in offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else offsets
     every = _window_arcs(h, w, offsets)
     r = cost.radius(h, w)
+    sinks, sources = np.flatnonzero(sends), np.flatnonzero(takes)  # destruction / creation (price given)
+    extra = 0 if price is None else sinks.size + sources.size
+    opts = {"options": {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}} if tight else {}
     rounds = 0
     while True:  # at most _CUT_ROUNDS + 1 solves
         src, dst, c, kind = every if arcs is offsets else _window_arcs(h, w, arcs)
         keep = sends[src] & takes[dst]
         src, dst, c, kind = src[keep], dst[keep], c[keep], kind[keep]
-        if src.size == 0:  # no arc can carry mass: feasible only if nothing has to move
-            return 0.0 if np.abs(a - b).max() <= _CUT_TOL else math.inf
+        if src.size + extra == 0:  # no arc can carry mass: feasible only if nothing has to move
+            return _Flow(0.0 if np.abs(a - b).max() <= _CUT_TOL else math.inf, offsets)
         cols = np.arange(src.size)
         out_op = csr_matrix((np.ones(src.size), (src, cols)), shape=(n, src.size))
         in_op = csr_matrix((np.ones(src.size), (dst, cols)), shape=(n, src.size))
-        ub = {"A_ub": out_op[capped], "b_ub": a[capped]} if capped.any() else {}
-        res = linprog(c, A_eq=out_op - in_op, b_eq=a - b, bounds=(0, None), method="highs-ipm", **ub)
+        a_eq, cap_op, obj = out_op - in_op, out_op, c
+        if price is not None:
+            kill = csr_matrix((np.ones(sinks.size), (sinks, np.arange(sinks.size))), shape=(n, sinks.size))
+            make = csr_matrix((np.ones(sources.size), (sources, np.arange(sources.size))), shape=(n, sources.size))
+            a_eq = hstack([a_eq, kill, -make], format="csr")
+            cap_op = hstack([out_op, kill, csr_matrix((n, sources.size))], format="csr")
+            obj = np.concatenate([c, np.full(extra, float(price))])
+        ub = {"A_ub": cap_op[capped], "b_ub": a[capped]} if capped.any() else {}
+        res = linprog(obj, A_eq=a_eq, b_eq=a - b, bounds=(0, None), method="highs-ipm", **ub, **opts)
         if res.status == 2:
-            return math.inf
+            return _Flow(math.inf, offsets)
         if res.status != 0:
             raise RuntimeError(f"exact OT flow LP failed: {res.message}")
         flow = np.zeros((len(offsets), n))
-        flow[kind if arcs is offsets else np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x
+        flow[kind if arcs is offsets else np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x[: src.size]
+        dead, born = np.zeros(n), np.zeros(n)
+        if price is not None:
+            dead[sinks] = res.x[src.size : src.size + sinks.size]
+            born[sources] = res.x[src.size + sinks.size :]
         for _ in range(2):
             _shortcut_relays(flow, offsets, h, w, r)
         moved = flow[every[3], every[0]]
-        through = np.minimum(np.bincount(every[0], moved, n), np.bincount(every[1], moved, n))
+        through = np.minimum(np.bincount(every[0], moved, n) + dead, np.bincount(every[1], moved, n) + born)
         over = through > np.minimum(a, b) + _CUT_TOL
         if capped.all() or not over.any():
-            return float(res.fun / scale)
+            phi = getattr(getattr(res, "eqlin", None), "marginals", None)
+            return _Flow(float(res.fun / scale), offsets, flow / scale, dead / scale, born / scale, phi)
         rounds += 1
         arcs = offsets
         if rounds >= _CUT_ROUNDS:
             capped = np.ones(n, dtype=bool)
         else:  # the violators and their windows (the flow would re-route through the neighbours)
             capped |= binary_dilation(over.reshape(h, w), np.ones((2 * r + 1, 2 * r + 1), dtype=bool)).ravel()
+
+
+@dataclass
+class TVPair:
+    """TV-relaxed windowed OT of one channel pair (raw masses, see :func:`tv_pair`)."""
+
+    raw: float  # cost of the plan found (an optimal one up to the certified bracket)
+    lower: float  # certified lower bound on the optimum (a feasible dual point)
+    transported: float  # mass matched by that plan, moved or staying in place
+
+
+_BRACKET = 1e-6  # relative width of [lower, raw] above which the grid flow is solved again, tighter
+
+
+def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPair:
+    """Windowed transport plus destruction / creation at ``price`` per unit, between ``(H, W)`` arrays.
+
+    ``D = min_{P >= 0, P1 <= p, P^T 1 <= q} <P, C> + price (|p| - |P|) + price (|q| - |P|)`` with ``P``
+    supported in the window. Small problems: POT's network simplex on the cost between the two supports,
+    with out-of-window pairs at ``2 price`` (destroy one unit, create it elsewhere) and one extra row or
+    column holding the mass difference at ``price``. Large ones: the grid min-cost flow with the extra
+    node (:func:`_grid_flow_solve`); its flow is turned into a plan (scaled down where a pixel would pass
+    on more than it holds), whose cost is ``raw``. Both paths return a certified ``lower`` bound from the
+    solver's potentials (:func:`_tv_dual_bound`).
+    """
+    h, w = p.shape
+    pf, qf = p.ravel().astype(np.float64), q.ravel().astype(np.float64)
+    mp, mq = float(pf.sum()), float(qf.sum())
+    sp, sq = np.flatnonzero(pf > _SUPPORT_EPS), np.flatnonzero(qf > _SUPPORT_EPS)
+    if sp.size == 0 or sq.size == 0:  # nothing to match: destroy all of one, create all of the other
+        return TVPair(price * (mp + mq), price * (mp + mq), 0.0)
+    # mass with no partner inside its window can only be destroyed / created: settle it up front
+    from scipy.ndimage import binary_dilation
+
+    box = np.ones((2 * cost.radius(h, w) + 1,) * 2, dtype=bool)
+    lone_p = (p > _SUPPORT_EPS) & ~binary_dilation(q > _SUPPORT_EPS, box)
+    lone_q = (q > _SUPPORT_EPS) & ~binary_dilation(p > _SUPPORT_EPS, box)
+    if lone_p.any() or lone_q.any():
+        settled = price * float(p[lone_p].sum() + q[lone_q].sum())
+        rest = tv_pair(np.where(lone_p, 0.0, p), np.where(lone_q, 0.0, q), cost, price)
+        return TVPair(settled + rest.raw, settled + rest.lower, rest.transported)
+    g0 = np.zeros(h * w)
+    if (sp.size + 1) * (sq.size + 1) <= _DENSE_LIMIT:
+        import ot
+
+        c, inside = _block_cost(h, w, sp, sq, cost)
+        moves = inside & (c <= 2 * price)  # in-window pairs no dearer than destroying + creating
+        m = np.full((sp.size + 1, sq.size + 1), float(price))
+        m[:-1, :-1] = np.where(moves, c, 2 * price)
+        m[-1, -1] = 0.0
+        a = np.append(pf[sp], max(mq - mp, 0.0))
+        b = np.append(qf[sq], max(mp - mq, 0.0))
+        plan, log = ot.emd(a, b, m, numItermax=10_000_000, log=True)
+        if log.get("result_code", 1) != 1:
+            raise RuntimeError(f"network simplex did not converge: {log.get('warning')}")
+        raw = float((plan * m).sum())
+        transported = float(plan[:-1, :-1][moves].sum())
+        g0[sq] = log["v"][:-1] - log["v"][-1]
+    else:
+        sol = _grid_flow_solve(p, q, cost, price)
+        raw, transported = _flow_plan_cost(sol, p, q, price)
+        if sol.potential is not None:
+            g0 = -np.asarray(sol.potential)
+        lower = _tv_dual_bound(p, q, g0, cost, price)
+        if raw - lower > _BRACKET * raw:
+            sol = _grid_flow_solve(p, q, cost, price, tight=True)
+            raw2, tr2 = _flow_plan_cost(sol, p, q, price)
+            if raw2 < raw:
+                raw, transported = raw2, tr2
+            if sol.potential is not None:
+                lower = max(lower, _tv_dual_bound(p, q, -np.asarray(sol.potential), cost, price))
+        return TVPair(raw, min(lower, raw), transported)
+    return TVPair(raw, min(_tv_dual_bound(p, q, g0, cost, price), raw), transported)
+
+
+def _flow_plan_cost(sol: _Flow, p: np.ndarray, q: np.ndarray, price: float) -> tuple[float, float]:
+    """Cost and matched mass of the plan read off a grid flow (a feasible plan: an upper bound).
+
+    Negative round-off is dropped, the arcs leaving a pixel are scaled down where it would send more than
+    it holds and those entering one where it would receive more than it may, the rest of each pixel's
+    mass stays in place and what is left over is destroyed or created.
+    """
+    h, w = p.shape
+    n = h * w
+    a, b = p.ravel().astype(np.float64), q.ravel().astype(np.float64)
+    src, dst, c, kind = _window_arcs(h, w, sol.offsets)
+    f = np.clip(sol.flow[kind, src], 0.0, None)
+    out = np.bincount(src, f, n)
+    f *= np.where(out > a, a / np.where(out > a, out, 1.0), 1.0)[src]
+    inn = np.bincount(dst, f, n)
+    f *= np.where(inn > b, b / np.where(inn > b, inn, 1.0), 1.0)[dst]
+    out, inn = np.bincount(src, f, n), np.bincount(dst, f, n)
+    stay = np.clip(np.minimum(a - out, b - inn), 0.0, None)
+    matched = float(f.sum() + stay.sum())
+    return float((f * c).sum() + price * (a.sum() + b.sum() - 2 * matched)), matched
+
+
+def _tv_dual_bound(p: np.ndarray, q: np.ndarray, g: np.ndarray, cost: LocalCost, price: float) -> float:
+    """A certified lower bound on :func:`tv_pair`'s optimum from any potential ``g`` on the perturbed side.
+
+    By LP duality ``D = max <f, p> + <g, q>`` over ``f, g <= price`` with ``f_i + g_j <= C_ij`` for in-window
+    pairs (``i = j`` included, ``C_ii = 0``; only pixels holding mass count). Any ``g`` is made feasible by
+    alternating window c-transforms ``f = min(price, min_j C_ij - g_j)``, ``g = min(price, min_i C_ij - f_i)``
+    (each a k x k minimum on the grid), and the dual objective at the result bounds ``D`` from below.
+    """
+    h, w = p.shape
+    r = cost.radius(h, w)
+    offsets = cost.offsets(h, w)
+    has_p, has_q = p.ravel() > _SUPPORT_EPS, q.ravel() > _SUPPORT_EPS
+
+    def transform(v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        pad = np.full((h + 2 * r, w + 2 * r), -np.inf)
+        pad[r : r + h, r : r + w] = np.where(mask, v, -np.inf).reshape(h, w)
+        best = np.full((h, w), np.inf)
+        for di, dj, c in offsets:
+            np.minimum(best, c - pad[r + di : r + di + h, r + dj : r + dj + w], out=best)
+        return np.minimum(best.ravel(), price)
+
+    g = np.minimum(np.asarray(g, dtype=np.float64), price)
+    f = transform(g, has_q)
+    g = transform(f, has_p)
+    f = transform(g, has_q)
+    return float((f[has_p] * p.ravel()[has_p]).sum() + (g[has_q] * q.ravel()[has_q]).sum())
 
 
 def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
