@@ -209,6 +209,7 @@ def _solve(
     lw = lam * wn
     obj_old = torch.full((B,), -math.inf, dtype=dt, device=dev)
     lk_beta: torch.Tensor | None = None
+    z = wn.clone()  # lam z = omega(...) (or the box), kept from the sweep: no cancellation in w + beta / lam
     converged = torch.zeros(B, dtype=torch.bool, device=dev)
     iters = torch.zeros(B, dtype=torch.long, device=dev)
     cap = max_iter + (extra_iter if (budget_tol is not None or mass_tol is not None) else 0)
@@ -237,10 +238,12 @@ def _solve(
             beta0 = torch.log(_b4(1.0 / sel(box))) + log_a  # log(N a)
             ph = lam * (sel(wn) - u) + beta0
             beta_a = torch.where(ph < 0, beta1, beta0)
+            z_a = torch.where(ph < 0, om / lam, u.expand_as(om))  # phi > 0 puts z exactly on the box
             phi_a = ph.clamp_min(0.0)
             phi_a = torch.where(torch.isfinite(phi_a), phi_a, torch.zeros_like(phi_a))
         else:
             beta_a = beta1
+            z_a = om / lam  # exactly 0 where no clean mass is within the window (log a = -inf)
             phi_a = None
         # psi Newton step
         m1 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 1)))
@@ -250,7 +253,20 @@ def _solve(
         lkb = _lk(-beta_a, cost, psi_a)  # log(K * e^{-beta}) with the new psi (reused by the next alpha-step)
         k_e = torch.exp(la_a + lkb)
         alpha_a = -la_a
-        if stopping == "wong":
+        if stopping == "hu":
+            # the quantity Hu's code watches: beta + phi where z uses beta - phi, and the kernel sum taken
+            # with the psi before this sweep's Newton step
+            bpp = beta_a + phi_a if phi_a is not None else beta_a
+            obj = (
+                -0.5 / lam * _bsum(bpp * bpp)
+                - psi_a * sel(eps)
+                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), sel(xn))
+                - _bsum(bpp.clamp(max=1e10) * sel(wn))
+                - _bsum(torch.exp(log_a - beta_a))
+            )
+            if phi_a is not None:
+                obj = obj - _bsum(phi_a)
+        elif stopping == "wong":
             # the quantity Wong's code watches: eval_obj called as (alpha, exp_alpha, beta, exp_beta, ...)
             ea = torch.exp(la_a)
             obj = (
@@ -275,12 +291,12 @@ def _solve(
         o_old = sel(obj_old)
         close = (obj - o_old).abs() <= atol + rtol * obj.abs()  # numpy allclose(old, new)
         if full:
-            la, beta, psi, lk_beta = la_a, beta_a, psi_a, lkb
+            la, beta, psi, lk_beta, z = la_a, beta_a, psi_a, lkb, z_a
             if phi_a is not None:
                 phi = phi_a
             obj_old = obj
         else:
-            la[act], beta[act], psi[act] = la_a, beta_a, psi_a
+            la[act], beta[act], psi[act], z[act] = la_a, beta_a, psi_a, z_a
             if lk_beta is None:
                 lk_beta = torch.zeros_like(la)
             lk_beta[act] = lkb
@@ -296,20 +312,17 @@ def _solve(
         cand = close | (i > max_iter)
         if (budget_tol is not None or mass_tol is not None) and bool(cand.any()):
             # Hu's feasibility re-check before an example may stop (with our hard cap ``cap``)
-            bp = beta_a - phi_a if phi_a is not None else beta_a
             bad = torch.zeros_like(cand)
             if budget_tol is not None:
                 bad |= (_moments(la_a, beta_a, cost, psi_a)[1] - sel(eps)) > budget_tol
             if mass_tol is not None:
-                bad |= (_bsum(sel(wn) + bp / lam) - 1).abs() > mass_tol
+                bad |= (_bsum(z_a) - 1).abs() > mass_tol
             cand = cand & ~bad
         converged[act] = cand
         if i >= cap:
             break
-    bp = beta - phi if phi is not None else beta
-    zn = wn + bp / lam
     m0, m1, _ = _moments(la, beta, cost, psi)
-    return zn, la, beta, psi, phi, iters, m1, m0, converged
+    return z, la, beta, psi, phi, iters, m1, m0, converged
 
 
 def _normalise(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype | None):
@@ -387,25 +400,31 @@ def hu_project(
     extra_iter: int = 200,
     rtol: float = 1e-4,
     atol: float = 1e-4,
-    offset: float = 1e-15,
+    offset: float = 0.0,
+    stopping: str = "hu",
     dtype: torch.dtype | None = None,
 ) -> SinkhornResult:
     """Hu et al.'s constrained projected Sinkhorn: Wong's problem plus the box ``z <= 1/N`` (pixel <= 1).
 
-    ``N = ||x||_1`` of the clean image; the clean histogram gets ``+ offset`` (Hu's ``1e-15``) so that no
-    pixel has ``log 0``. Per-example convergence; after ``max_iter`` sweeps, examples whose plan cost
-    exceeds ``eps + budget_tol`` or whose mass ``|sum z - 1|`` exceeds ``mass_tol`` keep iterating, as in
-    Hu's code, but at most ``extra_iter`` more sweeps (Hu's loop has no cap). ``converged`` is False for
-    examples stopped by the cap.
+    ``N = ||x||_1`` of the clean image. Hu's code adds ``1e-15`` to every normalised clean pixel to avoid
+    ``log 0``; the log-domain solver needs no offset (``alpha = +inf`` on empty pixels), and without it a
+    pixel with no clean mass in its window gets exactly ``z = 0`` (with it, ~1e-11 of fictitious mass
+    appears there). ``offset=1e-15`` restores Hu's histogram. Per-example convergence on the quantity Hu's
+    code watches (``stopping="hu"``; ``"dual"`` watches the dual objective); after ``max_iter`` sweeps,
+    examples whose plan cost exceeds ``eps + budget_tol`` or whose mass ``|sum z - 1|`` exceeds
+    ``mass_tol`` keep iterating, as in Hu's code, but at most ``extra_iter`` more sweeps (Hu's loop has no
+    cap). ``converged`` is False for examples stopped by the cap.
     """
     if not lam > 0:
         raise ValueError("lam must be > 0")
+    if stopping not in ("hu", "dual"):
+        raise ValueError("stopping must be 'hu' or 'dual'")
     xn, wn, mass = _normalise(x, w, dtype)
     xn = xn + offset
     eps = _as_batch(radius, x.shape[0], xn)
     box = 1.0 / mass
     zn, la, beta, psi, phi, iters, m1, m0, conv = _solve(
-        xn, wn, cost, eps, float(lam), int(max_iter), box=box, init=state, stopping="dual",
+        xn, wn, cost, eps, float(lam), int(max_iter), box=box, init=state, stopping=stopping,
         per_example=True, rtol=rtol, atol=atol, budget_tol=budget_tol, mass_tol=mass_tol,
         extra_iter=int(extra_iter),
     )  # fmt: skip
@@ -471,8 +490,9 @@ class WongProjection:
     """Wong's projection step of the PGD attack: projected Sinkhorn, then ``clamp(0, 1)``.
 
     ``radius`` is per image in normalised units. No warm start by default (Wong restarts the duals every
-    PGD step); ``info`` holds the plan cost (``certified_radius``: the entropic plan's ``<P, C>``, which
-    certifies the pair (x, z) only before clamping), ``psi`` and the sweep count.
+    PGD step); ``info`` holds ``plan_cost``, the entropic plan's ``<P, C>`` (Wong's nominal radius: it
+    bounds the pair (x, z) only at convergence and before clamping, so it certifies nothing about the
+    returned image), ``psi`` and the sweep count.
     """
 
     def __init__(
@@ -499,17 +519,19 @@ class WongProjection:
         z = r.z.to(x.dtype)
         if self.clamp:
             z = z.clamp(0, 1)
-        info = {"certified_radius": r.transport, "psi": r.psi, "inner_iterations": r.iterations.to(r.psi.dtype)}
+        info = {"plan_cost": r.transport, "psi": r.psi, "inner_iterations": r.iterations.to(r.psi.dtype)}
         return z, r.state, info
 
 
 class HuProjection:
     """Hu's projection step: constrained projected Sinkhorn (box inside), warm-started duals.
 
-    Hu's outer loop also caps the normalised step at ``60/(H W C)`` before projecting (an overflow
-    guard of the Lambert-W form); with the Wright-omega step it is unnecessary and off by default
-    (``pre_clamp=True`` reproduces it). The result is clamped to [0, 1] afterwards as Hu does (the box
-    makes this a no-op up to the solver tolerance).
+    Hu's outer loop caps the normalised iterate at ``60/(H W C)`` before projecting (``pre_clamp``, on by
+    default as in Hu's attack; it guards the Lambert-W form against overflow and also bounds how far a
+    pixel is pushed). The result is clamped to [0, 1] afterwards as Hu does (the box makes this a no-op up
+    to the solver tolerance). ``info["plan_cost"]`` is the entropic plan's ``<P, C>`` (Hu's nominal
+    radius; the returned image's mass may differ from the clean one's by up to the mass tolerance, 1 %, so
+    it is not a certificate).
     """
 
     def __init__(
@@ -519,12 +541,14 @@ class HuProjection:
         max_iter: int = 100,
         *,
         warm_start: bool = True,
-        pre_clamp: bool = False,
+        pre_clamp: bool = True,
         extra_iter: int = 200,
+        offset: float = 0.0,
         dtype: torch.dtype | None = None,
     ) -> None:
         self.cost, self.lam, self.max_iter = cost, lam, max_iter
         self.warm_start, self.pre_clamp, self.extra_iter, self.dtype = warm_start, pre_clamp, extra_iter, dtype
+        self.offset = offset
 
     def __call__(
         self, x: torch.Tensor, w: torch.Tensor, radius: torch.Tensor, state: dict[str, torch.Tensor] | None
@@ -534,11 +558,12 @@ class HuProjection:
             w = torch.minimum(w / mass, torch.full_like(w, 60.0 / w[0].numel())) * mass
         r = hu_project(
             x, w, self.cost, radius, self.lam, self.max_iter,
-            state=state if self.warm_start else None, extra_iter=self.extra_iter, dtype=self.dtype,
+            state=state if self.warm_start else None, extra_iter=self.extra_iter, offset=self.offset,
+            dtype=self.dtype,
         )  # fmt: skip
         z = r.z.to(x.dtype).clamp(0, 1)
         info = {
-            "certified_radius": r.transport,
+            "plan_cost": r.transport,
             "psi": r.psi,
             "inner_iterations": r.iterations.to(r.psi.dtype),
             "converged": r.converged.to(r.psi.dtype),
