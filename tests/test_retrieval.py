@@ -503,9 +503,9 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     import sinkhorn_attacks.retrieval.experiment as ex
     from sinkhorn_attacks.cli import main
 
-    def factory(preset, model, loss_fn, success_fn=None, callback=None, steps=5, **kw):
-        assert preset in ("linf-pgd", "other")
-        return StandInPGD(model, loss_fn, steps=steps, success_fn=success_fn, callback=callback, **kw)
+    def factory(preset, model, loss_fn, success_fn=None, callback=None, steps=5, radius=8 / 255, **kw):
+        assert preset in ("linf-pgd", "fgsm")  # `eps` on the command line is the presets' `radius`
+        return StandInPGD(model, loss_fn, steps=steps, success_fn=success_fn, callback=callback, eps=radius, **kw)
 
     monkeypatch.setattr(ex, "default_attack_factory", factory)
     out, cache = tmp_path / "run", tmp_path / "cache"
@@ -519,11 +519,11 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     assert ev["n_images"] == 32 and ev["match"] == "image"
     args = ["retrieval", "attack", "--heads", str(out / "heads.pt"), "--out", str(out / "atk"), "--n-images", "6",
             "--steps", "2", "--batch-size", "4", "--attack", "linf-pgd:eps=2/255|8/255,step_size=x0.5",
-            "--attack", "other:eps=1/255#B", "--meter-images", "1", "--meter-kernel", "3", *common]
+            "--attack", "fgsm:eps=1/255#B", "--meter-images", "1", "--meter-kernel", "3", *common]
     assert main(args) == 0
     res = json.loads((out / "atk" / "attack.json").read_text())
-    assert set(res["cells"]) == {"linf-pgd@eps=0.00784314", "linf-pgd@eps=0.0313725", "B"}
-    cell = res["cells"]["linf-pgd@eps=0.0313725"]
+    assert set(res["cells"]) == {"linf-pgd@radius=0.00784314", "linf-pgd@radius=0.0313725", "B"}
+    cell = res["cells"]["linf-pgd@radius=0.0313725"]
     assert cell["overrides"]["step_size"] == pytest.approx(4 / 255)
     assert cell["steps"] == [0, 1, 2] and cell["metered_common_n"] == 1 and cell["metered_common_mean"] > 0
     assert res["matched_radius"]["radius_field"] == "metered_common_mean"

@@ -41,9 +41,16 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    fsync: bool = True,
+    check: Callable[[Path], Any] | None = None,
+) -> Iterator[IO[Any]]:
     """Context manager yielding a file opened on a temporary sibling of ``path``; renamed onto ``path`` on
-    a clean exit, removed on an exception. ``mode`` is ``"wb"`` or ``"w"`` (UTF-8)."""
+    a clean exit, removed on an exception. ``mode`` is ``"wb"`` or ``"w"`` (UTF-8). ``check(tmp_path)`` runs
+    on the complete temporary file before the rename (e.g. a checksum; raising keeps ``path`` untouched)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
     p = Path(path)
@@ -56,6 +63,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool =
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -13,79 +13,142 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._common import add_threads, smoke_limit, user_errors
+
 __all__ = ["add_parser"]
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(int(args.threads))
-
-
 def _train(args: argparse.Namespace) -> int:
-    _threads(args)
-    from sinkhorn_attacks.retrieval.experiment import TrainRun, run_train
+    from sinkhorn_attacks.retrieval.experiment import TrainRun, load_dataset, run_train
+
+    with user_errors(f"--data {args.data}"):  # both splits exist and are not empty, before any work
+        load_dataset(args.data, "train")
+        load_dataset(args.data, args.eval_split)
     from sinkhorn_attacks.retrieval.train import TrainConfig
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      embed_dim=args.embed_dim, use_cmpc=not args.no_cmpc, seed=args.seed)
-    run = TrainRun(data=args.data, out=args.out, image_backbone=args.image_backbone,
-                   text_backbone=args.text_backbone, image_size=args.image_size or None, eval_split=args.eval_split,
-                   train=cfg, cache_dir=args.cache_dir,
-                   backbone_kwargs={"image": {"input_size": args.model_input_size}} if args.model_input_size else {})
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        embed_dim=args.embed_dim,
+        use_cmpc=not args.no_cmpc,
+        seed=args.seed,
+    )
+    run = TrainRun(
+        data=args.data,
+        out=args.out,
+        image_backbone=args.image_backbone,
+        text_backbone=args.text_backbone,
+        image_size=args.image_size or None,
+        eval_split=args.eval_split,
+        train=cfg,
+        cache_dir=args.cache_dir,
+        backbone_kwargs={"image": {"input_size": args.model_input_size}} if args.model_input_size else {},
+    )
     s = run_train(run)
-    print(f"saved {os.path.join(args.out, 'heads.pt')}; eval ({args.eval_split}) {s['final_eval']}")
+    from sinkhorn_attacks.retrieval.experiment import format_metrics
+
+    print(f"saved {os.path.join(args.out, 'heads.pt')}; eval ({args.eval_split}) {format_metrics(s['final_eval'])}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _threads(args)
     from sinkhorn_attacks.retrieval.experiment import run_evaluate
 
     run_evaluate(args.heads, args.data, args.split, args.out, args.cache_dir)
     return 0
 
 
+def _check_specs(specs) -> None:
+    """Preset names and override keys / types of every attack spec, before any work."""
+    from ..eval.config import AttackSpec, validate_attack
+
+    for sp in specs:
+        for v in sp.sweep or [None]:
+            params = {k: v for k, v in sp.overrides.items() if not (isinstance(v, str) and v.startswith("x"))}
+            if sp.sweep_key and not (isinstance(v, str) and v.startswith("x")):
+                params[sp.sweep_key] = v
+            validate_attack(AttackSpec(sp.preset, params=params), where=f"--attack {sp.preset}")
+
+
 def _attack(args: argparse.Namespace) -> int:
-    _threads(args)
     from sinkhorn_attacks.retrieval.experiment import parse_attack_spec, run_attack
 
-    specs = [parse_attack_spec(s) for s in (args.attack or ["linf-pgd:eps=2/255"])]
+    with user_errors("--attack"):
+        specs = [parse_attack_spec(s) for s in (args.attack or ["linf-pgd:eps=2/255"])]
+    _check_specs(specs)
+    smoke = smoke_limit()
+    if smoke:  # smoke run (tests of the documented commands)
+        args.n_images, args.steps, args.meter_images = min(args.n_images, smoke), min(args.steps, smoke), 0
+        args.batch_size = min(args.batch_size, smoke)
+    args.resume_hint = f"rerun the same command to resume; finished cells are kept in {args.out}/parts"
     record = [int(v) for v in args.record.split(",")] if args.record else None
-    res = run_attack(args.heads, specs, args.out, data=args.data, split=args.split, steps=args.steps,
-                     record_steps=record, n_images=args.n_images, batch_size=args.batch_size,
-                     objective=args.objective, directions=tuple(args.directions.split(",")),
-                     cache_dir=args.cache_dir, time_budget_s=args.time_budget * 60 if args.time_budget else None,
-                     plots=not args.no_plots, meter_images=args.meter_images, meter_kernel=args.meter_kernel or None,
-                     meter_p=args.meter_p, library_meter=not args.no_library_meter)
-    print(f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
-          f"{len(res['skipped_cells'])} skipped)")
+    res = run_attack(
+        args.heads,
+        specs,
+        args.out,
+        data=args.data,
+        split=args.split,
+        steps=args.steps,
+        record_steps=record,
+        n_images=args.n_images,
+        batch_size=args.batch_size,
+        objective=args.objective,
+        directions=tuple(args.directions.split(",")),
+        cache_dir=args.cache_dir,
+        time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        plots=not args.no_plots,
+        meter_images=args.meter_images,
+        meter_kernel=args.meter_kernel or None,
+        meter_p=args.meter_p,
+        library_meter=not args.no_library_meter,
+    )
+    print(
+        f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
+        f"{len(res['skipped_cells'])} skipped)"
+    )
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argparse.ArgumentParser:
     """Register ``retrieval`` with the actions ``train``, ``evaluate`` and ``attack``."""
-    p = subparsers.add_parser("retrieval", help=help_text, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "retrieval", help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     acts = p.add_subparsers(dest="action", metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--cache-dir", default=None,
-                       help="feature cache folder (default $SINKHORN_ATTACKS_CACHE/retrieval or ~/.cache/...)")
-        q.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+        q.add_argument(
+            "--cache-dir",
+            default=None,
+            help="feature cache folder (default $SINKHORN_ATTACKS_CACHE/retrieval or ~/.cache/...)",
+        )
+        add_threads(q)
 
     t = acts.add_parser("train", help="train 512-d projection heads with CMPM+CMPC on frozen backbones")
-    t.add_argument("--data", required=True, help="flickr8k-npz:PATH | flickr8k:ROOT | cuhk-pedes:ROOT | "
-                   "captions:FILE[@IMAGE_ROOT] | coco-mini-npz:PATH | synthetic[:N]")
+    t.add_argument(
+        "--data",
+        required=True,
+        help="flickr8k-npz:PATH | flickr8k:ROOT | cuhk-pedes:ROOT | "
+        "captions:FILE[@IMAGE_ROOT] | coco-mini-npz:PATH | synthetic[:N]",
+    )
     t.add_argument("--out", required=True, help="output folder (heads.pt, train.json)")
     t.add_argument("--image-backbone", default="efficientnet-lite0", help="efficientnet-lite0 | small-cnn")
     t.add_argument("--text-backbone", default="minilm", help="minilm | hashing")
-    t.add_argument("--image-size", type=int, default=128,
-                   help="images are resized to this square size before the model (0: keep); attacks act on it")
-    t.add_argument("--model-input-size", type=int, default=None,
-                   help="efficientnet-lite0 only: bilinear resize inside the model to this size (e.g. attack "
-                        "64 px images that the network sees at 128 px)")
+    t.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="images are resized to this square size before the model (0: keep); attacks act on it",
+    )
+    t.add_argument(
+        "--model-input-size",
+        type=int,
+        default=None,
+        help="efficientnet-lite0 only: bilinear resize inside the model to this size (e.g. attack "
+        "64 px images that the network sees at 128 px)",
+    )
     t.add_argument("--eval-split", default="val")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=128)
@@ -110,9 +173,12 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     a.add_argument("--data", default=None)
     a.add_argument("--split", default="test")
     a.add_argument("--out", required=True, help="output folder (attack.json, parts/, plots)")
-    a.add_argument("--attack", action="append",
-                   help="PRESET[:key=value,...][#LABEL]; one value may sweep with '|', e.g. 'linf-pgd:eps=2/255|4/255' "
-                        "(repeatable; presets of sinkhorn_attacks.attacks: uot, wong, linf-pgd, l2-pgd, ...)")
+    a.add_argument(
+        "--attack",
+        action="append",
+        help="PRESET[:key=value,...][#LABEL]; one value may sweep with '|', e.g. 'linf-pgd:eps=2/255|4/255' "
+        "(repeatable; presets of sinkhorn_attacks.attacks: uot, wong, linf-pgd, l2-pgd, ...)",
+    )
     a.add_argument("--steps", type=int, default=20, help="attack iterations N (no early stop)")
     a.add_argument("--record", default=None, help="comma list of iterations to evaluate (default 0..N)")
     a.add_argument("--n-images", type=int, default=100, help="attack the first n gallery images")
@@ -121,12 +187,19 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     a.add_argument("--directions", default="i2t,t2i")
     a.add_argument("--time-budget", type=float, default=None, help="minutes; no new cell starts after it")
     a.add_argument("--no-plots", action="store_true")
-    a.add_argument("--meter-images", type=int, default=0,
-                   help="meter the first n images of every cell with the exact OT meter (one ruler for all attacks)")
+    a.add_argument(
+        "--meter-images",
+        type=int,
+        default=0,
+        help="meter the first n images of every cell with the exact OT meter (one ruler for all attacks)",
+    )
     a.add_argument("--meter-kernel", type=int, default=5, help="window of the common meter's cost (0: whole image)")
     a.add_argument("--meter-p", type=float, default=1.0, help="exponent p of the common meter's cost d^p")
-    a.add_argument("--no-library-meter", action="store_true",
-                   help="pass meter_cost=None: the attacks do not meter every image (slow at 128 px)")
+    a.add_argument(
+        "--no-library-meter",
+        action="store_true",
+        help="pass meter_cost=None: the attacks do not meter every image (slow at 128 px)",
+    )
     common(a)
     a.set_defaults(func=_attack)
 

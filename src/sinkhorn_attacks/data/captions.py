@@ -46,8 +46,15 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val", "validation": "val",
-                  "test": "test", "restval": "train"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "dev": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "restval": "train",
+}
 
 
 def _norm_split(split: str) -> str:
@@ -118,7 +125,7 @@ class BytesImageStore(ImageStore):
 
     def get(self, i: int) -> np.ndarray:
         k = int(self.index[i])
-        raw = self.blob[self.offsets[k]:self.offsets[k + 1]].tobytes()
+        raw = self.blob[self.offsets[k] : self.offsets[k + 1]].tobytes()
         with _pil().open(io.BytesIO(raw)) as im:
             return np.asarray(im.convert("RGB"))
 
@@ -250,17 +257,26 @@ class RetrievalData:
         )
 
 
-def _image_matched(name: str, images: ImageStore, names: list[str], per_image: list[list[str]],
-                   match: str = "image") -> RetrievalData:
+def _image_matched(
+    name: str, images: ImageStore, names: list[str], per_image: list[list[str]], match: str = "image"
+) -> RetrievalData:
     caps, cap_img = [], []
     for i, cs in enumerate(per_image):
         caps.extend(cs)
         cap_img.extend([i] * len(cs))
     labels = np.arange(len(names), dtype=np.int64)
     cap_img_arr = np.asarray(cap_img, dtype=np.int64)
-    return RetrievalData(name=name, images=images, image_names=list(names), image_labels=labels,
-                         captions=caps, caption_labels=labels[cap_img_arr] if caps else cap_img_arr,
-                         caption_image=cap_img_arr, match=match, label_names=list(names))
+    return RetrievalData(
+        name=name,
+        images=images,
+        image_names=list(names),
+        image_labels=labels,
+        captions=caps,
+        caption_labels=labels[cap_img_arr] if caps else cap_img_arr,
+        caption_image=cap_img_arr,
+        match=match,
+        label_names=list(names),
+    )
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -285,7 +301,7 @@ def seeded_split(n: int, seed: int = 0, n_test: int = 1000, n_val: int = 1000) -
     code = np.zeros(n, dtype=np.uint8)
     perm = np.random.default_rng(seed).permutation(n)
     code[perm[:n_test]] = 2
-    code[perm[n_test:n_test + n_val]] = 1
+    code[perm[n_test : n_test + n_val]] = 1
     return code
 
 
@@ -313,15 +329,27 @@ def load_flickr8k_npz(path: str | Path, split: str = "test") -> RetrievalData:
     return _image_matched(f"flickr8k_npz/{_norm_split(split)}", store, names, caps)
 
 
+_COCO_SPLITS = {"train": "train2017", "val": "val2017", "test": "val2017"}
+
+
 def load_coco_mini_npz(path: str | Path, split: str | None = None) -> RetrievalData:
     """The 159-image COCO-MINI set (``coco_mini_captions.npz``, 5 captions per image, 224 px).
 
-    ``split`` filters on the file's ``split`` key (``"val2017"``/``"train2017"``); ``None`` keeps all.
+    ``split`` filters on the file's ``split`` key (``"val2017"``/``"train2017"``; ``train``, ``val`` and ``test``
+    are aliases: train -> train2017, val / test -> val2017); ``None`` keeps all.
     Matching convention ``"image"``.
     """
     path = _require_file(Path(path), "COCO-MINI npz")
     with np.load(path, allow_pickle=False) as d:
         sp = d["split"].astype(str)
+        if split is not None and split not in set(sp.tolist()):
+            alias = _COCO_SPLITS.get(_SPLIT_ALIASES.get(split.lower(), split.lower()))
+            if alias is None or alias not in set(sp.tolist()):
+                raise ValueError(
+                    f"{path}: no split {split!r}; the file has {sorted(set(sp.tolist()))} (train, val and test "
+                    "are accepted as aliases: train -> train2017, val/test -> val2017)"
+                )
+            split = alias
         idx = np.arange(sp.size) if split is None else np.flatnonzero(sp == split)
         store = BytesImageStore(d["jpeg"], d["offsets"], idx)
         names = [str(int(v)) for v in d["image_ids"][idx]]
@@ -335,8 +363,11 @@ def load_coco_mini_npz(path: str | Path, split: str | None = None) -> RetrievalD
 
 _FLICKR_CAPTION_FILES = ("Flickr8k.token.txt", "captions.txt", "dataset_flickr8k.json")
 _FLICKR_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images")
-_FLICKR_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
-                       "test": "Flickr_8k.testImages.txt"}
+_FLICKR_SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 
 
 def _read_flickr_captions(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -418,8 +449,11 @@ def load_flickr8k(
     missing = sorted(n for n in caps if n not in present)
     if missing:
         n_caps = sum(len(caps[n]) for n in missing)
-        warnings.warn(f"Flickr8k: dropping {n_caps} captions of {len(missing)} images missing from {img_dir} "
-                      f"(e.g. {missing[0]!r})", stacklevel=2)
+        warnings.warn(
+            f"Flickr8k: dropping {n_caps} captions of {len(missing)} images missing from {img_dir} "
+            f"(e.g. {missing[0]!r})",
+            stacklevel=2,
+        )
         for n in missing:
             del caps[n]
     want = _norm_split(split)
@@ -429,19 +463,26 @@ def load_flickr8k(
         listed = [ln.strip() for ln in split_files[want].read_text(encoding="utf-8").splitlines() if ln.strip()]
         absent = [n for n in listed if n not in caps]
         if absent:
-            warnings.warn(f"Flickr8k: {len(absent)} names of {split_files[want].name} have no image/captions "
-                          f"(e.g. {absent[0]!r}); skipped", stacklevel=2)
+            warnings.warn(
+                f"Flickr8k: {len(absent)} names of {split_files[want].name} have no image/captions "
+                f"(e.g. {absent[0]!r}); skipped",
+                stacklevel=2,
+            )
         names = [n for n in listed if n in caps]
     elif json_splits:
         names = sorted(n for n in caps if json_splits.get(n) == want)
     else:
         if split_dir is not None:
             raise FileNotFoundError(f"split file not found: {split_files[want]}")
-        warnings.warn(f"Flickr8k: no split files in {sdir}; using a seeded random split (seed {seed}), "
-                      "which is not the official one", stacklevel=2)
+        warnings.warn(
+            f"Flickr8k: no split files in {sdir}; using a seeded random split (seed {seed}), "
+            "which is not the official one",
+            stacklevel=2,
+        )
         allnames = sorted(caps)
-        code = seeded_split(len(allnames), seed=seed, n_test=min(1000, len(allnames) // 4),
-                            n_val=min(1000, len(allnames) // 4))
+        code = seeded_split(
+            len(allnames), seed=seed, n_test=min(1000, len(allnames) // 4), n_val=min(1000, len(allnames) // 4)
+        )
         target = {"train": 0, "val": 1, "test": 2}[want]
         names = [n for n, c in zip(allnames, code) if c == target]
     store = FileImageStore([img_dir / n for n in names])
@@ -480,8 +521,10 @@ def load_cuhk_pedes(
     if annotations is None:
         cands = [root / f for f in _CUHK_FILES if (root / f).is_file()]
         if not cands:
-            raise FileNotFoundError(f"no CUHK-PEDES annotation file in {root}; expected one of {_CUHK_FILES} "
-                                    "(CUHK-PEDES is licence-gated: request it from its authors)")
+            raise FileNotFoundError(
+                f"no CUHK-PEDES annotation file in {root}; expected one of {_CUHK_FILES} "
+                "(CUHK-PEDES is licence-gated: request it from its authors)"
+            )
         ann = cands[0]
     else:
         ann = _require_file(Path(annotations), "CUHK-PEDES annotation file")
@@ -528,15 +571,23 @@ def load_cuhk_pedes(
     if check_images:
         absent = [p for p in paths if not (img_dir / p).is_file()]
         if absent:
-            raise FileNotFoundError(f"CUHK-PEDES: {len(absent)} of {len(paths)} images missing under {img_dir} "
-                                    f"(e.g. {absent[0]})")
+            raise FileNotFoundError(
+                f"CUHK-PEDES: {len(absent)} of {len(paths)} images missing under {img_dir} (e.g. {absent[0]})"
+            )
     uniq, inv = np.unique(np.asarray(img_pid), return_inverse=True)
     img_labels = inv.astype(np.int64)
     cap_img_arr = np.asarray(cap_img, dtype=np.int64)
-    return RetrievalData(name=f"cuhk_pedes/{want}", images=FileImageStore([img_dir / p for p in paths]),
-                         image_names=paths, image_labels=img_labels, captions=caps,
-                         caption_labels=img_labels[cap_img_arr], caption_image=cap_img_arr, match="identity",
-                         label_names=[str(int(u)) for u in uniq])
+    return RetrievalData(
+        name=f"cuhk_pedes/{want}",
+        images=FileImageStore([img_dir / p for p in paths]),
+        image_names=paths,
+        image_labels=img_labels,
+        captions=caps,
+        caption_labels=img_labels[cap_img_arr],
+        caption_image=cap_img_arr,
+        match="identity",
+        label_names=[str(int(u)) for u in uniq],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -611,8 +662,9 @@ def load_captions_file(
     if check_images:
         absent = [n for n in names if not (base / n).is_file()]
         if absent:
-            raise FileNotFoundError(f"{len(absent)} of {len(names)} images of {path} missing under {base} "
-                                    f"(e.g. {absent[0]})")
+            raise FileNotFoundError(
+                f"{len(absent)} of {len(names)} images of {path} missing under {base} (e.g. {absent[0]})"
+            )
     store = FileImageStore([base / n for n in names])
     if label_key is None:
         per_image: list[list[str]] = [[] for _ in names]
@@ -622,9 +674,17 @@ def load_captions_file(
     uniq, inv = np.unique(np.asarray(raw_label), return_inverse=True)
     img_labels = inv.astype(np.int64)
     cap_img_arr = np.asarray(cap_img, dtype=np.int64)
-    return RetrievalData(name=f"captions/{split or 'all'}", images=store, image_names=names,
-                         image_labels=img_labels, captions=caps, caption_labels=img_labels[cap_img_arr],
-                         caption_image=cap_img_arr, match="identity", label_names=[str(u) for u in uniq])
+    return RetrievalData(
+        name=f"captions/{split or 'all'}",
+        images=store,
+        image_names=names,
+        image_labels=img_labels,
+        captions=caps,
+        caption_labels=img_labels[cap_img_arr],
+        caption_image=cap_img_arr,
+        match="identity",
+        label_names=[str(u) for u in uniq],
+    )
 
 
 LoaderFn = Callable[..., RetrievalData]
@@ -637,12 +697,16 @@ LoaderFn = Callable[..., RetrievalData]
 _SYN_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (230, 210, 40)}
 _SYN_SHAPES = ("square", "disc", "bar")
 _SYN_PLACES = ("left", "right", "top", "bottom")
-_SYN_TEMPLATES = ("a {c} {s} on the {p}", "a picture with a {c} {s} at the {p}",
-                  "{c} {s} placed {p} on a grey background")
+_SYN_TEMPLATES = (
+    "a {c} {s} on the {p}",
+    "a picture with a {c} {s} at the {p}",
+    "{c} {s} placed {p} on a grey background",
+)
 
 
-def make_synthetic(n_images: int = 48, size: int = 16, captions_per_image: int = 3, seed: int = 0,
-                   name: str = "synthetic") -> RetrievalData:
+def make_synthetic(
+    n_images: int = 48, size: int = 16, captions_per_image: int = 3, seed: int = 0, name: str = "synthetic"
+) -> RetrievalData:
     """A tiny image-caption set for tests: one coloured shape per image, described by templated captions.
 
     Each image draws a (colour, shape, place) triple with a little noise; its captions fill the templates
@@ -668,7 +732,8 @@ def make_synthetic(n_images: int = 48, size: int = 16, captions_per_image: int =
             m = (abs(yy - cy) <= max(1, r // 2)) & (abs(xx - cx) <= r + 1)
         canvas[m] = _SYN_COLOURS[c]
         imgs[i] = np.clip(canvas, 0, 255).astype(np.uint8)
-        per_image.append([_SYN_TEMPLATES[k % len(_SYN_TEMPLATES)].format(c=c, s=s, p=p)
-                          for k in range(captions_per_image)])
+        per_image.append(
+            [_SYN_TEMPLATES[k % len(_SYN_TEMPLATES)].format(c=c, s=s, p=p) for k in range(captions_per_image)]
+        )
     names = [f"syn_{i:05d}" for i in range(n_images)]
     return _image_matched(name, ArrayImageStore(imgs), names, per_image)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from .._util import atomic_open
 
 USER_AGENT = "sinkhorn-attacks (+https://pypi.org/project/sinkhorn-attacks/)"
 _CHUNK = 1 << 20
@@ -78,19 +79,12 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for u in urls:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with atomic_open(dest, "wb", check=lambda tmp: verify_file(tmp, sha256=sha256, git_sha1=git_sha1)) as out:
                 _fetch(u, out, timeout=timeout, progress=progress)
-            verify_file(tmp, sha256=sha256, git_sha1=git_sha1)
-            os.replace(tmp, dest)
             return dest
         except (OSError, ValueError) as err:  # URLError is an OSError; ChecksumError a ValueError
             failures.append(f"  {u}: {type(err).__name__}: {err}")
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     raise DownloadError(f"could not download {dest.name}:\n" + "\n".join(failures))
 
 

@@ -12,8 +12,7 @@ Heavy backbones live in the optional extra ``pip install 'sinkhorn-attacks[retri
 lazily.
 """
 
-from .attack import OBJECTIVES, GalleryAttackResult, RetrievalObjective, attack_gallery, embed_images
-from .datasets import (
+from ..data.captions import (
     RetrievalData,
     load_captions_file,
     load_coco_mini_npz,
@@ -23,6 +22,7 @@ from .datasets import (
     make_synthetic,
     seeded_split,
 )
+from .attack import OBJECTIVES, GalleryAttackResult, RetrievalObjective, attack_gallery, embed_images
 from .encoders import (
     CallableTextBackbone,
     EfficientNetLite0Backbone,
@@ -42,14 +42,49 @@ from .model import DualEncoder, DualEncoderProtocol, ImageTower, ProjectionHeads
 from .train import TrainConfig, embed_features, train_heads
 
 __all__ = [
-    "OBJECTIVES", "GalleryAttackResult", "RetrievalObjective", "attack_gallery", "embed_images",
-    "RetrievalData", "load_captions_file", "load_coco_mini_npz", "load_cuhk_pedes", "load_flickr8k",
-    "load_flickr8k_npz", "make_synthetic", "seeded_split",
-    "CallableTextBackbone", "EfficientNetLite0Backbone", "HashingTextBackbone", "ImageBackbone",
-    "MiniLMTextBackbone", "OptionalDependencyError", "SmallCNNBackbone", "TextBackbone", "WrappedImageBackbone",
-    "make_image_backbone", "make_text_backbone",
-    "CMPCClassifier", "cmpc_loss", "cmpc_terms", "cmpm_cmpc_loss", "cmpm_loss", "cmpm_terms", "match_mask",
-    "cosine_scores", "pessimistic_ranks", "recall_from_ranks", "retrieval_metrics", "retrieval_ranks",
-    "DualEncoder", "DualEncoderProtocol", "ImageTower", "ProjectionHeads", "load_heads", "save_heads",
-    "TrainConfig", "embed_features", "train_heads",
+    "OBJECTIVES",
+    "GalleryAttackResult",
+    "RetrievalObjective",
+    "attack_gallery",
+    "embed_images",
+    "RetrievalData",
+    "load_captions_file",
+    "load_coco_mini_npz",
+    "load_cuhk_pedes",
+    "load_flickr8k",
+    "load_flickr8k_npz",
+    "make_synthetic",
+    "seeded_split",
+    "CallableTextBackbone",
+    "EfficientNetLite0Backbone",
+    "HashingTextBackbone",
+    "ImageBackbone",
+    "MiniLMTextBackbone",
+    "OptionalDependencyError",
+    "SmallCNNBackbone",
+    "TextBackbone",
+    "WrappedImageBackbone",
+    "make_image_backbone",
+    "make_text_backbone",
+    "CMPCClassifier",
+    "cmpc_loss",
+    "cmpc_terms",
+    "cmpm_cmpc_loss",
+    "cmpm_loss",
+    "cmpm_terms",
+    "match_mask",
+    "cosine_scores",
+    "pessimistic_ranks",
+    "recall_from_ranks",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "DualEncoder",
+    "DualEncoderProtocol",
+    "ImageTower",
+    "ProjectionHeads",
+    "load_heads",
+    "save_heads",
+    "TrainConfig",
+    "embed_features",
+    "train_heads",
 ]

@@ -67,11 +67,19 @@ class RetrievalObjective:
     Call: ``objective(outputs (B, d), idx (B,)) -> (B,)`` where ``idx`` are gallery indices.
     """
 
-    def __init__(self, txt_emb: Tensor, txt_labels: Tensor | np.ndarray, img_emb: Tensor,
-                 img_labels: Tensor | np.ndarray, kind: str = "cmpm",
-                 directions: Sequence[str] = ("i2t", "t2i"), kappa: float = float("inf"),
-                 cmpc_weight: Tensor | None = None, class_of_label: Tensor | np.ndarray | None = None,
-                 eps: float = CMPM_EPS) -> None:
+    def __init__(
+        self,
+        txt_emb: Tensor,
+        txt_labels: Tensor | np.ndarray,
+        img_emb: Tensor,
+        img_labels: Tensor | np.ndarray,
+        kind: str = "cmpm",
+        directions: Sequence[str] = ("i2t", "t2i"),
+        kappa: float = float("inf"),
+        cmpc_weight: Tensor | None = None,
+        class_of_label: Tensor | np.ndarray | None = None,
+        eps: float = CMPM_EPS,
+    ) -> None:
         if kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {kind!r}; choose from {OBJECTIVES}")
         bad = set(directions) - {"i2t", "t2i"}
@@ -102,10 +110,15 @@ class RetrievalObjective:
                 self.class_of_label = torch.as_tensor(np.asarray(class_of_label), dtype=torch.int64)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "directions": list(self.directions), "kappa": self.kappa,
-                "gallery": "full split, other images clean", "n_captions": int(self.txt.shape[0]),
-                "n_images": int(self.img.shape[0]),
-                "cmpc_weights": "text prototypes" if self.kind == "cmpc" else None}
+        return {
+            "kind": self.kind,
+            "directions": list(self.directions),
+            "kappa": self.kappa,
+            "gallery": "full split, other images clean",
+            "n_captions": int(self.txt.shape[0]),
+            "n_images": int(self.img.shape[0]),
+            "cmpc_weights": "text prototypes" if self.kind == "cmpc" else None,
+        }
 
     # ------------------------------------------------------------------------------------------------------
     def _pairs(self, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,7 +212,7 @@ class RetrievalObjective:
 @torch.no_grad()
 def embed_images(model: nn.Module, images: Tensor, batch_size: int = 32) -> Tensor:
     """``model(images)`` in batches without gradients (``model`` maps ``[0,1]`` images to embeddings)."""
-    out = [model(images[s:s + batch_size]).float().cpu() for s in range(0, images.shape[0], batch_size)]
+    out = [model(images[s : s + batch_size]).float().cpu() for s in range(0, images.shape[0], batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -258,16 +271,23 @@ class GalleryAttackResult:
             return {}
         m = self.metered_common[~np.isnan(self.metered_common)]
         fin = m[np.isfinite(m)]
-        return {"meter": self.meter_description, "metered_common_n": int(m.size),
-                "metered_common_infinite": int(m.size - fin.size),
-                "metered_common_mean": float(fin.mean()) if fin.size else None,
-                "metered_common_median": float(np.median(fin)) if fin.size else None,
-                "metered_common_values": [float(v) for v in m]}
+        return {
+            "meter": self.meter_description,
+            "metered_common_n": int(m.size),
+            "metered_common_infinite": int(m.size - fin.size),
+            "metered_common_mean": float(fin.mean()) if fin.size else None,
+            "metered_common_median": float(np.median(fin)) if fin.size else None,
+            "metered_common_values": [float(v) for v in m],
+        }
 
 
-_ALIASES = {"adv": ("adv", "x_adv"), "radius": ("radius", "radius_nominal"),
-            "metered_radius": ("metered_radius", "radius_metered"), "iterations": ("iterations", "n_steps"),
-            "success": ("success",)}
+_ALIASES = {
+    "adv": ("adv", "x_adv"),
+    "radius": ("radius", "radius_nominal"),
+    "metered_radius": ("metered_radius", "radius_metered"),
+    "iterations": ("iterations", "n_steps"),
+    "success": ("success",),
+}
 
 
 def _get(res: Any, name: str) -> Any:
@@ -369,7 +389,7 @@ def attack_gallery(
         l2[sl] = d.norm(dim=1).double().numpy()
         if common is not None and sl.start < meter_images:
             k = min(meter_images - sl.start, len(bidx))
-            common[sl.start:sl.start + k] = torch.as_tensor(meter(x[:k], adv[:k])).double().cpu().numpy()
+            common[sl.start : sl.start + k] = torch.as_tensor(meter(x[:k], adv[:k])).double().cpu().numpy()
         if len(examples["clean"]) < keep_examples:
             k = keep_examples - len(examples["clean"])
             examples["clean"].extend(list(x[:k]))
@@ -382,13 +402,24 @@ def attack_gallery(
     def evaluate(emb: Tensor) -> dict:
         g = clean_img_emb.clone().float()
         g[torch.as_tensor(idx_all)] = emb
-        return retrieval_metrics(g, img_labels, txt_emb, txt_labels, ks, image_queries=idx_all,
-                                 caption_queries=cap_q)
+        return retrieval_metrics(g, img_labels, txt_emb, txt_labels, ks, image_queries=idx_all, caption_queries=cap_q)
 
     metrics = {t: evaluate(rec[t]) for t in steps}
     ex = {k: torch.stack(v) for k, v in examples.items() if v}
-    return GalleryAttackResult(image_indices=idx_all, steps=steps, embeddings=rec, metrics=metrics,
-                               final_metrics=evaluate(final), success=succ, radius=radius,
-                               metered_radius=metered, iterations=iters, linf=linf, l2=l2,
-                               seconds=time.time() - t0, examples=ex, metered_common=common,
-                               meter_description=meter_description)
+    return GalleryAttackResult(
+        image_indices=idx_all,
+        steps=steps,
+        embeddings=rec,
+        metrics=metrics,
+        final_metrics=evaluate(final),
+        success=succ,
+        radius=radius,
+        metered_radius=metered,
+        iterations=iters,
+        linf=linf,
+        l2=l2,
+        seconds=time.time() - t0,
+        examples=ex,
+        metered_common=common,
+        meter_description=meter_description,
+    )

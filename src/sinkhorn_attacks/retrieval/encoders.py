@@ -153,9 +153,15 @@ class WrappedImageBackbone(ImageBackbone):
         name: shown in checkpoints and result files.
     """
 
-    def __init__(self, module: nn.Module, feature_dim: int, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 std: Sequence[float] = (0.229, 0.224, 0.225), input_size: int | None = None,
-                 name: str = "user-backbone") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        feature_dim: int,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        input_size: int | None = None,
+        name: str = "user-backbone",
+    ) -> None:
         super().__init__()
         self.module = module
         self.feature_dim = int(feature_dim)
@@ -228,8 +234,13 @@ class MiniLMTextBackbone(TextBackbone):
         out = []
         texts = list(texts)
         for s in range(0, len(texts), batch_size):
-            b = self.tokenizer(texts[s:s + batch_size], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
+            b = self.tokenizer(
+                texts[s : s + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             h = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
             out.append((h * m).sum(1) / m.sum(1).clamp_min(1.0))
@@ -271,7 +282,7 @@ class CallableTextBackbone(TextBackbone):
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         texts = list(texts)
-        out = [torch.as_tensor(self.fn(texts[s:s + batch_size])).float() for s in range(0, len(texts), batch_size)]
+        out = [torch.as_tensor(self.fn(texts[s : s + batch_size])).float() for s in range(0, len(texts), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attack import RetrievalObjective, attack_gallery
-from .datasets import (
+from .._util import atomic_write
+from ..data.captions import (
     RetrievalData,
     load_captions_file,
     load_coco_mini_npz,
@@ -38,6 +36,7 @@ from .datasets import (
     load_flickr8k_npz,
     make_synthetic,
 )
+from .attack import RetrievalObjective, attack_gallery
 from .encoders import make_image_backbone, make_text_backbone
 from .features import image_features, text_features
 from .metrics import retrieval_metrics
@@ -62,18 +61,9 @@ Log = Callable[[str], None]
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file in the same folder + ``os.replace``)."""
+    """Write ``obj`` as JSON atomically (:func:`sinkhorn_attacks._util.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, default=_json_default)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, json.dumps(obj, indent=1, default=_json_default))
     return path
 
 
@@ -90,7 +80,14 @@ def _json_default(o: Any) -> Any:
 
 
 def load_dataset(spec: str, split: str = "test") -> RetrievalData:
-    """Load a split from a dataset spec string (see the module docstring)."""
+    """Load a split from a dataset spec string (see the module docstring); an empty split is an error."""
+    data = _load_dataset(spec, split)
+    if data.n_images == 0:
+        raise ValueError(f"dataset {spec!r} has no images in split {split!r}")
+    return data
+
+
+def _load_dataset(spec: str, split: str = "test") -> RetrievalData:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         n = int(arg) if arg else 64
@@ -109,8 +106,9 @@ def load_dataset(spec: str, split: str = "test") -> RetrievalData:
     if kind == "captions":
         file, _, root = arg.partition("@")
         return load_captions_file(file, root or None, None if split == "all" else split)
-    raise ValueError(f"unknown dataset kind {kind!r}; use flickr8k-npz, flickr8k, cuhk-pedes, captions, "
-                     "coco-mini-npz or synthetic")
+    raise ValueError(
+        f"unknown dataset kind {kind!r}; use flickr8k-npz, flickr8k, cuhk-pedes, captions, coco-mini-npz or synthetic"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,15 +164,28 @@ def run_train(run: TrainRun, log: Log | None = print) -> dict:
         return {"t2i": m["t2i"], "i2t": m["i2t"]}
 
     heads, hist = train_heads(fi, ft, tr.caption_image, tr.image_labels, run.train, eval_fn=eval_fn, log=log)
-    meta = {"image_backbone": run.image_backbone, "text_backbone": run.text_backbone,
-            "image_size": run.image_size, "data": run.data, "train_split": "train", "eval_split": run.eval_split,
-            "train_config": run.train.to_dict(), "history": hist, "match": tr.match,
-            "backbone_kwargs": run.backbone_kwargs}
+    meta = {
+        "image_backbone": run.image_backbone,
+        "text_backbone": run.text_backbone,
+        "image_size": run.image_size,
+        "data": run.data,
+        "train_split": "train",
+        "eval_split": run.eval_split,
+        "train_config": run.train.to_dict(),
+        "history": hist,
+        "match": tr.match,
+        "backbone_kwargs": run.backbone_kwargs,
+    }
     save_heads(out / "heads.pt", heads, meta)
-    summary = {**{k: v for k, v in meta.items() if k != "history"}, "history": hist,
-               "feature_seconds": round(t_feat, 1), "total_seconds": round(time.time() - t0, 1),
-               "n_train_images": tr.n_images, "n_train_captions": tr.n_captions,
-               "final_eval": hist[-1].get("eval") if hist else None}
+    summary = {
+        **{k: v for k, v in meta.items() if k != "history"},
+        "history": hist,
+        "feature_seconds": round(t_feat, 1),
+        "total_seconds": round(time.time() - t0, 1),
+        "n_train_images": tr.n_images,
+        "n_train_captions": tr.n_captions,
+        "final_eval": hist[-1].get("eval") if hist else None,
+    }
     write_json(out / "train.json", summary)
     return summary
 
@@ -191,8 +202,14 @@ def _clean_embeddings(model: DualEncoder, meta: dict, data: RetrievalData, cache
     return embed_features(model.heads, fi, ft)
 
 
-def run_evaluate(heads_path: str | Path, data: str | None = None, split: str = "test", out: str | None = None,
-                 cache_dir: str | None = None, log: Log | None = print) -> dict:
+def run_evaluate(
+    heads_path: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    out: str | None = None,
+    cache_dir: str | None = None,
+    log: Log | None = print,
+) -> dict:
     """Clean R@1/5/10 both ways of a trained model on a split."""
     model, meta = load_model(heads_path)
     ds = load_dataset(data or meta["data"], split)
@@ -208,6 +225,16 @@ def run_evaluate(heads_path: str | Path, data: str | None = None, split: str = "
 
 def _fmt(d: dict) -> str:
     return "/".join(f"{d[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in d)
+
+
+def _num(v: Any, spec: str = ".4g") -> str:
+    """A number for a log line: ``-`` for none, else ``format(v, spec)``."""
+    return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def format_metrics(m: dict) -> str:
+    """``t2i R@1/5/10 a/b/c | i2t ...`` (one decimal)."""
+    return " | ".join(f"{d} R@1/5/10 {_fmt(m[d])}" for d in ("t2i", "i2t") if isinstance(m.get(d), dict))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,8 +263,10 @@ class AttackSpec:
         out = []
         for v in self.sweep:
             key = f"{self.name}@{self.sweep_key}={v:g}" if isinstance(v, float) else f"{self.name}@{self.sweep_key}={v}"
-            ov = {k: (float(o[1:]) * v if isinstance(o, str) and re.fullmatch(r"x[0-9.eE+-]+", o) else o)
-                  for k, o in self.overrides.items()}
+            ov = {
+                k: (float(o[1:]) * v if isinstance(o, str) and re.fullmatch(r"x[0-9.eE+-]+", o) else o)
+                for k, o in self.overrides.items()
+            }
             out.append((key, {**ov, self.sweep_key: v}))
         return out
 
@@ -259,10 +288,14 @@ def _value(s: str) -> Any:
     return s
 
 
+_KEY_ALIASES = {"eps": "radius", "epsilon": "radius"}  # the usual l_p name of the presets' ``radius``
+
+
 def parse_attack_spec(text: str) -> AttackSpec:
     """``PRESET[:key=value,...][#LABEL]``; one value may be a ``|``-separated sweep, e.g.
     ``linf-pgd:radius=2/255|4/255|8/255`` or ``uot:radius=0.005|0.01,step_size=0.1#UOT``. A value ``xF``
-    means ``F`` times the swept value (``linf-pgd:radius=1/255|4/255,step_size=x0.25``)."""
+    means ``F`` times the swept value (``linf-pgd:radius=1/255|4/255,step_size=x0.25``). ``eps`` (or
+    ``epsilon``) is accepted for ``radius``."""
     text, _, label = text.partition("#")
     preset, _, rest = text.partition(":")
     spec = AttackSpec(preset=preset.strip(), label=label.strip() or None)
@@ -270,12 +303,13 @@ def parse_attack_spec(text: str) -> AttackSpec:
         key, eq, val = item.partition("=")
         if not eq:
             raise ValueError(f"attack option {item!r} is not key=value")
+        key = _KEY_ALIASES.get(key.strip(), key.strip())
         if "|" in val:
             if spec.sweep_key:
                 raise ValueError("only one swept key per attack")
-            spec.sweep_key, spec.sweep = key.strip(), [_value(v) for v in val.split("|")]
+            spec.sweep_key, spec.sweep = key, [_value(v) for v in val.split("|")]
         else:
-            spec.overrides[key.strip()] = _value(val)
+            spec.overrides[key] = _value(val)
     return spec
 
 
@@ -297,8 +331,11 @@ def matched_radius_table(cells: dict[str, dict], grid: Sequence[float] | None = 
     never extrapolated).
     """
     by_attack: dict[str, list[tuple[float, dict]]] = {}
-    key = "metered_common_mean" if any(c.get("metered_common_mean") is not None for c in cells.values()) \
+    key = (
+        "metered_common_mean"
+        if any(c.get("metered_common_mean") is not None for c in cells.values())
         else "metered_radius_mean"
+    )
     for c in cells.values():
         r = c.get(key)
         if r is None or not math.isfinite(r):
@@ -386,8 +423,10 @@ def run_attack(
         from sinkhorn_attacks.ot import LocalCost, exact_ot
 
         cost = LocalCost(meter_kernel, meter_p)
-        meter_desc = (f"exact_ot, LocalCost(kernel_size={meter_kernel}, p={meter_p}), first {meter_images} images "
-                      "of each cell, images normalised to mass 1")
+        meter_desc = (
+            f"exact_ot, LocalCost(kernel_size={meter_kernel}, p={meter_p}), first {meter_images} images "
+            "of each cell, images normalised to mass 1"
+        )
 
         def meter(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return exact_ot(a, b, cost).value
@@ -414,31 +453,64 @@ def run_attack(
                     kw.setdefault("meter_cost", None)
                 return factory(_p, tower, loss_fn=obj, success_fn=None, callback=callback, steps=steps, **kw)
 
-            res = attack_gallery(make, tower, load, obj, ei, ds.image_labels, et, ds.caption_labels,
-                                 ds.caption_image, idx, record_steps=rec, batch_size=batch_size, log=log,
-                                 meter=meter, meter_images=meter_images, meter_description=meter_desc)
-            cell = {"attack": spec.name, "preset": spec.preset, "overrides": overrides,
-                    "sweep_key": spec.sweep_key, **res.summary()}
+            res = attack_gallery(
+                make,
+                tower,
+                load,
+                obj,
+                ei,
+                ds.image_labels,
+                et,
+                ds.caption_labels,
+                ds.caption_image,
+                idx,
+                record_steps=rec,
+                batch_size=batch_size,
+                log=log,
+                meter=meter,
+                meter_images=meter_images,
+                meter_description=meter_desc,
+            )
+            cell = {
+                "attack": spec.name,
+                "preset": spec.preset,
+                "overrides": overrides,
+                "sweep_key": spec.sweep_key,
+                **res.summary(),
+            }
             write_json(part, cell)
             if res.examples:
-                torch.save({k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()},
-                           part.with_suffix(".examples.pt"))
+                torch.save(
+                    {k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()},
+                    part.with_suffix(".examples.pt"),
+                )
             cells[key] = cell
             if log:
                 f = cell["final"]
-                log(f"[{key}] final t2i {_fmt(f['t2i'])} i2t {_fmt(f['i2t'])}, metered "
-                    f"{cell['metered_radius_mean']} / common {cell.get('metered_common_mean')}, {cell['seconds']}s")
+                log(
+                    f"[{key}] final t2i {_fmt(f['t2i'])} i2t {_fmt(f['i2t'])}, metered "
+                    f"{_num(cell['metered_radius_mean'])} / common {_num(cell.get('metered_common_mean'))}, "
+                    f"{_num(cell['seconds'], '.1f')}s"
+                )
     result = {
-        "heads": str(heads_path), "data": data or meta["data"], "split": split, "match": ds.match,
+        "heads": str(heads_path),
+        "data": data or meta["data"],
+        "split": split,
+        "match": ds.match,
         "model": {k: meta.get(k) for k in ("image_backbone", "text_backbone", "image_size", "train_config")},
-        "objective": obj.describe(), "steps": steps, "record_steps": rec, "n_images": n,
+        "objective": obj.describe(),
+        "steps": steps,
+        "record_steps": rec,
+        "n_images": n,
         "n_caption_queries": int(np.isin(ds.caption_image, idx).sum()),
-        "clean_full_split": clean_full, "cells": cells, "skipped_cells": skipped,
+        "clean_full_split": clean_full,
+        "cells": cells,
+        "skipped_cells": skipped,
         "matched_radius": matched_radius_table(cells),
         "conventions": {
             "recall": "R@K = % of queries with a correct item in the top K; pessimistic ties",
             "t2i": "queries = captions of the attacked images; gallery = all split images with the attacked ones "
-                   "replaced by their adversarial versions",
+            "replaced by their adversarial versions",
             "i2t": "queries = the attacked (adversarial) images; gallery = all captions of the split",
             "hit": "same image (Flickr8k/COCO)" if ds.match == "image" else "same person id (CUHK-PEDES)",
             "metered_radius": "exact OT cost between clean and adversarial image (library meter), mean over images",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import RetrievalData
+from .._util import atomic_write
+from ..data.captions import RetrievalData
 from .encoders import ImageBackbone, TextBackbone
 
 __all__ = ["default_cache_dir", "cache_key", "image_features", "text_features", "atomic_save_npy"]
@@ -46,16 +46,8 @@ def cache_key(*parts: object) -> str:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``array`` to ``path`` atomically (:func:`sinkhorn_attacks._util.atomic_write`)."""
+    atomic_write(path, lambda fh: np.save(fh, array))
 
 
 def _cached(path: Path | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -67,8 +59,9 @@ def _cached(path: Path | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
     return arr
 
 
-def text_features(backbone: TextBackbone, captions: Sequence[str], cache_dir: Path | None | bool = None,
-                  batch_size: int = 256) -> torch.Tensor:
+def text_features(
+    backbone: TextBackbone, captions: Sequence[str], cache_dir: Path | None | bool = None, batch_size: int = 256
+) -> torch.Tensor:
     """``(N, F)`` float32 features of ``captions``; cached unless ``cache_dir is False``."""
     path = None
     if cache_dir is not False:
@@ -78,9 +71,14 @@ def text_features(backbone: TextBackbone, captions: Sequence[str], cache_dir: Pa
 
 
 @torch.no_grad()
-def image_features(backbone: ImageBackbone, data: RetrievalData, size: int | None = None,
-                   cache_dir: Path | None | bool = None, batch_size: int = 64,
-                   log: Callable[[str], None] | None = None) -> torch.Tensor:
+def image_features(
+    backbone: ImageBackbone,
+    data: RetrievalData,
+    size: int | None = None,
+    cache_dir: Path | None | bool = None,
+    batch_size: int = 64,
+    log: Callable[[str], None] | None = None,
+) -> torch.Tensor:
     """``(n_images, F)`` float32 features of the gallery images of ``data`` at ``size`` px; cached.
 
     Partial progress is not kept; the whole array is written once at the end.

@@ -65,8 +65,9 @@ def _kl_rows(logits: Tensor, mask: Tensor, eps: float) -> Tensor:
     return (log_p.exp() * (log_p - torch.log(q + eps))).sum(dim=1)
 
 
-def cmpm_terms(img: Tensor, txt: Tensor, img_labels: Tensor, txt_labels: Tensor | None = None,
-               eps: float = CMPM_EPS) -> tuple[Tensor, Tensor]:
+def cmpm_terms(
+    img: Tensor, txt: Tensor, img_labels: Tensor, txt_labels: Tensor | None = None, eps: float = CMPM_EPS
+) -> tuple[Tensor, Tensor]:
     """Per-row CMPM terms: ``(KL_i for each image (n,), KL_j for each text (m,))``.
 
     Args:
@@ -86,8 +87,9 @@ def cmpm_terms(img: Tensor, txt: Tensor, img_labels: Tensor, txt_labels: Tensor 
     return i2t, t2i
 
 
-def cmpm_loss(img: Tensor, txt: Tensor, img_labels: Tensor, txt_labels: Tensor | None = None,
-              eps: float = CMPM_EPS) -> Tensor:
+def cmpm_loss(
+    img: Tensor, txt: Tensor, img_labels: Tensor, txt_labels: Tensor | None = None, eps: float = CMPM_EPS
+) -> Tensor:
     """``L_cmpm = mean_i KL(p_i || q_i) + mean_j KL(p'_j || q'_j)`` (see the module docstring)."""
     i2t, t2i = cmpm_terms(img, txt, img_labels, txt_labels, eps)
     return i2t.mean() + t2i.mean()
@@ -136,8 +138,9 @@ def cmpc_loss(img: Tensor, txt: Tensor, labels: Tensor, weight: Tensor | CMPCCla
     return ipt.mean() + tpi.mean()
 
 
-def cmpm_cmpc_loss(img: Tensor, txt: Tensor, labels: Tensor, classifier: CMPCClassifier | None = None,
-                   eps: float = CMPM_EPS) -> tuple[Tensor, dict[str, float]]:
+def cmpm_cmpc_loss(
+    img: Tensor, txt: Tensor, labels: Tensor, classifier: CMPCClassifier | None = None, eps: float = CMPM_EPS
+) -> tuple[Tensor, dict[str, float]]:
     """The training loss ``L_cmpm + L_cmpc`` on a paired batch (CMPC skipped if ``classifier is None``).
 
     Returns the scalar loss and a dict of its parts (floats, for logging).

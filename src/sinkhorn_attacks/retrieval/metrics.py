@@ -50,18 +50,23 @@ def pessimistic_ranks(scores: Tensor, positive: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def retrieval_ranks(img_emb: Tensor, img_labels: Tensor | np.ndarray, txt_emb: Tensor,
-                    txt_labels: Tensor | np.ndarray, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+def retrieval_ranks(
+    img_emb: Tensor,
+    img_labels: Tensor | np.ndarray,
+    txt_emb: Tensor,
+    txt_labels: Tensor | np.ndarray,
+    chunk: int = 2048,
+) -> tuple[Tensor, Tensor]:
     """Pessimistic ranks of every query: ``(t2i (n_captions,), i2t (n_images,))``, int64 on CPU."""
     il = torch.as_tensor(np.asarray(img_labels), dtype=torch.int64).to(img_emb.device)
     tl = torch.as_tensor(np.asarray(txt_labels), dtype=torch.int64).to(img_emb.device)
     t2i, i2t = [], []
     for s in range(0, txt_emb.shape[0], chunk):
-        sc = cosine_scores(txt_emb[s:s + chunk], img_emb)
-        t2i.append(pessimistic_ranks(sc, tl[s:s + chunk, None] == il[None, :]).cpu())
+        sc = cosine_scores(txt_emb[s : s + chunk], img_emb)
+        t2i.append(pessimistic_ranks(sc, tl[s : s + chunk, None] == il[None, :]).cpu())
     for s in range(0, img_emb.shape[0], chunk):
-        sc = cosine_scores(img_emb[s:s + chunk], txt_emb)
-        i2t.append(pessimistic_ranks(sc, il[s:s + chunk, None] == tl[None, :]).cpu())
+        sc = cosine_scores(img_emb[s : s + chunk], txt_emb)
+        i2t.append(pessimistic_ranks(sc, il[s : s + chunk, None] == tl[None, :]).cpu())
     empty = torch.zeros(0, dtype=torch.int64)
     return (torch.cat(t2i) if t2i else empty), (torch.cat(i2t) if i2t else empty)
 
@@ -77,10 +82,15 @@ def recall_from_ranks(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str
     return out
 
 
-def retrieval_metrics(img_emb: Tensor, img_labels: Tensor | np.ndarray, txt_emb: Tensor,
-                      txt_labels: Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10),
-                      image_queries: Tensor | np.ndarray | None = None,
-                      caption_queries: Tensor | np.ndarray | None = None) -> dict:
+def retrieval_metrics(
+    img_emb: Tensor,
+    img_labels: Tensor | np.ndarray,
+    txt_emb: Tensor,
+    txt_labels: Tensor | np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    image_queries: Tensor | np.ndarray | None = None,
+    caption_queries: Tensor | np.ndarray | None = None,
+) -> dict:
     """R@K in both directions (percent) for a deduplicated image gallery and its captions.
 
     Args:

@@ -10,8 +10,6 @@ EfficientNet-Lite0 as the frozen backbones.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .._util import atomic_write
 from .encoders import ImageBackbone, TextBackbone
 from .losses import CMPCClassifier
 
@@ -43,8 +42,9 @@ class DualEncoderProtocol(Protocol):
 class ProjectionHeads(nn.Module):
     """``Linear(image_dim -> embed_dim)``, ``Linear(text_dim -> embed_dim)`` and an optional CMPC classifier."""
 
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int = 512, num_classes: int | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self, image_dim: int, text_dim: int, embed_dim: int = 512, num_classes: int | None = None, seed: int | None = 0
+    ) -> None:
         super().__init__()
         if seed is not None:
             torch.manual_seed(seed)
@@ -54,8 +54,12 @@ class ProjectionHeads(nn.Module):
         self.image_dim, self.text_dim, self.embed_dim = int(image_dim), int(text_dim), int(embed_dim)
 
     def config(self) -> dict[str, Any]:
-        return {"image_dim": self.image_dim, "text_dim": self.text_dim, "embed_dim": self.embed_dim,
-                "num_classes": self.cmpc.num_classes if self.cmpc is not None else None}
+        return {
+            "image_dim": self.image_dim,
+            "text_dim": self.text_dim,
+            "embed_dim": self.embed_dim,
+            "num_classes": self.cmpc.num_classes if self.cmpc is not None else None,
+        }
 
 
 class DualEncoder(nn.Module):
@@ -64,8 +68,10 @@ class DualEncoder(nn.Module):
     def __init__(self, image_backbone: ImageBackbone, text_backbone: TextBackbone, heads: ProjectionHeads) -> None:
         super().__init__()
         if image_backbone.feature_dim != heads.image_dim or text_backbone.feature_dim != heads.text_dim:
-            raise ValueError(f"backbone dims ({image_backbone.feature_dim}, {text_backbone.feature_dim}) do not "
-                             f"match the heads ({heads.image_dim}, {heads.text_dim})")
+            raise ValueError(
+                f"backbone dims ({image_backbone.feature_dim}, {text_backbone.feature_dim}) do not "
+                f"match the heads ({heads.image_dim}, {heads.text_dim})"
+            )
         self.image_backbone = image_backbone
         self.text_backbone = text_backbone
         self.heads = heads
@@ -116,19 +122,15 @@ class ImageTower(nn.Module):
 
 
 def save_heads(path: str | Path, heads: ProjectionHeads, meta: dict[str, Any] | None = None) -> Path:
-    """Save the heads (with the CMPC ``W``) and metadata atomically (temporary file + ``os.replace``)."""
+    """Save the heads (with the CMPC ``W``) and metadata atomically (:func:`sinkhorn_attacks._util.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": "sinkhorn_attacks.retrieval.heads/1", "config": heads.config(),
-            "state_dict": heads.state_dict(), "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    blob = {
+        "format": "sinkhorn_attacks.retrieval.heads/1",
+        "config": heads.config(),
+        "state_dict": heads.state_dict(),
+        "meta": dict(meta or {}),
+    }
+    atomic_write(path, lambda f: torch.save(blob, f))
     return path
 
 

@@ -53,8 +53,15 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
         style = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))][i % 5]
         for r, (d, _) in enumerate(_DIRS):
             for k, kk in enumerate(_KS):
-                axes[r, k].plot(ts, [c["curve"][str(t)][d][kk] for t in ts], linestyle=style, color=cols[c["attack"]],
-                                marker="o", ms=3, label=key if (r, k) == (0, 0) else None)
+                axes[r, k].plot(
+                    ts,
+                    [c["curve"][str(t)][d][kk] for t in ts],
+                    linestyle=style,
+                    color=cols[c["attack"]],
+                    marker="o",
+                    ms=3,
+                    label=key if (r, k) == (0, 0) else None,
+                )
     for r, (_, title) in enumerate(_DIRS):
         for k, kk in enumerate(_KS):
             ax = axes[r, k]
@@ -66,8 +73,11 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
             if k == 0:
                 ax.set_ylabel("recall (%)")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{_short(result['data'])} ({result['split']}): {result['n_images']} attacked images, "
-                 f"objective {result['objective']['kind']}", fontsize=10)
+    fig.suptitle(
+        f"{_short(result['data'])} ({result['split']}): {result['n_images']} attacked images, "
+        f"objective {result['objective']['kind']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,15 +95,22 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
     clean = None
     field = (result.get("matched_radius") or {}).get("radius_field", "metered_radius_mean")
     for name in names:
-        pts = sorted(((c[field], c) for c in result["cells"].values()
-                      if c["attack"] == name and c.get(field) is not None), key=lambda t: t[0])
+        pts = sorted(
+            ((c[field], c) for c in result["cells"].values() if c["attack"] == name and c.get(field) is not None),
+            key=lambda t: t[0],
+        )
         if not pts:
             continue
         clean = pts[0][1]["curve"]["0"]
         for r, (d, _) in enumerate(_DIRS):
             for k, kk in enumerate(_KS):
-                axes[r, k].plot([p[0] for p in pts], [p[1]["final"][d][kk] for p in pts], "-o", color=cols[name],
-                                label=name if (r, k) == (0, 0) else None)
+                axes[r, k].plot(
+                    [p[0] for p in pts],
+                    [p[1]["final"][d][kk] for p in pts],
+                    "-o",
+                    color=cols[name],
+                    label=name if (r, k) == (0, 0) else None,
+                )
     for r, (d, title) in enumerate(_DIRS):
         for k, kk in enumerate(_KS):
             ax = axes[r, k]
@@ -110,9 +127,10 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
             if k == 0:
                 ax.set_ylabel("recall (%)")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{_short(result['data'])} ({result['split']}): recall after {result['steps']} iterations vs "
-                 "metered radius",
-                 fontsize=10)
+    fig.suptitle(
+        f"{_short(result['data'])} ({result['split']}): recall after {result['steps']} iterations vs metered radius",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,8 +161,9 @@ def plot_examples(out: str | Path, result: dict, path: str | Path, n: int = 3) -
         for j in range(m):
             d = adv[j] - clean[j]
             s = d.abs().max().clamp_min(1e-8)
-            for k, (img, t) in enumerate(((clean[j], "clean"), (0.5 + 0.5 * d / s, f"noise x{0.5 / s:.0f}"),
-                                          (adv[j], "adversarial"))):
+            for k, (img, t) in enumerate(
+                ((clean[j], "clean"), (0.5 + 0.5 * d / s, f"noise x{0.5 / s:.0f}"), (adv[j], "adversarial"))
+            ):
                 ax = axes[i, 3 * j + k]
                 ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
                 ax.set_xticks([])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,20 @@ def embed_features(heads: ProjectionHeads, img_feats: Tensor, txt_feats: Tensor)
     return heads.image(img_feats.float()), heads.text(txt_feats.float())
 
 
+def _fmt_item(k: str, v: Any) -> str:
+    if isinstance(v, float):
+        return f"{k}={v:.4g}"
+    if isinstance(v, dict):  # R@K per direction
+        inner = " ".join(
+            f"{d}:{'/'.join(f'{x:.1f}' for x in r.values() if isinstance(x, (int, float)))}"
+            if isinstance(r, dict)
+            else f"{d}={r}"
+            for d, r in v.items()
+        )
+        return f"{k}=[{inner}]"
+    return f"{k}={v}"
+
+
 def train_heads(
     img_feats: Tensor,
     txt_feats: Tensor,
@@ -76,8 +91,13 @@ def train_heads(
     labels = torch.as_tensor(np.asarray(image_labels), dtype=torch.int64)
     n_classes = int(labels.max()) + 1
     if heads is None:
-        heads = ProjectionHeads(img_feats.shape[1], txt_feats.shape[1], cfg.embed_dim,
-                                num_classes=n_classes if cfg.use_cmpc else None, seed=cfg.seed)
+        heads = ProjectionHeads(
+            img_feats.shape[1],
+            txt_feats.shape[1],
+            cfg.embed_dim,
+            num_classes=n_classes if cfg.use_cmpc else None,
+            seed=cfg.seed,
+        )
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -90,7 +110,7 @@ def train_heads(
         sums: dict[str, float] = {}
         n_b = 0
         for s in range(0, perm.numel(), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
+            b = perm[s : s + cfg.batch_size]
             if b.numel() < 2:
                 continue
             ii = cap_img[b]
@@ -103,14 +123,16 @@ def train_heads(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_b += 1
-        rec: dict = {"epoch": epoch, "time_s": round(time.time() - t0, 1),
-                     **{k: v / max(n_b, 1) for k, v in sums.items()}}
+        rec: dict = {
+            "epoch": epoch,
+            "time_s": round(time.time() - t0, 1),
+            **{k: v / max(n_b, 1) for k, v in sums.items()},
+        }
         heads.eval()
         if eval_fn is not None:
             rec["eval"] = eval_fn(heads)
         history.append(rec)
         if log is not None:
-            log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in rec.items() if k != "epoch"))
+            log(f"epoch {epoch}: " + ", ".join(_fmt_item(k, v) for k, v in rec.items() if k != "epoch"))
     heads.eval()
     return heads, history
