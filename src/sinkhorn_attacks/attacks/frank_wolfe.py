@@ -10,7 +10,20 @@ the loss is the summed cross-entropy of ``model(clamp(pi^T 1, 0, 1))``.
 * PGD: ``pi <- dual_projection(pi + lr grad / ||grad||_inf)`` (exact Euclidean projection onto Pi).
 
 Optional post-processing (Wu's ``postprocess``) projects the final coupling with the capacity constraint
-``pi^T 1 <= 1`` so the returned image is in [0, 1] without clipping away mass.
+``pi^T 1 <= 1`` (Wu's dual ascent, 5000 iterations by default) and then makes the capacity exact by returning
+the remaining overflow to its source pixels (:func:`~sinkhorn_attacks.projections.coupling.repair_capacity`,
+an addition of this library: Wu's dual ascent leaves a small overflow), so the returned image is in [0, 1]
+without clipping away mass.
+
+Radii reported by the attack classes (``eps`` normalised by ``||x||_1``):
+
+* ``radius``: the budget ``eps``;
+* ``extras["nominal_radius"]``: the optimised coupling's cost ``<C, pi> / ||x||_1`` (Wu's native radius, a
+  bound for the *unclipped* image ``pi^T 1``);
+* ``certified_radius``: the same number where it holds for the returned image, i.e. where ``pi^T 1`` is
+  already in [0, 1] and the base class's clipping changes nothing; NaN where pixels were clipped;
+* ``extras["clipped_mass"]``: the fraction of the mass cut by clipping ``pi^T 1`` to [0, 1] (0 when the
+  returned image is the optimised one); ``extras["repaired_mass"]``: mass moved back by the repair step.
 """
 
 from __future__ import annotations
@@ -31,12 +44,14 @@ from ..projections.coupling import (
     dual_projection,
     entropic_lmo,
     identity_coupling,
+    repair_capacity,
 )
 from .base import Attack
 
-__all__ = ["wu_frank_wolfe", "wu_pgd", "WuFrankWolfe", "WuPGD"]
+__all__ = ["wu_frank_wolfe", "wu_pgd", "coupling_radii", "WuFrankWolfe", "WuPGD"]
 
 _W1_5X5 = LocalCost(5, 1.0)  # Wu's ground cost: Euclidean (W1), 5x5 window
+_GRAD_GUARD = 1e-35
 
 
 def _coupling_grad(model: nn.Module, pi: torch.Tensor, y: torch.Tensor, cost: LocalCost, objective=None):
@@ -45,13 +60,33 @@ def _coupling_grad(model: nn.Module, pi: torch.Tensor, y: torch.Tensor, cost: Lo
     loss = F.cross_entropy(out, y, reduction="sum") if objective is None else objective(out, y).sum()
     (g,) = torch.autograd.grad(loss, img)
     gp = gather_window(g, cost, fill=0.0)  # adjoint of the column marginal
-    return gp / gp.flatten(1).abs().amax(1).clamp_min(1e-12).reshape(-1, 1, 1, 1, 1)
+    # per-example l_inf normalisation with Wu's tiny guard (1e-35): the summed cross-entropy of a confident
+    # model has gradients of 1e-16..1e-6, which must still be scaled to norm 1 (a larger guard such as
+    # 1e-12 shrinks them and lets the entropy term of the LMO dominate)
+    return gp / (gp.flatten(1).abs().amax(1) + _GRAD_GUARD).reshape(-1, 1, 1, 1, 1)
 
 
-def _finish(pi, x, cost, budget, postprocess: bool, post_iterations: int):
+def _finish(pi, x, cost, budget, postprocess: bool, post_iterations: int, check_zero: bool = False):
+    """Optional capacity post-processing (+ exact repair, in float64); returns ``(pi^T 1, pi)``."""
     if postprocess:
-        pi = capacity_projection(pi, x, cost, budget, iterations=post_iterations)
+        pi = capacity_projection(pi, x, cost, budget, iterations=post_iterations, check_zero=check_zero)
+        pi, _ = repair_capacity(pi, cost)
+        return column_marginal(pi, cost).to(x.dtype), pi
     return column_marginal(pi, cost), pi
+
+
+def coupling_radii(adv: torch.Tensor, pi: torch.Tensor, x: torch.Tensor, cost: LocalCost) -> dict[str, torch.Tensor]:
+    """Per-example radii of a Wu result ``(adv = pi^T 1, pi)`` for the image returned after clipping to [0, 1].
+
+    ``nominal_radius = <C, pi> / ||x||_1``; ``clipped_mass`` = fraction of the mass that clipping ``adv``
+    to [0, 1] removes or adds; ``certified_radius`` = ``nominal_radius`` where nothing is clipped (the
+    coupling then transports ``x`` exactly onto the returned image), NaN elsewhere.
+    """
+    mass = x.flatten(1).sum(1).double().clamp_min(1e-12)
+    nominal = coupling_cost(pi, cost).double() / mass
+    clipped = (adv - adv.clamp(0, 1)).abs().flatten(1).double().sum(1) / mass
+    certified = torch.where(clipped == 0, nominal, torch.full_like(nominal, math.nan))
+    return {"nominal_radius": nominal, "clipped_mass": clipped, "certified_radius": certified}
 
 
 def wu_frank_wolfe(
@@ -66,17 +101,22 @@ def wu_frank_wolfe(
     dual_max_iter: int = 50,
     tol: float = 1e-4,
     postprocess: bool = False,
-    post_iterations: int = 1000,
+    post_iterations: int = 5000,
+    check_zero: bool = False,
     objective=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wu's Frank-Wolfe attack; returns ``(adv image (not clipped), coupling)``. ``eps`` normalised."""
+    """Wu's Frank-Wolfe attack; returns ``(adv image (not clipped), coupling)``. ``eps`` normalised.
+
+    ``check_zero=False`` bisects the dual variable as Wu's code does (never testing ``mu = 0``); ``True``
+    returns the exact oracle when the budget is inactive (see :func:`~..projections.coupling.dual_projection`).
+    """
     budget = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]) * x.flatten(1).sum(1)
     pi = identity_coupling(x, cost)
     for t in range(steps):
         g = _coupling_grad(model, pi, y, cost, objective)
-        s = entropic_lmo(g, x, cost, budget, gamma, max_iter=dual_max_iter, tol=tol, int_tol=tol)
+        s = entropic_lmo(g, x, cost, budget, gamma, max_iter=dual_max_iter, tol=tol, int_tol=tol, check_zero=check_zero)
         pi = pi + 2.0 / (t + 2) * (s - pi)
-    return _finish(pi, x, cost, budget, postprocess, post_iterations)
+    return _finish(pi, x, cost, budget, postprocess, post_iterations, check_zero)
 
 
 def wu_pgd(
@@ -91,20 +131,28 @@ def wu_pgd(
     dual_max_iter: int = 25,
     tol: float = 1e-4,
     postprocess: bool = True,
-    post_iterations: int = 1000,
+    post_iterations: int = 5000,
+    check_zero: bool = False,
     objective=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wu's PGD on the coupling with the exact dual projection; returns ``(adv, coupling)``."""
+    """Wu's PGD on the coupling with the exact dual projection; returns ``(adv, coupling)``.
+
+    ``check_zero`` as in :func:`wu_frank_wolfe`: with Wu's bisection (``False``) a step whose row-simplex
+    projection is already within budget is bisected down to ``mu ~ tol`` instead of 0 (the projection is
+    then off by ``~tol * C`` per entry).
+    """
     budget = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]) * x.flatten(1).sum(1)
     pi = identity_coupling(x, cost)
     for _ in range(steps):
         g = _coupling_grad(model, pi, y, cost, objective)
-        pi = dual_projection(pi + lr * g, x, cost, budget, max_iter=dual_max_iter, tol=tol, int_tol=tol)
-    return _finish(pi, x, cost, budget, postprocess, post_iterations)
+        pi = dual_projection(
+            pi + lr * g, x, cost, budget, max_iter=dual_max_iter, tol=tol, int_tol=tol, check_zero=check_zero
+        )
+    return _finish(pi, x, cost, budget, postprocess, post_iterations, check_zero)
 
 
 class _WuBase(Attack):
-    units = "normalised <C, pi> (local coupling cost / ||x||_1)"
+    units = "normalised <C, pi> (local coupling cost / ||x||_1); certified only where nothing is clipped"
 
     def __init__(
         self,
@@ -114,11 +162,13 @@ class _WuBase(Attack):
         eps: float = 0.5,
         steps: int = 300,
         postprocess: bool = False,
-        post_iterations: int = 1000,
+        post_iterations: int = 5000,
+        check_zero: bool = False,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        self.check_zero = bool(check_zero)
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
         self.cost, self.eps, self.steps = cost, float(eps), int(steps)
@@ -131,13 +181,17 @@ class _WuBase(Attack):
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor):
         adv, pi = self._run(x, y)
-        mass = x.flatten(1).sum(1).clamp_min(1e-12)
         B = x.shape[0]
-        cert = coupling_cost(pi, self.cost) / mass
+        r = coupling_radii(adv, pi, x, self.cost)
         radius = torch.full((B,), self.eps, dtype=torch.float64, device=x.device)
         iters = torch.full((B,), self.steps, dtype=torch.long, device=x.device)
-        extras = {"above_one_mass": (adv - 1).clamp_min(0).flatten(1).sum(1) / mass}
-        return adv.detach(), radius, iters, cert.detach(), extras, self.steps * B
+        mass = x.flatten(1).sum(1).double().clamp_min(1e-12)
+        extras = {
+            "nominal_radius": r["nominal_radius"],
+            "clipped_mass": r["clipped_mass"],
+            "above_one_mass": (adv - 1).clamp_min(0).flatten(1).double().sum(1) / mass,
+        }
+        return adv.detach(), radius, iters, r["certified_radius"], extras, self.steps * B
 
     def config(self) -> dict[str, Any]:
         return {
@@ -147,6 +201,8 @@ class _WuBase(Attack):
             "eps": self.eps,
             "steps": self.steps,
             "postprocess": self.postprocess,
+            "post_iterations": self.post_iterations,
+            "check_zero": self.check_zero,
         }
 
 
@@ -162,7 +218,8 @@ class WuFrankWolfe(_WuBase):
     def _run(self, x, y):
         return wu_frank_wolfe(
             self.model, x, y, self.cost, self.eps, self.steps, gamma=self.gamma, dual_max_iter=self.dual_max_iter,
-            postprocess=self.postprocess, post_iterations=self.post_iterations, objective=self.objective,
+            postprocess=self.postprocess, post_iterations=self.post_iterations, check_zero=self.check_zero,
+            objective=self.objective,
         )  # fmt: skip
 
     def config(self) -> dict[str, Any]:
@@ -182,7 +239,8 @@ class WuPGD(_WuBase):
     def _run(self, x, y):
         return wu_pgd(
             self.model, x, y, self.cost, self.eps, self.steps, lr=self.lr, dual_max_iter=self.dual_max_iter,
-            postprocess=self.postprocess, post_iterations=self.post_iterations, objective=self.objective,
+            postprocess=self.postprocess, post_iterations=self.post_iterations, check_zero=self.check_zero,
+            objective=self.objective,
         )  # fmt: skip
 
     def config(self) -> dict[str, Any]:

@@ -97,12 +97,16 @@ def register(register_preset: Callable[[str, Callable[..., Attack], str], None])
     register_preset(
         "wu2020-fw-mnist",
         _wu(WuFrankWolfe, "wu2020-fw-mnist", dict(eps=0.5, steps=300, gamma=1e-3, dual_max_iter=50, postprocess=False)),
-        "Wu et al. Frank-Wolfe MNIST: W1 5x5, eps 0.5, 300 its",
+        "Wu et al. Frank-Wolfe MNIST: W1 5x5, eps 0.5, 300 its, no capacity post-processing as in the authors' "
+        "MNIST script (bash/test_frank_wolfe.sh, postprocess=0; they evaluate the unclipped image). Here the "
+        "returned image is clipped to [0, 1]: certified_radius is NaN where mass was cut (see clipped_mass); "
+        "pass postprocess=True for a certified radius",
     )
     register_preset(
         "wu2020-pgd-mnist",
         _wu(WuPGD, "wu2020-pgd-mnist", dict(eps=0.5, steps=300, lr=0.1, dual_max_iter=25, postprocess=True)),
-        "Wu et al. PGD on the coupling MNIST: eps 0.5, lr 0.1",
+        "Wu et al. PGD on the coupling MNIST: eps 0.5, lr 0.1, 300 its, capacity post-processing (5000 its, "
+        "as bash/test_projected_gradient.sh) + exact repair",
     )
     register_preset(
         "wu2020-fw-cifar",
@@ -123,6 +127,10 @@ def register(register_preset: Callable[[str, Callable[..., Attack], str], None])
     )
     register_preset(
         "fair-wu-fw",
-        _wu(WuFrankWolfe, "fair-wu-fw", dict(eps=0.3, steps=100, gamma=1e-3, dual_max_iter=50, postprocess=True)),
+        _wu(
+            WuFrankWolfe,
+            "fair-wu-fw",
+            dict(eps=0.3, steps=100, gamma=1e-3, dual_max_iter=50, postprocess=True, post_iterations=1000),
+        ),
         "fair protocol: Wu Frank-Wolfe + capacity, eps 0.3, 100 its",
     )

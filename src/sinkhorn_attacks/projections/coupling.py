@@ -38,6 +38,7 @@ __all__ = [
     "dual_projection",
     "entropic_lmo",
     "capacity_projection",
+    "repair_capacity",
 ]
 
 _NEG = -1e30
@@ -100,7 +101,14 @@ def simplex_project_rows(g: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | 
 
 
 def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_iter: int, tol: float, int_tol: float):
-    """Per-example bisection on a decreasing ``fn(mu)`` for ``fn(mu) = target``; returns the right end."""
+    """Per-example bisection on a decreasing ``fn(mu)`` for ``fn(mu) = target``; returns the right end.
+
+    Wu's rule (``utils.bisection_search``), applied per example: the midpoint replaces the left end when
+    ``fn(mid) > target`` and the right end otherwise; an example stops once ``|fn(mid) - target| < tol``
+    (on either side) or its interval is shorter than ``int_tol``. The right end is returned, which is
+    feasible (``fn <= target``) whenever the initial right end is. Wu stops the whole batch together; the
+    per-example stop makes each result independent of the other images of the batch.
+    """
     done = torch.zeros_like(lo, dtype=torch.bool)
     for _ in range(max_iter):
         mid = (lo + hi) / 2
@@ -108,7 +116,7 @@ def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_it
         over = val > target
         lo = torch.where(over & ~done, mid, lo)
         hi = torch.where(~over & ~done, mid, hi)
-        done |= ((val - target).abs() < tol) & ~over | ((hi - lo) < int_tol)
+        done |= ((val - target).abs() < tol) | ((hi - lo) < int_tol)
         if bool(done.all()):
             break
     return hi
@@ -123,12 +131,15 @@ def dual_projection(
     max_iter: int = 25,
     tol: float = 1e-4,
     int_tol: float = 1e-4,
+    check_zero: bool = True,
 ) -> torch.Tensor:
     """Euclidean projection of ``g`` (B, C, K, H, W) onto ``Pi(x)`` with ``<C, pi> <= budget`` (B,).
 
     ``pi(mu) = rowsimplex(g - mu C)``; if ``pi(0)`` is within budget it is the answer, otherwise ``mu``
     is bisected on ``[0, 2 ||g||_inf + ||x||_inf]`` (Wu's bracket) until ``|<C,pi> - budget| < tol`` or
     the interval is below ``int_tol`` (at most ``max_iter`` halvings), returning the right (feasible) end.
+    ``check_zero=False`` skips the ``mu = 0`` test as Wu's code does: an inactive budget is then bisected
+    down to ``mu ~ int_tol`` instead of 0, so the result is off the exact projection by ``~int_tol * C``.
     """
     mask = window_mask(x, cost)
     c = _cvec(x, cost)
@@ -140,7 +151,9 @@ def dual_projection(
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
     p0 = proj(zero)
     ok = coupling_cost(p0, cost) <= budget
-    if bool(ok.all()):
+    if not check_zero:
+        ok = torch.zeros_like(ok)
+    elif bool(ok.all()):
         return p0
     hi = 2 * g.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
     mu = _bisect(lambda m: coupling_cost(proj(m), cost), zero, hi, budget, max_iter, tol, int_tol)
@@ -157,12 +170,15 @@ def entropic_lmo(
     max_iter: int = 50,
     tol: float = 1e-4,
     int_tol: float = 1e-4,
+    check_zero: bool = True,
 ) -> torch.Tensor:
     """Entropy-smoothed linear maximisation oracle over ``Pi(x)`` (Wu's dual LMO).
 
     ``pi*(mu)[d, i] = x_i softmax_d((g[d, i] - mu c_d) / gamma)``; ``mu = 0`` if that is within budget,
-    else bisection on ``[0, 2 ||g||_inf + gamma max(0, log(sum x c_max / budget))]`` (bracket widened by
-    doubling if still infeasible), returning the right end.
+    else bisection on Wu's bracket ``[0, max(0, 2 ||g||_inf + gamma log(sum_i x_i sum_d c_d(i) / budget))]``
+    (``sum_d`` over the offsets that stay inside the image; the bracket is widened by doubling in the rare
+    case that its right end is still infeasible), returning the right end. ``check_zero`` as in
+    :func:`dual_projection`.
     """
     mask = window_mask(x, cost)
     c = _cvec(x, cost)
@@ -175,11 +191,14 @@ def entropic_lmo(
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
     p0 = lmo(zero)
     ok = coupling_cost(p0, cost) <= budget
-    if bool(ok.all()):
+    if not check_zero:
+        ok = torch.zeros_like(ok)
+    elif bool(ok.all()):
         return p0
-    cmax = float(c.max())
-    ratio = (x.flatten(1).sum(1) * cmax / budget.clamp_min(1e-30)).clamp_min(1.0)
-    hi = 2 * g.flatten(1).abs().amax(1) + gamma * torch.log(ratio) + 1e-12
+    row_cost = (c * mask).sum(-3)  # (H, W): sum of the costs of the valid offsets of each pixel
+    total = (x * row_cost).flatten(1).sum(1)
+    hi = (2 * g.flatten(1).abs().amax(1) + gamma * torch.log(total / budget.clamp_min(1e-30))).clamp_min(0)
+    hi = torch.where(hi > 0, hi, torch.full_like(hi, 1e-12))
     for _ in range(60):
         bad = coupling_cost(lmo(hi), cost) > budget
         if not bool(bad.any()):
@@ -196,44 +215,85 @@ def capacity_projection(
     budget: torch.Tensor,
     *,
     capacity: float = 1.0,
-    iterations: int = 1000,
+    iterations: int = 5000,
     momentum: float = 0.9,
     bisect_every: int = 20,
-    max_bisect: int = 25,
+    max_bisect: int = 50,
+    tol: float = 1e-4,
+    check_zero: bool = True,
 ) -> torch.Tensor:
-    """Projection onto ``Pi(x)`` with the extra capacity ``pi^T 1 <= capacity`` (pixels stay <= 1).
+    """Wu's capacity-constrained projection: ``Pi(x)`` plus ``pi^T 1 <= capacity`` (pixels stay <= 1).
 
-    Projected dual ascent with momentum on the column multiplier ``nu >= 0``:
-    ``pi(mu, nu) = rowsimplex(g - mu C - gather_window(nu))``, ``nu <- max(nu + eta (pi^T 1 - capacity), 0)``
-    with Wu's step schedule (``eta = 0.1 / 0.01 / 0.001`` over the first 20 % / 60 % / rest of the
-    iterations), the cost multiplier ``mu`` re-bisected every ``bisect_every`` iterations and a final
-    bisection so that the budget holds. (Wu's default is 5000 iterations.)
+    Dual ascent with Nesterov-style extrapolation on the column multiplier ``nu`` (started at 1), as in
+    Wu et al.'s post-processing: with ``pi(mu, nu) = rowsimplex(g - mu C - gather_window(nu))``,
+
+        y_t = max(nu_t + eta_t (pi(mu, nu_t)^T 1 - capacity), 0),   nu_{t+1} = y_t + momentum (y_t - y_{t-1}),
+
+    ``eta = 0.1 / 0.01 / 0.001`` up to 20 % / 60 % / the rest of the iterations, the cost multiplier ``mu``
+    re-bisected (``max_bisect`` halvings, tolerance ``tol``) every ``bisect_every`` iterations, and after the
+    loop ``nu = y`` and a final bisection so that the budget holds. The capacity is only approached, not
+    guaranteed: follow with :func:`repair_capacity` for an exactly box-feasible coupling.
     """
     mask = window_mask(x, cost)
     c = _cvec(x, cost)
     nd = g.dim()
-    nu = torch.zeros_like(x)
-    vel = torch.zeros_like(x)
+    nu = torch.ones_like(x)
+    y_prev = torch.zeros_like(x)
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
-    mu = zero.clone()
 
     def proj(mu_: torch.Tensor, nu_: torch.Tensor) -> torch.Tensor:
         return simplex_project_rows(g - _b(mu_, nd) * c - gather_window(nu_, cost, fill=0.0), x, mask)
 
     def solve_mu(nu_: torch.Tensor) -> torch.Tensor:
-        p0 = proj(zero, nu_)
-        ok = coupling_cost(p0, cost) <= budget
+        ok = coupling_cost(proj(zero, nu_), cost) <= budget if check_zero else torch.zeros_like(zero, dtype=torch.bool)
         if bool(ok.all()):
             return zero
-        hi = 2 * (g.flatten(1).abs().amax(1) + nu_.flatten(1).amax(1)) + x.flatten(1).amax(1)
-        m = _bisect(lambda m_: coupling_cost(proj(m_, nu_), cost), zero, hi, budget, max_bisect, 1e-6, 1e-7)
+        hi = 2 * g.flatten(1).abs().amax(1) + 2 * nu_.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
+        m = _bisect(lambda m_: coupling_cost(proj(m_, nu_), cost), zero, hi, budget, max_bisect, tol, tol)
         return torch.where(ok, zero, m)
 
+    mu = zero
     for it in range(iterations):
         if it % bisect_every == 0:
             mu = solve_mu(nu)
         eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
         col = column_marginal(proj(mu, nu), cost)
-        vel = momentum * vel + (col - capacity)
-        nu = (nu + eta * vel).clamp_min(0)
+        y = (nu + eta * (col - capacity)).clamp_min(0)
+        nu = (1 + momentum) * y - momentum * y_prev
+        y_prev = y
+    nu = y_prev
     return proj(solve_mu(nu), nu)
+
+
+def repair_capacity(
+    pi: torch.Tensor, cost: LocalCost, *, capacity: float = 1.0, max_rounds: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make ``pi^T 1 <= capacity`` exact by sending transported mass back to its source (float64).
+
+    For every pixel ``j`` whose column sum exceeds ``capacity`` by ``e_j``, the mass transported into
+    ``j`` from other pixels is scaled down by ``e_j / in_j`` and returned to the zero offset of each source.
+    Row marginals and non-negativity are kept and the cost ``<C, pi>`` can only decrease, so a coupling in
+    ``Pi(x, eps)`` stays in it; sources that overflow in turn are treated in the next round. When
+    ``x <= capacity`` the identity coupling is feasible and the rounds converge towards a feasible point.
+
+    Returns ``(pi in float64, moved mass per example)``. Overflowing pixels are brought to
+    ``capacity (1 - 1e-12)`` so that round-off cannot leave them above ``capacity``; pixels still above
+    ``capacity`` after ``max_rounds`` (not observed on the attacks' outputs) are left to the caller to detect.
+    """
+    p = pi.to(torch.float64).clone()
+    moved = torch.zeros(p.shape[0], dtype=torch.float64, device=p.device)
+    for _ in range(max_rounds):
+        col = column_marginal(p, cost)
+        if not bool((col > capacity).any()):
+            break
+        # aim 1e-12 below the capacity so that the float64 round-off of the new sums cannot overshoot it
+        excess = torch.where(col > capacity, col - capacity * (1 - 1e-12), torch.zeros_like(col))
+        incoming = col - p[..., 0, :, :]
+        frac = torch.where(excess > 0, (excess / incoming.clamp_min(1e-300)).clamp(max=1.0), torch.zeros_like(col))
+        take = p * gather_window(frac, cost, fill=0.0)
+        take[..., 0, :, :] = 0
+        back = take.sum(-3)
+        p = p - take
+        p[..., 0, :, :] += back
+        moved += back.flatten(1).sum(1)
+    return p, moved
