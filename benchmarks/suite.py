@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from sinkhorn_attacks.ot.cost import LocalCost
 
-DATA_DIR = Path("/work/shared/data")
-MODELS_DIR = os.environ.get("SINKHORN_ATTACKS_MODELS", "/work/shared/models")
+# data and checkpoint folders: $SINKHORN_ATTACKS_DATA / $SINKHORN_ATTACKS_MODELS (the library's defaults)
+DATA_DIR = os.environ.get("SINKHORN_ATTACKS_DATA") or None
+MODELS_DIR = os.environ.get("SINKHORN_ATTACKS_MODELS") or None
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -57,10 +58,10 @@ def timeit(fn: Callable[[], Any], reps: int = 3, warmup: int = 1) -> tuple[float
 
 
 def mnist(n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    path = os.environ.get("SINKHORN_ATTACKS_DATA", str(DATA_DIR / "mnist_test.npz"))
-    d = np.load(path, allow_pickle=False)
-    x = torch.tensor(d["x"][offset : offset + n], dtype=torch.float32).div_(255).unsqueeze(1)
-    return x, torch.tensor(d["y"][offset : offset + n], dtype=torch.long)
+    from sinkhorn_attacks.data import load_dataset
+
+    ds = load_dataset("mnist", "test", DATA_DIR, limit=n, offset=offset, download=False)
+    return ds.images, ds.labels
 
 
 def images(size: tuple[int, int, int], n: int) -> torch.Tensor:
@@ -71,8 +72,9 @@ def images(size: tuple[int, int, int], n: int) -> torch.Tensor:
         if (h, w) != (28, 28):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return x.clamp(0, 1)
-    d = np.load(DATA_DIR / "cifar10_test.npz", allow_pickle=False)
-    x = torch.tensor(d["x"][:n], dtype=torch.float32).div_(255).permute(0, 3, 1, 2).contiguous()
+    from sinkhorn_attacks.data import load_dataset
+
+    x = load_dataset("cifar10", "test", DATA_DIR, limit=n, download=False).images
     if (h, w) != (32, 32):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     return x.clamp(0, 1)
@@ -632,11 +634,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def write(res: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    from sinkhorn_attacks._util import atomic_write
+
     p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    os.replace(tmp, p)
-    md = p.with_suffix(".md")
-    md.write_text(markdown(res))
+    atomic_write(p, json.dumps(res, indent=1, default=str) + "\n")
+    md = atomic_write(p.with_suffix(".md"), markdown(res))
     return p, md
