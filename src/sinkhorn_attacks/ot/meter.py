@@ -270,6 +270,8 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
     pf, qf = p.ravel().astype(np.float64), q.ravel().astype(np.float64)
     mp, mq = float(pf.sum()), float(qf.sum())
     sp, sq = np.flatnonzero(pf > _SUPPORT_EPS), np.flatnonzero(qf > _SUPPORT_EPS)
+    if np.array_equal(pf, qf):  # D = 0 exactly (the solvers would leave round-off)
+        return TVPair(0.0, 0.0, mp)
     if sp.size == 0 or sq.size == 0:  # nothing to match: destroy all of one, create all of the other
         return TVPair(price * (mp + mq), price * (mp + mq), 0.0)
     # mass with no partner inside its window can only be destroyed / created: settle it up front
