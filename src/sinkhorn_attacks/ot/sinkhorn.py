@@ -26,7 +26,7 @@ from .checks import check_measure, check_positive, check_same, check_tau
 from .cost import LocalCost
 from .kernel import local_lse
 
-__all__ = ["uot_sinkhorn", "SinkhornResult", "uot_terms", "UOTTerms", "default_tol"]
+__all__ = ["uot_sinkhorn", "SinkhornResult", "uot_terms", "UOTTerms", "default_tol", "row_potential", "row_lse_input"]
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -62,6 +62,23 @@ class UOTTerms:
     col_residual: torch.Tensor
 
 
+def row_lse_input(f: torch.Tensor) -> torch.Tensor:
+    """Row potential as input of a column reduction: ``f = +inf`` (a hole row) carries no plan mass (``-inf``)."""
+    return torch.where(torch.isposinf(f), torch.full_like(f, -math.inf), f)
+
+
+def row_potential(lx: torch.Tensor, ell: torch.Tensor, step) -> torch.Tensor:
+    """KL prox of the row block: ``f = step (log x - LSE_C[g])``; ``-inf`` where ``x = 0``, ``+inf`` at holes.
+
+    A hole is a pixel with ``x_i > 0`` whose window holds no column mass (``LSE_C[g]_i = -inf``). Its plan row is
+    zero whatever ``f_i``, and the dual term ``tau x_i (1 - e^{-f_i/tau})`` increases to ``tau x_i`` as
+    ``f_i -> +inf``: the maximiser is ``f_i = +inf`` (all of ``x_i`` is destroyed, at cost ``tau x_i``).
+    """
+    f = step * (lx - ell)
+    f = torch.where(torch.isneginf(ell), torch.full_like(f, math.inf), f)
+    return torch.where(torch.isneginf(lx), lx, f)
+
+
 def _finite_or_zero(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
 
@@ -83,17 +100,24 @@ def uot_terms(
     lx = torch.log(x)
     lz = torch.log(z)
     g_lse = torch.where(torch.isposinf(g), torch.zeros_like(g), g)
+    # rows with f = +inf (x > 0, no column mass in reach) carry no plan mass: excluded from column sums
+    hole = torch.isposinf(f)
+    f_lse = row_lse_input(f)
     lg = local_lse(g_lse, cost, eta)  # log sum_j exp((g_j - C_ij)/eta)
-    lf = local_lse(f, cost, eta)
-    log_a = f / eta + lg
+    lf = local_lse(f_lse, cost, eta)
+    log_a = f_lse / eta + lg
     log_b = g / eta + lf
-    log_a = torch.where(torch.isneginf(f), torch.full_like(f, -math.inf), log_a)
-    log_b = torch.where(torch.isneginf(lf) | torch.isposinf(g), torch.full_like(g, -math.inf), log_b)
+    log_a = torch.where(torch.isneginf(f_lse) | torch.isneginf(lg), torch.full_like(f, -math.inf), log_a)
+    log_b = torch.where(
+        torch.isneginf(lf) | torch.isposinf(g) | torch.isneginf(g), torch.full_like(g, -math.inf), log_b
+    )
     a, b = torch.exp(log_a), torch.exp(log_b)
     lt = local_lse(g_lse, cost, eta, power=1)
-    transport = _sum_hw(torch.exp(torch.where(torch.isneginf(f), f, f / eta + lt)))
-    diag_log = (f + g_lse) / eta
-    stay = _sum_hw(torch.where(torch.isneginf(f) | torch.isposinf(g), torch.zeros_like(f), torch.exp(diag_log)))
+    lt_row = torch.where(torch.isneginf(f_lse) | torch.isneginf(lt), torch.full_like(f, -math.inf), f_lse / eta + lt)
+    transport = _sum_hw(torch.exp(lt_row))
+    diag_log = (f_lse + g_lse) / eta
+    dead = torch.isneginf(f_lse) | torch.isposinf(g) | torch.isneginf(g)
+    stay = _sum_hw(torch.where(dead, torch.zeros_like(f), torch.exp(torch.where(dead, torch.zeros_like(f), diag_log))))
     mass = _sum_hw(a)
     # eta H(P) = sum P (f_i + g_j - C_ij) - eta sum P = <a, f> + <b, g> - <P, C> - eta m
     af = _sum_hw(torch.where(a > 0, a * _finite_or_zero(f), torch.zeros_like(a)))
@@ -115,19 +139,21 @@ def uot_terms(
     else:
         tau_t = tau
         tau_b = tau_t.reshape(tau_t.shape[:2]) if isinstance(tau_t, torch.Tensor) and tau_t.dim() == 4 else tau_t
-        ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau_t))
+        ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau_t))  # f = +inf: 1
         eg = torch.where(torch.isposinf(g), torch.ones_like(g), 1 - torch.exp(-_finite_or_zero(g) / tau_t))
         dual = -eta_b * mass + tau_b * _sum_hw(x * ef) + tau_b * _sum_hw(z * eg)
-        log_astar = lx - f / tau_t
+        log_astar = torch.where(hole, torch.full_like(f, -math.inf), lx - f / tau_t)
         log_bstar = lz - g / tau_t
-        ka = _sum_hw(_xlogy_diff(a, log_a, log_astar) - a + torch.where(pos_x, torch.exp(log_astar), 0 * x))
+        ka = _sum_hw(
+            _xlogy_diff(a, log_a, log_astar) - a + torch.where(pos_x & ~hole, torch.exp(log_astar), torch.zeros_like(x))
+        )
         kb = _sum_hw(
             _xlogy_diff(b, log_b, log_bstar)
             - b
             + torch.where(pos_z & ~torch.isposinf(g), torch.exp(log_bstar), torch.zeros_like(z))
         )
         gap = tau_b * (ka + kb)
-    rr = torch.where(pos_x, (log_a - log_astar).abs(), torch.zeros_like(x))
+    rr = torch.where(pos_x & ~hole, (log_a - log_astar).abs(), torch.zeros_like(x))
     cr = torch.where(pos_z & (b > 0), (log_b - log_bstar).abs(), torch.zeros_like(z))
     return UOTTerms(
         transport=transport,
@@ -229,13 +255,14 @@ def uot_sinkhorn(
     ell_old = local_lse(gl, cost, eta)
     for it in range(1, int(max_iter) + 1):
         xa, la, za = lx[act], ell_old[act] if act.numel() < B else ell_old, lz[act]
-        fa = torch.where(torch.isneginf(xa), xa, ek * (xa - la))
-        q = local_lse(fa, cost, eta)
+        fa = row_potential(xa, la, ek)
+        q = local_lse(row_lse_input(fa), cost, eta)
         ga = torch.where(torch.isneginf(za), za, ek * (za - q))
         ga = torch.where(torch.isneginf(q) & ~torch.isneginf(za), torch.full_like(ga, math.inf), ga)
         gla = torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga)
         ell = local_lse(gla, cost, eta)
-        diff = torch.where(torch.isneginf(xa), torch.zeros_like(xa), (ell - la).abs())
+        same = (ell == la) | (torch.isneginf(xa))  # also both -inf (hole rows)
+        diff = torch.where(same, torch.zeros_like(xa), (ell - la).abs())
         diff = torch.nan_to_num(diff, nan=math.inf)
         r = diff.amax(dim=(1, 2, 3))
         f[act], g[act], ell_old[act] = fa, ga, ell
@@ -250,6 +277,9 @@ def uot_sinkhorn(
     terms = uot_terms(f, g, x, z, cost, eta, tau)
     if balanced:
         value = terms.transport + eta * terms.entropy
+        # a pixel with mass and no column mass in reach: no plan meets the hard marginals
+        infeasible = (torch.isposinf(f) & (x > 0)).flatten(2).any(2)
+        value = torch.where(infeasible, torch.full_like(value, math.inf), value)
     else:
         value = terms.transport + eta * terms.entropy + tau * (terms.kl_rows + terms.kl_cols)
     tot = lambda t: t.sum(dim=1)  # noqa: E731  sum over channels

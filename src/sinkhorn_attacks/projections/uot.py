@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +28,7 @@ import torch
 from ..ot.checks import check_images, check_positive, check_same
 from ..ot.cost import LocalCost
 from ..ot.kernel import local_lse
-from ..ot.sinkhorn import uot_sinkhorn, uot_terms
+from ..ot.sinkhorn import row_lse_input, row_potential, uot_sinkhorn, uot_terms
 
 __all__ = ["uot_project", "UOTProjection", "ProjectionResult", "solve_z"]
 
@@ -104,6 +105,33 @@ def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch
     return torch.where(both, torch.lerp(old, new, omega), new)
 
 
+_CHECK = 50  # sweeps between two progress checkpoints of the hopeless-case detector
+_HOPELESS = 20.0  # stop an image whose projected sweeps to reach tol exceed this multiple of the budget left
+_T_MIN, _T_MAX = math.log(1e-12), math.log(1e12)  # range of log psi
+_DT_MAX = 2.0  # largest change of log psi in one multiplier update
+_GATE = 1e-2  # F is evaluated (and psi moved) only once the residual is below this (and 10% of |log(F/eps)|)
+
+
+def _plan_functional(fa, ga, za, q, ell, lxa, ea, cost, tau) -> torch.Tensor:
+    """``F(P, z) = <P, C> + tau KL(P1 | x) + tau KL(P^T 1 | z)`` of the plan ``P = exp((f + g - C)/eta)``, (B,).
+
+    ``q = LSE_C[f]`` and ``ell = LSE_C[g]`` are the sweep's own reductions, so this costs one extra window
+    reduction (the transport moment). Any ``P >= 0`` gives an upper bound ``U_tau(x, z) <= F(P, z)``.
+    """
+    fl = row_lse_input(fa)
+    gl = torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga)
+    ninf = torch.full_like(fa, -math.inf)
+    log_a = torch.where(torch.isneginf(fl) | torch.isneginf(ell), ninf, fl / ea + ell)
+    log_b = torch.where(torch.isneginf(q) | torch.isinf(ga), ninf, ga / ea + q)
+    lt = local_lse(gl, cost, ea, power=1)
+    tr = torch.exp(torch.where(torch.isneginf(fl) | torch.isneginf(lt), ninf, fl / ea + lt))
+    a, b, xa = torch.exp(log_a), torch.exp(log_b), torch.exp(lxa)
+    lz = torch.log(za)
+    kla = torch.where(a > 0, a * (log_a - lxa), torch.zeros_like(a)) - a + xa
+    klb = torch.where(b > 0, b * (log_b - lz), torch.zeros_like(b)) - b + za
+    return (tr + tau * (kla + klb)).sum(dim=(1, 2, 3))
+
+
 def _penalised_sweeps(
     lx: torch.Tensor,
     w: torch.Tensor,
@@ -117,7 +145,8 @@ def _penalised_sweeps(
     g: torch.Tensor,
     z: torch.Tensor,
     relax: float = _RELAX,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    budget: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm A on a batch with per-image ``eta``, ``gamma`` of shape ``(B, 1, 1, 1)``; in place on f, g, z.
 
     Over-relaxed (successive over-relaxation of Sinkhorn, Thibault et al. 2017): each block update
@@ -129,63 +158,129 @@ def _penalised_sweeps(
     iterate restarts from the initial potentials with ``omega = 1``); one that stalls (no 10% progress in
     ``_STALL`` sweeps: in float32, over-relaxation amplifies rounding noise above ``tol``) continues plainly,
     and a plain float32 solve stalled below ``_FLOOR * tol`` stops there (its residual is reported as is).
-    The certified gap of the returned pair is reported separately (``_report``).
-    Returns ``(f, g, z, iterations (B,), residual (B,))``. Converged images are written back and leave the
-    working set (contiguous copies of the unconverged images' tensors, so a sweep does no gather/scatter).
+    An image whose observed rate of progress could not reach ``tol`` within ``_HOPELESS`` times the sweeps
+    left (e.g. ``kappa`` within 1e-9 of 1) stops early, unconverged.
+
+    ``budget`` (budgeted projection, docs/math.md §2(b)): a dict with per-image ``eps`` (B,), ``t`` (B,)
+    = log psi, ``rtol`` and ``max_updates``; ``eta`` and ``gamma`` are then the *base* values, and the sweeps
+    run at ``(eta/psi, gamma/psi)`` while psi is updated between sweeps (a secant step on
+    ``log F`` against ``log psi``, safeguarded by a bracket), so the whole projection is one solve. An image
+    stops when its residual is below ``tol`` and ``eps (1 - rtol) <= F <= eps``. The dict receives ``t``,
+    ``F`` and the best feasible iterate seen (``best_*``) for images that do not converge.
+    Returns ``(f, g, z, iterations (B,), residual (B,), converged (B,))``. Converged images are written back
+    and leave the working set (contiguous copies of the unconverged images' tensors, so a sweep does no
+    gather/scatter).
     """
     B = lx.shape[0]
-    kappa = tau / (tau + eta)
-    iters = torch.zeros(B, dtype=torch.long, device=lx.device)
-    resid = torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device)
-    # the working set: contiguous copies of the unconverged images, compacted when some converge
-    idx = torch.arange(B, device=lx.device)
+    dev, dt = lx.device, lx.dtype
+    iters = torch.zeros(B, dtype=torch.long, device=dev)
+    resid = torch.full((B,), math.inf, dtype=dt, device=dev)
+    conv = torch.zeros(B, dtype=torch.bool, device=dev)
+    idx = torch.arange(B, device=dev)
     ws = {
         "lx": lx,
         "w": w,
-        "eta": eta,
-        "step": eta * kappa,
-        "lam": eta / (tau + eta),
-        "gamma": gamma,
+        "eta0": eta.expand(B, 1, 1, 1),
+        "gamma0": gamma.expand(B, 1, 1, 1),
         "f": f.clone(),
         "g": g.clone(),
         "z": z.clone(),
-        "omega": torch.ones(B, 1, 1, 1, dtype=lx.dtype, device=lx.device),  # first sweep: plain update
-        "best": torch.full((B,), math.inf, dtype=lx.dtype, device=lx.device),
-        "stall": torch.zeros(B, dtype=torch.long, device=lx.device),
+        "omega": torch.ones(B, 1, 1, 1, dtype=dt, device=dev),  # first sweep: plain update
+        "best": torch.full((B,), math.inf, dtype=dt, device=dev),
+        "stall": torch.zeros(B, dtype=torch.long, device=dev),
+        "ref": torch.full((B,), math.inf, dtype=dt, device=dev),  # residual at the last progress checkpoint
+        "ref_it": torch.zeros(B, dtype=torch.long, device=dev),
     }
-    ws["ell"] = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, eta)
+    if budget is not None:
+        eps = budget["eps"]
+        ws.update(
+            eps=eps,
+            t=budget["t"].clone(),
+            tp=torch.full((B,), math.nan, dtype=dt, device=dev),  # previous (log psi, log F) for the secant
+            lFp=torch.full((B,), math.nan, dtype=dt, device=dev),
+            slope=torch.ones(B, dtype=dt, device=dev),  # -d log F / d log psi (1: F ~ 1/psi)
+            t_lo=torch.full((B,), -math.inf, dtype=dt, device=dev),  # F > eps there (converged evaluations)
+            t_hi=torch.full((B,), math.inf, dtype=dt, device=dev),  # F <= eps there
+            viol=torch.full((B,), math.inf, dtype=dt, device=dev),  # |log(F / eps)| at the last evaluation
+            nupd=torch.zeros(B, dtype=torch.long, device=dev),
+            F=torch.full((B,), math.nan, dtype=dt, device=dev),
+        )
+        best = {
+            "F": torch.full((B,), -math.inf, dtype=dt, device=dev),
+            "f": f.clone(),
+            "g": g.clone(),
+            "z": z.clone(),
+            "t": budget["t"].clone(),
+        }
+        rtol, max_upd = float(budget["rtol"]), int(budget["max_updates"])
+
+    def set_scale(d: dict[str, torch.Tensor]) -> None:
+        """Per-image (eta, gamma) at the current psi, and the derived step sizes."""
+        if budget is None:
+            e, gm = d["eta0"], d["gamma0"]
+        else:
+            psi = torch.exp(d["t"]).reshape(-1, 1, 1, 1)
+            e, gm = d["eta0"] / psi, d["gamma0"] / psi
+        d["eta"], d["gamma"] = e, gm
+        d["step"] = e * (tau / (tau + e))
+        d["lam"] = e / (tau + e)
+
+    set_scale(ws)
+    ws["ell"] = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, ws["eta"])
     f0, g0, z0 = f.clone(), g.clone(), z.clone()
     for it in range(1, max_iter + 1):
         lxa, sa, ea, om = ws["lx"], ws["step"], ws["eta"], ws["omega"]
-        fa = _relaxed(ws["f"], torch.where(torch.isneginf(lxa), lxa, sa * (lxa - ws["ell"])), om)
-        q = local_lse(fa, cost, ea)
+        fa = _relaxed(ws["f"], row_potential(lxa, ws["ell"], sa), om)
+        q = local_lse(row_lse_input(fa), cost, ea)
         za = solve_z(q, ws["w"], ws["lam"], tau, ws["gamma"], ws["z"])
         g_new = sa * (torch.log(za) - q)
         g_new = torch.where(torch.isneginf(q), torch.full_like(g_new, math.inf), g_new)
         g_new = torch.where((za <= 0) & torch.isfinite(q), torch.full_like(g_new, -math.inf), g_new)
         ga = _relaxed(ws["g"], g_new, om)
         ell = local_lse(torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga), cost, ea)
-        diff = torch.where(torch.isneginf(lxa), torch.zeros_like(lxa), (ell - ws["ell"]).abs())
+        same = (ell == ws["ell"]) | torch.isneginf(lxa)  # also both -inf (hole rows)
+        diff = torch.where(same, torch.zeros_like(lxa), (ell - ws["ell"]).abs())
         r = torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
         ws["f"], ws["g"], ws["z"], ws["ell"] = fa, ga, za, ell
         if it == 1:
             ws["omega"] = torch.full_like(om, float(relax))
         iters[idx] = it
         resid[idx] = r
-        best = ws["best"]
-        diverged = ~(r <= _DIVERGED * best)  # also NaN
+        best_r = ws["best"]
+        diverged = ~(r <= _DIVERGED * best_r)  # also NaN
         # stalled: no 10% progress for _STALL sweeps (over-relaxation amplifies rounding noise near the floor)
-        ws["stall"] = torch.where(r < 0.9 * best, torch.zeros_like(ws["stall"]), ws["stall"] + 1)
+        ws["stall"] = torch.where(r < 0.9 * best_r, torch.zeros_like(ws["stall"]), ws["stall"] + 1)
         plain = ws["omega"].reshape(-1) == 1.0
         # plain float32 sweeps stuck at the rounding level (float64's floor is far below any usable tol)
         at_floor = (ws["stall"] >= 3 * _STALL) & plain & (r <= _FLOOR * tol) & (lx.dtype == torch.float32)
         stalled = (ws["stall"] >= _STALL) & ~plain
-        done = ((r <= tol) | at_floor) & ~diverged
-        any_stalled, any_diverged, any_done = torch.stack([stalled.any(), diverged.any(), done.any()]).tolist()
+        inner_ok = ((r <= tol) | at_floor) & ~diverged
+        # hopeless: at the rate seen since the last checkpoint, tol is out of reach within the budget left
+        chk = (it - ws["ref_it"]) >= _CHECK
+        rate = (r / ws["ref"]).clamp_min(1e-300) ** (1.0 / _CHECK)
+        need = torch.log(torch.as_tensor(tol, dtype=dt) / r.clamp_min(1e-300)) / torch.log(rate.clamp(max=1 - 1e-16))
+        hopeless = chk & ~inner_ok & (ws["ref_it"] > 0) & torch.isfinite(r) & (need > _HOPELESS * (max_iter - it))
+        ws["ref"] = torch.where(chk, r, ws["ref"])
+        ws["ref_it"] = torch.where(chk, torch.full_like(ws["ref_it"], it), ws["ref_it"])
+        if budget is None:
+            done = inner_ok
+        else:
+            done, upd_any = _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_upd, cost, tau)
+            if upd_any:
+                set_scale(ws)
+                moved = ws.pop("_moved")
+                if bool(moved.any()):  # LSE_C[g] at the new temperature for the next f-block
+                    gm = ws["g"][moved]
+                    gm = torch.where(torch.isposinf(gm), torch.zeros_like(gm), gm)
+                    ws["ell"][moved] = local_lse(gm, cost, ws["eta"][moved])
+                    ws["ref_it"][moved] = it  # progress is measured afresh after a change of psi
+                    ws["ref"][moved] = math.inf
+        flags = torch.stack([stalled.any(), diverged.any(), done.any(), hopeless.any()]).tolist()
+        any_stalled, any_diverged, any_done, any_hopeless = flags
         if any_stalled:  # relaxed sweeps stuck: plain sweeps from here
             ws["omega"][stalled] = 1.0
             ws["stall"][stalled] = 0
-        ws["best"] = torch.minimum(best, r)
+        ws["best"] = torch.minimum(best_r, r)
         if any_diverged:  # damp omega towards 1 (plain ascent converges from any finite point)
             om_d = 1.0 + 0.5 * (ws["omega"][diverged] - 1.0)
             ws["omega"][diverged] = torch.where(om_d < 1.05, torch.ones_like(om_d), om_d)
@@ -195,19 +290,104 @@ def _penalised_sweeps(
                 bi = idx[bad]
                 ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
                 gb = ws["g"][bad]
-                ws["ell"][bad] = local_lse(torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb), cost, ea[bad])
+                gb = torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb)
+                ws["ell"][bad] = local_lse(gb, cost, ws["eta"][bad])
                 ws["omega"][bad] = 1.0
                 ws["best"][bad] = math.inf
-        if any_done:
+        if any_done or any_hopeless:
+            leave = done | hopeless
+            conv[idx[done]] = True
             f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
-            keep = ~done
+            if budget is not None:
+                budget.setdefault("t_out", budget["t"].clone())[idx] = ws["t"]
+                budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))[idx] = ws["F"]
+            keep = ~leave
             idx = idx[keep]
             if idx.numel() == 0:
                 break
             ws = {k: (v[keep] if v.shape[0] == keep.shape[0] else v) for k, v in ws.items()}
     if idx.numel():
         f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
-    return f, g, z, iters, resid
+    if budget is not None:
+        t_out = budget.setdefault("t_out", budget["t"].clone())
+        F_out = budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))
+        if idx.numel():
+            t_out[idx], F_out[idx] = ws["t"], ws["F"]
+        # unconverged images: fall back to the best feasible iterate seen (its F certifies the budget)
+        fb = ~conv & torch.isfinite(best["F"])
+        if bool(fb.any()):
+            f[fb], g[fb], z[fb] = best["f"][fb], best["g"][fb], best["z"][fb]
+            t_out[fb] = best["t"][fb]
+    return f, g, z, iters, resid, conv
+
+
+def _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_upd, cost, tau):
+    """Evaluate F where it is informative and move log psi; returns ``(done, any psi moved)``.
+
+    F is evaluated for images whose residual is below half their last constraint violation ``|log(F/eps)|``
+    (the plan is then accurate enough for the sign and size of the step). The step is a secant on
+    ``log F`` against ``t = log psi`` (F is non-increasing in psi), towards ``eps (1 - rtol/2)``, at most
+    ``_DT_MAX``, kept inside the bracket of converged evaluations.
+    """
+    gate = (r <= torch.clamp(0.1 * ws["viol"], max=_GATE, min=tol)) | (ws["viol"] == math.inf)
+    n = gate.shape[0]
+    done = torch.zeros(n, dtype=torch.bool, device=r.device)
+    moved = torch.zeros(n, dtype=torch.bool, device=r.device)
+    if not bool(gate.any()):
+        ws["_moved"] = moved
+        return done, False
+    sel = gate.nonzero().squeeze(1)
+    Fv = _plan_functional(fa[sel], ga[sel], za[sel], q[sel], ell[sel], ws["lx"][sel], ws["eta"][sel], cost, tau)
+    eps = ws["eps"][sel]
+    t = ws["t"][sel]
+    ok = inner_ok[sel]
+    feas = Fv <= eps
+    inband = feas & (Fv >= eps * (1 - rtol))
+    lF = torch.log(Fv.clamp_min(1e-300))
+    target = torch.log(eps * (1 - 0.5 * rtol)).clamp_min(-690.0)
+    ws["F"][sel] = Fv
+    ws["viol"][sel] = (lF - torch.log(eps.clamp_min(1e-300))).abs()
+    # best feasible iterate (largest F <= eps): the certified fallback of an image that does not converge
+    better = feas & (Fv > best["F"][idx[sel]])
+    if bool(better.any()):
+        bi = sel[better]
+        gi = idx[bi]
+        best["F"][gi] = Fv[better]
+        best["f"][gi], best["g"][gi], best["z"][gi] = fa[bi], ga[bi], za[bi]
+        best["t"][gi] = t[better]
+    # bracket from converged evaluations only (F is monotone in psi at exact solutions)
+    ws["t_hi"][sel] = torch.where(ok & feas, torch.minimum(ws["t_hi"][sel], t), ws["t_hi"][sel])
+    ws["t_lo"][sel] = torch.where(ok & ~feas, torch.maximum(ws["t_lo"][sel], t), ws["t_lo"][sel])
+    fin = torch.isfinite(Fv)
+    # psi -> 0 still feasible, or psi at its cap: accept a feasible converged iterate
+    edge = feas & (t <= _T_MIN + 1e-9)
+    capped = (ws["nupd"][sel] >= max_upd) & feas
+    done_s = ok & (inband | edge | capped)
+    step_s = ~inband & fin & ~edge & (ws["nupd"][sel] < max_upd)
+    if bool(step_s.any()):
+        tp, lFp = ws["tp"][sel], ws["lFp"][sel]
+        dtp = t - tp
+        sec = -(lF - lFp) / dtp
+        use = torch.isfinite(sec) & (dtp.abs() > 1e-9)
+        slope = torch.where(use, sec.clamp(0.2, 5.0), ws["slope"][sel])
+        dt_ = ((lF - target) / slope).clamp(-_DT_MAX, _DT_MAX)
+        nt = (t + dt_).clamp(_T_MIN, _T_MAX)
+        lo, hi = ws["t_lo"][sel], ws["t_hi"][sel]
+        outside = ~((nt > lo) & (nt < hi))
+        both = torch.isfinite(lo) & torch.isfinite(hi)
+        nt = torch.where(outside & both, 0.5 * (lo + hi), nt)
+        nt = torch.where(outside & ~both & torch.isfinite(lo), torch.maximum(nt, lo + 0.5), nt)
+        nt = torch.where(outside & ~both & torch.isfinite(hi), torch.minimum(nt, hi - 0.5), nt)
+        nt = torch.where(step_s, nt, t)
+        ws["tp"][sel] = torch.where(step_s, t, tp)
+        ws["lFp"][sel] = torch.where(step_s, lF, lFp)
+        ws["slope"][sel] = slope
+        ws["t"][sel] = nt
+        ws["nupd"][sel] += step_s.long()
+        moved[sel] = step_s & (nt != t)
+    done[sel] = done_s
+    ws["_moved"] = moved
+    return done, bool(moved.any())
 
 
 @dataclass
@@ -226,6 +406,7 @@ class ProjectionResult:
     residual: torch.Tensor
     transported_fraction: torch.Tensor  # off-diagonal share of the plan mass
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # warm start (f, g, psi)
+    converged: torch.Tensor | None = None  # (B,) bool: tolerance (and budget band) met within the caps
 
 
 def _report(
@@ -243,10 +424,11 @@ def _report(
     # unregularised problem: LB = tau <x, 1 - e^{-f/tau}> + tau <z, 1 - e^{-g~/tau}>.
     from ..ot.kernel import local_max
 
-    g_ct = -local_max(f, cost)  # min_i (C_ij - f_i); +inf where no finite f in reach
+    g_ct = -local_max(f, cost)  # min_i (C_ij - f_i); +inf where no finite f in reach, -inf next to a hole row
     ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau))
     eg = torch.where(torch.isposinf(g_ct), torch.ones_like(g_ct), 1 - torch.exp(-g_ct.clamp(max=1e30) / tau))
-    lb = tau * (x * ef).sum(dim=(1, 2, 3)) + tau * (z * eg).sum(dim=(1, 2, 3))
+    zeg = torch.where(z > 0, z * eg, torch.zeros_like(z))  # z_j = 0 contributes nothing whatever g~_j
+    lb = tau * (x * ef).sum(dim=(1, 2, 3)) + tau * zeg.sum(dim=(1, 2, 3))
     frac = (t.plan_mass - t.stay_mass).sum(1).clamp_min(0) / t.plan_mass.sum(1).clamp_min(1e-300)
     return {
         "radius": tr + kr + kc,
@@ -274,6 +456,7 @@ def uot_project(
     max_search: int = 40,
     state: dict[str, torch.Tensor] | None = None,
     relax: float = _RELAX,
+    method: str = "interleaved",
 ) -> ProjectionResult:
     """Project ``w`` towards the clean image ``x`` in unbalanced OT (see module docstring).
 
@@ -290,6 +473,11 @@ def uot_project(
         state: warm start from a previous call's ``result.state`` (same batch).
         relax: over-relaxation ``omega`` in [1, 2) of the inner sweeps (1 = plain block ascent; the fixed
             point does not depend on it, and a diverging image is damped back towards 1).
+        max_iter: cap on sweeps (penalised); the budgeted solve may use ``3 * max_iter`` sweeps in all.
+        max_search: cap on updates of the budget multiplier psi (``method="search"``: on penalised solves).
+        method: budgeted mode only: ``"interleaved"`` (psi updated between sweeps: one solve) or ``"search"``
+            (a bracketed secant search on psi, one penalised solve per trial psi; the reference).
+        Every loop is capped; images that hit a cap are flagged ``converged=False`` and a warning is issued.
     Returns:
         :class:`ProjectionResult`; ``.radius`` is the certified ``F(P, z)`` per image.
     """
@@ -321,10 +509,13 @@ def uot_project(
         eta_b, gam_b = eta_b.expand(B, 1, 1, 1), gam_b.expand(B, 1, 1, 1)
 
     if radius is None:
-        f, g, z, it, res = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z, relax)
+        f, g, z, it, res, conv = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z, relax)
         rep = _report(x, z, f, g, cost, eta_b, tau)
         psi = torch.full((B,), math.nan, dtype=x.dtype, device=x.device)
-        return ProjectionResult(z=z, psi=psi, iterations=it, residual=res, state={"f": f, "g": g}, **rep)
+        _warn_unconverged(conv, max_iter, eta, tau, gamma, w, "sweeps")
+        return ProjectionResult(
+            z=z, psi=psi, iterations=it, residual=res, state={"f": f, "g": g}, converged=conv, **rep
+        )
 
     eps = torch.as_tensor(radius, dtype=x.dtype, device=x.device).reshape(-1)
     eps = eps.expand(B).clone() if eps.numel() == 1 else eps.clone()
@@ -332,76 +523,125 @@ def uot_project(
         raise ValueError(f"radius must be a scalar or have one entry per image ({B}), got {eps.numel()}")
     if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
         raise ValueError("radius must be finite and >= 0")
-    return _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax)
+    if method not in ("interleaved", "search"):
+        raise ValueError(f"method must be 'interleaved' or 'search', got {method!r}")
+    args = (x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax, method)
+    return _budgeted(*args)
 
 
-def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, st, relax):
+_BUDGET_SWEEPS = 3  # the interleaved budgeted solve may use this many times max_iter sweeps in all
+
+
+def _warn_unconverged(conv, max_iter, eta, tau, gamma, w, what) -> None:
+    """One warning naming the parameter most likely at fault when some images hit a cap."""
+    bad = int((~conv).sum())
+    if bad == 0:
+        return
+    kappa = tau / (tau + eta)
+    far = float((w - w.clamp(0, 1)).abs().max())
+    if 1 - kappa < 1e-6:
+        why = f"eta={eta:g} is tiny relative to tau={tau:g} (kappa = tau/(tau+eta) = 1 - {1 - kappa:.1e}): raise eta"
+    elif gamma / tau > 1e6 or gamma / tau < 1e-6:
+        why = f"gamma={gamma:g} is extreme relative to tau={tau:g}"
+    elif far > 1.0:
+        why = f"w lies up to {far:.3g} outside [0, 1]"
+    else:
+        why = "raise max_iter or loosen tol"
+    warnings.warn(
+        f"uot_project: {bad} of {conv.numel()} images did not converge within max_iter={max_iter} ({what}); "
+        f"{why}. Their result is the last certified iterate (converged=False).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _budgeted(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, st, relax, method):
     B = x.shape[0]
     dev, dt = x.device, x.dtype
     total_it = torch.zeros(B, dtype=torch.long, device=dev)
-    # inside-ball rule: w in the box and F(P_eta(x, w), w) <= eps  =>  z = w exactly.
-    in_box = ((w >= 0) & (w <= 1)).flatten(1).all(1)
-    inside = torch.zeros(B, dtype=torch.bool, device=dev)
-    rep_in: dict[str, torch.Tensor] = {}
-    f_in = g_in = None
-    if bool(in_box.any()):
-        idx = in_box.nonzero().squeeze(1)
-        s = uot_sinkhorn(x[idx], w[idx], cost, eta, tau, tol=tol, max_iter=max_iter)
-        rep = _report(x[idx], w[idx], s.f, s.g, cost, _per_image(eta, x[idx]), tau)
-        ok = rep["radius"] <= eps[idx]
-        inside[idx[ok]] = True
-        total_it[idx] += s.iterations
-        rep_in = {k: v[ok] for k, v in rep.items()}
-        f_in, g_in = s.f[ok], s.g[ok]
-    out_idx = (~inside).nonzero().squeeze(1)
+    conv_out = torch.ones(B, dtype=torch.bool, device=dev)
     z_out = w.clamp(0, 1).clone()
     f_out, g_out = f.clone(), g.clone()
     psi_out = torch.zeros(B, dtype=dt, device=dev)
     res_out = torch.zeros(B, dtype=dt, device=dev)
-    rep_all = {
-        k: torch.zeros(B, dtype=dt, device=dev)
-        for k in ("radius", "transport", "destroyed", "created", "lower_bound", "gap", "transported_fraction")
-    }
-    if inside.any():
-        ii = inside.nonzero().squeeze(1)
+    keys = ("radius", "transport", "destroyed", "created", "lower_bound", "gap", "transported_fraction")
+    rep_all = {k: torch.zeros(B, dtype=dt, device=dev) for k in keys}
+    # radius 0: the ball is {x} (U_tau(x, z) = 0 iff z = x), so the projection is x itself
+    zero = eps <= 0
+    if bool(zero.any()):
+        z_out[zero] = x[zero]
+        psi_out[zero] = math.inf
+        f_out[zero] = torch.where(torch.isneginf(lx[zero]), lx[zero], torch.zeros_like(lx[zero]))
+        g_out[zero] = f_out[zero]
+    # inside-ball rule: w in the box and F(P_eta(x, w), w) <= eps  =>  z = w exactly (any plan certifies F).
+    in_box = ((w >= 0) & (w <= 1)).flatten(1).all(1) & ~zero
+    inside = torch.zeros(B, dtype=torch.bool, device=dev)
+    if bool(in_box.any()):
+        idx = in_box.nonzero().squeeze(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = uot_sinkhorn(x[idx], w[idx], cost, eta, tau, tol=tol, max_iter=max_iter)
+        rep = _report(x[idx], w[idx], s.f, s.g, cost, _per_image(eta, x[idx]), tau)
+        ok = rep["radius"] <= eps[idx]
+        ii = idx[ok]
+        inside[ii] = True
+        total_it[idx] += s.iterations
         z_out[ii] = w[ii]
-        f_out[ii], g_out[ii] = f_in, g_in
-        for k, v in rep_in.items():
-            rep_all[k][ii] = v
+        f_out[ii], g_out[ii] = s.f[ok], s.g[ok]
+        for k, v in rep.items():
+            rep_all[k][ii] = v[ok]
+    out_idx = (~inside & ~zero).nonzero().squeeze(1)
     if out_idx.numel():
-        r = _psi_search(
-            x[out_idx],
-            w[out_idx],
-            lx[out_idx],
-            cost,
-            eta,
-            tau,
-            gamma,
-            eps[out_idx],
-            tol,
-            max_iter,
-            rtol,
-            max_search,
-            f[out_idx],
-            g[out_idx],
-            st["psi"][out_idx] if "psi" in st else None,
-            relax,
-        )
+        psi0 = st["psi"][out_idx] if "psi" in st else None
+        sub = (x[out_idx], w[out_idx], lx[out_idx], cost, eta, tau, gamma, eps[out_idx], tol, max_iter, rtol)
+        if method == "search":
+            r = _psi_search(*sub, max_search, f[out_idx], g[out_idx], psi0, relax)
+        else:
+            r = _interleaved(*sub, max_search, f[out_idx], g[out_idx], psi0, relax)
         z_out[out_idx] = r["z"]
         f_out[out_idx], g_out[out_idx] = r["f"], r["g"]
         psi_out[out_idx] = r["psi"]
         res_out[out_idx] = r["residual"]
         total_it[out_idx] += r["iterations"]
+        conv_out[out_idx] = r["converged"]
         for k in rep_all:
             rep_all[k][out_idx] = r[k]
+    _warn_unconverged(conv_out, max_iter, eta, tau, gamma, w, "budgeted projection")
     return ProjectionResult(
         z=z_out,
         psi=psi_out,
         iterations=total_it,
         residual=res_out,
         state={"f": f_out, "g": g_out, "psi": psi_out},
+        converged=conv_out,
         **rep_all,
     )
+
+
+def _interleaved(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_upd, f, g, psi0, relax):
+    """The budgeted projection as one solve: psi moves between the sweeps (see ``_penalised_sweeps``)."""
+    B = x.shape[0]
+    dev, dt = x.device, x.dtype
+    t0 = torch.zeros(B, dtype=dt, device=dev) if psi0 is None else torch.log(psi0.to(dt))
+    t0 = torch.where(torch.isfinite(t0), t0, torch.zeros_like(t0)).clamp(_T_MIN, _T_MAX)
+    budget = {"eps": eps, "t": t0, "rtol": rtol, "max_updates": max(int(max_upd), 1) * 4}
+    eta_b = torch.full((B, 1, 1, 1), float(eta), dtype=dt, device=dev)
+    gam_b = torch.full((B, 1, 1, 1), float(gamma), dtype=dt, device=dev)
+    z = w.clamp(0, 1).clone()
+    f, g, z, it, res, conv = _penalised_sweeps(
+        lx, w, cost, eta_b, tau, gam_b, tol, _BUDGET_SWEEPS * max_iter, f.clone(), g.clone(), z, relax, budget
+    )
+    psi = torch.exp(budget["t_out"])
+    rep = _report(x, z, f, g, cost, (eta / psi).reshape(-1, 1, 1, 1), tau)
+    # never feasible within the caps: fall back to x itself (radius 0), which is always feasible
+    never = ~(rep["radius"] <= eps)
+    out = dict(rep, z=z, f=f, g=g, psi=psi, residual=res, iterations=it, converged=conv & ~never)
+    if bool(never.any()):
+        out["z"][never] = x[never]
+        for k in rep:
+            out[k][never] = 0.0
+        out["psi"][never] = math.inf
+    return out
 
 
 def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_search, f, g, psi0, relax):
@@ -428,7 +668,7 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
         eta_b = (eta / psi).reshape(-1, 1, 1, 1)
         gam_b = (gamma / psi).reshape(-1, 1, 1, 1)
         fa, ga, za = f[act].clone(), g[act].clone(), z[act].clone()
-        fa, ga, za, it, res = _penalised_sweeps(
+        fa, ga, za, it, res, _ = _penalised_sweeps(
             lx[act], w[act], cost, eta_b, tau, gam_b, tol, max_iter, fa, ga, za, relax
         )
         f[act], g[act], z[act] = fa, ga, za
@@ -483,6 +723,7 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
             best[k][ni] = 0.0
         best["psi"][ni] = math.inf
     best["iterations"] = iters
+    best["converged"] = done & have
     return best
 
 
