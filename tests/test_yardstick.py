@@ -72,6 +72,16 @@ def _cases(rng: np.random.Generator, h: int, w: int, c: int = 1) -> dict[str, tu
     return {k: (torch.tensor(a), torch.tensor(b)) for k, (a, b) in out.items()}
 
 
+# the three solvers: network simplex on the dense cost between the supports, on the sparse in-window
+# cost (POT >= 0.9.6), and the grid min-cost flow (HiGHS)
+PATHS = ["dense", "sparse", "grid"] if meter._sparse_emd() else ["dense", "grid"]
+
+
+def _force(monkeypatch, path: str) -> None:
+    monkeypatch.setattr(meter, "_DENSE_LIMIT", 250_000 if path == "dense" else 0)
+    monkeypatch.setattr(meter, "_sparse_emd", lambda: path != "grid")
+
+
 @pytest.mark.parametrize(
     "k,p_exp,price,c,shape",
     [
@@ -89,10 +99,10 @@ def test_matches_augmented_network_simplex_on_both_paths(monkeypatch, k, p_exp, 
     rng = np.random.default_rng(k * 100 + c * 10 + int(p_exp))
     for name, (x, z) in _cases(rng, *shape, c=c).items():
         ref = _reference(x, z, ys.cost, ys.price)
-        for limit in (meter._DENSE_LIMIT, 0):  # network simplex on the supports, then the grid flow
-            monkeypatch.setattr(meter, "_DENSE_LIMIT", limit)
+        for path in PATHS:
+            _force(monkeypatch, path)
             m = measure(x, z, ys)
-            np.testing.assert_allclose(m.raw.numpy(), ref, rtol=1e-9, atol=1e-12, err_msg=f"{name}, limit {limit}")
+            np.testing.assert_allclose(m.raw.numpy(), ref, rtol=1e-9, atol=1e-12, err_msg=f"{name}, {path}")
             assert bool((m.raw_lower <= m.raw).all()) and bool((m.raw_lower <= torch.tensor(ref) * (1 + 1e-12)).all())
             assert bool((m.raw - m.raw_lower <= 1e-6 * m.raw + 1e-15).all()), name  # the certified bracket
             mass_x, mass_z = x.sum((1, 2, 3)), z.sum((1, 2, 3))
@@ -101,8 +111,8 @@ def test_matches_augmented_network_simplex_on_both_paths(monkeypatch, k, p_exp, 
             torch.testing.assert_close(m.value, m.raw / mass_x.clamp(min=1.0), rtol=1e-12, atol=0.0)
 
 
-def test_grid_flow_equals_network_simplex_on_digit_sized_images(monkeypatch):
-    """The large-image path (grid min-cost flow + extra node) against the small one on the same 28x28 inputs."""
+def test_large_image_paths_equal_the_small_one_on_digit_sized_images(monkeypatch):
+    """The large-image paths (sparse network simplex, grid min-cost flow) against the dense one on 28x28."""
     rng = np.random.default_rng(11)
     x = np.zeros((3, 1, 28, 28))
     for b in range(3):  # a few thick strokes, like a digit
@@ -114,12 +124,13 @@ def test_grid_flow_equals_network_simplex_on_digit_sized_images(monkeypatch):
     z = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=x.dtype).sign()).clamp(0, 1)  # l_inf sign step
     z2 = 0.8 * torch.roll(x, 1, -1) + 0.1 * x  # shifted and dimmer
     for zz in (z, z2):
+        _force(monkeypatch, "dense")
         small = measure(x, zz)
-        monkeypatch.setattr(meter, "_DENSE_LIMIT", 0)
-        large = measure(x, zz)
-        monkeypatch.setattr(meter, "_DENSE_LIMIT", 250_000)
-        torch.testing.assert_close(large.raw, small.raw, rtol=1e-9, atol=0.0)
-        torch.testing.assert_close(large.transported, small.transported, rtol=1e-6, atol=1e-9)
+        for path in PATHS[1:]:
+            _force(monkeypatch, path)
+            large = measure(x, zz)
+            torch.testing.assert_close(large.raw, small.raw, rtol=1e-9, atol=0.0)
+            torch.testing.assert_close(large.raw_lower, small.raw, rtol=1e-9, atol=0.0)
 
 
 def test_a_zero_only_for_equal_images_and_every_change_is_charged():
