@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join("runs", "benchmarks", "cpu_quick.json" if args.quick else "cpu.json")
-    if os.environ.get("SINKHORN_ATTACKS_SMOKE") and args.only is None:  # smoke run: the cheapest section only
-        args.only = ["bandwidth"]
+    if os.environ.get("SINKHORN_ATTACKS_SMOKE"):  # smoke run (tests of the documented commands): cheapest section
+        args.quick, args.only = True, ["bandwidth"]
     try:
         res = run(args.quick, args.only, on_section=lambda r: write(r, out))
         js, md = write(res, out)

@@ -87,7 +87,7 @@ def test_cli_mismatch_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     common = ["train", "--dataset", "synthetic", "--arch", "small_cnn", "--train-limit", "64", "--batch-size", "32",
               "--device", "cpu", "--meter-n", "0", "--no-plot", "--out", str(tmp_path)]  # fmt: skip
     assert main(common) == 0
-    assert main([*common, "--resume", "--seed", "5"]) == 1
+    assert main([*common, "--resume", "--seed", "5"]) == 2  # a user error: one line, exit code 2
     assert "another configuration" in capsys.readouterr().err
 
 

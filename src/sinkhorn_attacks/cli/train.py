@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from ._common import UserError, add_device, add_threads, smoke_limit
+
 
 def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
@@ -93,12 +95,13 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="output folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    add_device(g)
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision (GPU only)")
     g.add_argument("--eval-batch-size", type=int, default=256)
     g.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: per epoch only)")
     g.add_argument("--no-plot", action="store_true", help="do not draw history.png")
     g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # testing: emulate a killed run
+    add_threads(g)
     p.set_defaults(func=cmd_train)
     return p
 
@@ -144,14 +147,30 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def _smoke(args: argparse.Namespace) -> None:
+    """``$SINKHORN_ATTACKS_SMOKE=N``: a tiny run (N examples per batch, one epoch, few attack steps)."""
+    n = smoke_limit()
+    if not n:
+        return
+    args.epochs, args.batch_size, args.max_steps_per_epoch = 1, min(args.batch_size, n), 1
+    args.train_limit = min(args.train_limit or n, n)
+    args.eval_limit, args.meter_n = min(args.eval_limit, n), min(args.meter_n, n)
+    args.eval_batch_size = min(args.eval_batch_size, n)
+    args.attack_arg = [*args.attack_arg, ("steps", min(dict(args.attack_arg).get("steps", n), n))]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import ConfigMismatchError, TrainingDiverged, train
 
+    _smoke(args)
+    args.resume_hint = f"continue with the same options plus --resume (checkpoint in {args.out})"
     try:
         cfg = config_from_args(args)
         result = train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
-    except (ConfigMismatchError, FileExistsError, TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigMismatchError, FileExistsError, ValueError) as err:
+        raise UserError(str(err)) from None
+    except TrainingDiverged as err:
+        print(f"sinkhorn-attacks train: {err}", file=sys.stderr)
         return 1
     if result.files:
         print(json.dumps({"out": str(result.out_dir), "final": result.history[-1] if result.history else None}))

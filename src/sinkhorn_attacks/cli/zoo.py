@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ._common import add_threads
+
 
 def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     """Register the ``zoo`` command and its actions."""
@@ -22,10 +24,12 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
 
     p = actions.add_parser("list", help="list the registered checkpoints")
     p.add_argument("--dataset", help="only this dataset (mnist, cifar10)")
+    add_threads(p)
     p.set_defaults(func=cmd_list)
 
     p = actions.add_parser("info", help="show one checkpoint: origin, checksums, accuracy, input transform")
     p.add_argument("name")
+    add_threads(p)
     p.set_defaults(func=cmd_info)
 
     p = actions.add_parser(
@@ -38,12 +42,14 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder for the accuracy check (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("-n", "--num", type=int, default=500, help="test images for the accuracy check (default 500)")
     p.add_argument("--tolerance", type=float, default=2.0, help="allowed accuracy gap in points (default 2)")
+    add_threads(p)
     p.set_defaults(func=cmd_verify)
 
     p = actions.add_parser("download", help="download checkpoints into the cache (checksum-checked)")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every registered checkpoint")
     p.add_argument("--cache-dir", help="target folder (default ~/.cache/sinkhorn-attacks/models)")
+    add_threads(p)
     p.set_defaults(func=cmd_download)
     return parser
 
