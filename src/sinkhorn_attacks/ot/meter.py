@@ -13,7 +13,9 @@ normalisation hides is reported beside the radius. Pairs that cannot be matched 
 
 Solvers: POT's network simplex (``ot.emd``) on the dense cost restricted to the two supports when that
 block is small; otherwise the same LP written as a min-cost flow on the pixel grid (HiGHS, only in-window
-arcs, see :func:`_grid_flow`), about 6x faster than the bipartite LP at 128x128.
+arcs, see :func:`_grid_flow`), about 6x faster than the bipartite LP at 128x128. The same solvers, with
+one extra node for destruction and creation, compute the yardstick's W1-TV cost (:func:`tv_pair`, used by
+:func:`sinkhorn_attacks.ot.measure`).
 """
 
 from __future__ import annotations
@@ -260,12 +262,14 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
     """Windowed transport plus destruction / creation at ``price`` per unit, between ``(H, W)`` arrays.
 
     ``D = min_{P >= 0, P1 <= p, P^T 1 <= q} <P, C> + price (|p| - |P|) + price (|q| - |P|)`` with ``P``
-    supported in the window. Small problems: POT's network simplex on the cost between the two supports,
-    with out-of-window pairs at ``2 price`` (destroy one unit, create it elsewhere) and one extra row or
-    column holding the mass difference at ``price``. Large ones: the grid min-cost flow with the extra
-    node (:func:`_grid_flow_solve`); its flow is turned into a plan (scaled down where a pixel would pass
-    on more than it holds), whose cost is ``raw``. Both paths return a certified ``lower`` bound from the
-    solver's potentials (:func:`_tv_dual_bound`).
+    supported in the window. Mass with no partner inside its window is settled first (destroyed or
+    created). Small problems: POT's network simplex on the dense cost between the two supports, with
+    out-of-window pairs at ``2 price`` (destroy one unit, create it elsewhere) and one extra row or column
+    holding the mass difference at ``price``. Large ones: the same network simplex on the sparse in-window
+    pairs plus an extra node holding the full masses (POT with sparse costs), else the grid min-cost flow
+    with the extra node (:func:`_grid_flow_solve`), whose flow is turned into a plan (scaled down where a
+    pixel would pass on more than it holds) whose cost is ``raw``. Every path returns a certified
+    ``lower`` bound from the solver's potentials (:func:`_tv_dual_bound`).
     """
     h, w = p.shape
     pf, qf = p.ravel().astype(np.float64), q.ravel().astype(np.float64)

@@ -12,13 +12,14 @@ window's largest ground cost (``2 sqrt 2`` for a 5 x 5 window, ``p = 1``), at wh
 windowed W1 of :func:`~sinkhorn_attacks.ot.meter.exact_ot` on mass-preserving pairs unless a chain of at
 least three moves can be shortcut (docs/math.md, section 4, states exactly when).
 
-Solvers (:func:`~sinkhorn_attacks.ot.meter.tv_pair`): the meter's network simplex with one extra node on
-small supports, its grid min-cost flow with the same extra node on large ones; each value is the cost of
-a feasible plan and comes with a certified lower bound (``raw_lower``), at most 1e-6 relative below it.
+Solvers (:func:`~sinkhorn_attacks.ot.meter.tv_pair`): the meter's network simplex with one extra node
+(dense cost between the supports for small ones, sparse in-window cost for large ones), or its grid
+min-cost flow with the same extra node where POT lacks sparse costs; each value is the cost of a feasible
+plan and comes with a certified lower bound (``raw_lower``), at most 1e-6 relative below it.
 
-Timings (process CPU time per image, one thread, Wong-style l_inf-perturbed test images; run
-``python -m benchmarks.yardstick``): MNIST 28 x 28: ~6 ms; CIFAR-10 32 x 32 x 3: ~0.3 s;
-64 x 64 x 3: ~1.4 s.
+Timings (process CPU time per image, one thread, l_inf-stepped and smeared test images, batches of 4 to
+64; ``python -m benchmarks.yardstick``): MNIST 28 x 28: 2.5 to 5 ms; CIFAR-10 32 x 32 x 3: 12 to 13 ms;
+64 x 64 x 3: 57 to 68 ms (the grid-flow fallback: about 0.4 s and 2 s).
 """
 
 from __future__ import annotations
