@@ -88,7 +88,8 @@ def atomic_write(
 
 
 class Registry(dict[str, T]):
-    """Named entries. Registering a name twice raises ``ValueError``; an unknown name raises ``KeyError``
+    """Named entries. Registering a name twice (:meth:`register`, or the constructor) raises ``ValueError``
+    (item assignment replaces on purpose, e.g. in tests); an unknown name raises ``KeyError``
     (a :class:`UserError` message naming the nearest entry); :meth:`names` filters by wildcard."""
 
     def __init__(self, kind: str, items: Iterable[tuple[str, T]] = ()) -> None:
@@ -102,9 +103,6 @@ class Registry(dict[str, T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         super().__setitem__(name, value)
         return value
-
-    def __setitem__(self, name: str, value: T) -> None:
-        self.register(name, value)
 
     def __missing__(self, name: str) -> T:
         raise KeyError(self.unknown(name))

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._util import Registry
 from ..data import cache_root, remote
 from ..data.remote import ChecksumError, DownloadError, verify_file
 
@@ -328,7 +329,7 @@ _ENTRIES = [
     ),
 ]
 
-REGISTRY: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+REGISTRY: Registry[ZooEntry] = Registry("model", [(e.name, e) for e in _ENTRIES])  # duplicate names raise
 
 
 def names(dataset: str | None = None) -> list[str]:
@@ -336,12 +337,16 @@ def names(dataset: str | None = None) -> list[str]:
     return [n for n, e in REGISTRY.items() if dataset is None or e.dataset == dataset]
 
 
+def matching(pattern: str) -> list[str]:
+    """Registry names matching a shell wildcard, e.g. ``"wong2019-mnist-*"``."""
+    return REGISTRY.names(pattern)
+
+
 def info(name: str) -> ZooEntry:
     """The :class:`ZooEntry` of ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+    if name not in REGISTRY:
+        raise ValueError(REGISTRY.unknown(name))
+    return REGISTRY[name]
 
 
 def default_cache_dir() -> Path:
