@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-__all__ = ["UserError", "atomic_open", "atomic_write", "Registry", "resolve_device", "suggest"]
+__all__ = ["UserError", "fmt", "atomic_open", "atomic_write", "Registry", "resolve_device", "suggest"]
 
 T = TypeVar("T")
 
@@ -132,3 +133,25 @@ def resolve_device(name: str | None) -> str:
     if name == "cpu" or name == "mps":
         return name
     raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` for missing, ``inf``, or the number rounded to ``digits`` significant-ish digits
+    (fixed point for values >= 0.01, otherwise 3 significant digits)."""
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return v
+    if isinstance(v, bool) or isinstance(v, int):
+        return str(v)
+    v = float(v)
+    if math.isnan(v):
+        return "-"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0 or abs(v) >= 0.01:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}g}"

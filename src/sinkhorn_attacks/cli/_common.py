@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .._util import UserError, resolve_device
+from .._util import UserError, fmt, resolve_device
 
 __all__ = [
     "UserError",
@@ -97,28 +96,6 @@ def smoke_limit() -> int | None:
     documented commands set it); ``None`` when unset."""
     v = os.environ.get(ENV_SMOKE, "").strip()
     return int(v) if v.isdigit() and int(v) > 0 else None
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A table cell: ``-`` for missing, ``inf``, or the number rounded to ``digits`` significant-ish digits
-    (fixed point for values >= 0.01, otherwise 3 significant digits)."""
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            return v
-    if isinstance(v, bool) or isinstance(v, int):
-        return str(v)
-    v = float(v)
-    if math.isnan(v):
-        return "-"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v == 0 or abs(v) >= 0.01:
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}g}"
 
 
 class StepBar:

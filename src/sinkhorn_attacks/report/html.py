@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
+from .._util import fmt
 from .plots import plot_accuracy_at_radii, plot_accuracy_vs_iteration, plot_accuracy_vs_radius, plot_grid
 
 __all__ = ["write_report"]
@@ -21,13 +21,10 @@ def _load(path: Path) -> Any:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
+    """A table cell, as the command line prints it: ``-`` for missing / nan, ``inf``, rounded numbers."""
+    if isinstance(v, str) and v not in ("inf", "-inf", "nan"):
         return html.escape(v)
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.3f}")
-    return html.escape(str(v))
+    return html.escape(fmt(v))
 
 
 def _img(path: Path, alt: str) -> str:
