@@ -201,12 +201,16 @@ def test_recall_identity_level_and_i2t_any_caption():
     # 3 images: 0 and 1 show the same person (label 0), image 2 another (label 1); 2 captions each
     img = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     img_labels = np.array([0, 0, 1])
-    txt = torch.tensor([[0.1, 1.0, 0.0],   # caption of image 0, closest to image 1 (same person)
-                        [1.0, 0.0, 0.2],   # caption of image 0
-                        [0.0, 1.0, 0.3],   # caption of image 1
-                        [0.0, 0.2, 1.0],   # caption of image 1 but closest to image 2 (other person)
-                        [1.0, 0.0, 0.5],   # caption of image 2, closest to image 0
-                        [0.0, 0.0, 1.0]])  # caption of image 2
+    txt = torch.tensor(
+        [
+            [0.1, 1.0, 0.0],  # caption of image 0, closest to image 1 (same person)
+            [1.0, 0.0, 0.2],  # caption of image 0
+            [0.0, 1.0, 0.3],  # caption of image 1
+            [0.0, 0.2, 1.0],  # caption of image 1 but closest to image 2 (other person)
+            [1.0, 0.0, 0.5],  # caption of image 2, closest to image 0
+            [0.0, 0.0, 1.0],
+        ]
+    )  # caption of image 2
     txt_labels = img_labels[[0, 0, 1, 1, 2, 2]]
     m = retrieval_metrics(img, img_labels, txt, txt_labels, ks=(1, 2))
     # t2i: identity hits for captions 0,1,2,5; caption 3 ranks image 2 first (miss at 1), caption 4 ranks 0 first
@@ -231,8 +235,9 @@ def test_recall_ties_are_pessimistic_and_query_subsets():
     assert m["t2i"]["R@1"] == 0.0 and m["t2i"]["R@3"] == 0.0 and m["t2i"]["R@4"] == 100.0
     assert m["i2t"]["R@1"] == 0.0 and m["i2t"]["R@7"] == 100.0
     good = torch.eye(4)
-    m2 = retrieval_metrics(good, labels_img, good[labels_txt], labels_txt, image_queries=[1, 2],
-                           caption_queries=[2, 3, 4, 5])
+    m2 = retrieval_metrics(
+        good, labels_img, good[labels_txt], labels_txt, image_queries=[1, 2], caption_queries=[2, 3, 4, 5]
+    )
     assert m2["n_i2t_queries"] == 2 and m2["n_t2i_queries"] == 4 and m2["i2t"]["R@1"] == 100.0
 
 
@@ -288,8 +293,12 @@ def test_flickr8k_kaggle_csv_and_karpathy_json(tmp_path):
     (root / "Flickr_8k.trainImages.txt").write_text("x.jpg\ny.jpg\n")
     d = load_flickr8k(root, "train")
     assert d.captions == ['a "dark" square', "black", "a light square"]
-    js = {"images": [{"filename": "x.jpg", "split": "test", "sentences": [{"raw": "dark"}]},
-                     {"filename": "y.jpg", "split": "val", "sentences": [{"raw": "light"}, {"raw": "pale"}]}]}
+    js = {
+        "images": [
+            {"filename": "x.jpg", "split": "test", "sentences": [{"raw": "dark"}]},
+            {"filename": "y.jpg", "split": "val", "sentences": [{"raw": "light"}, {"raw": "pale"}]},
+        ]
+    }
     (root / "dataset_flickr8k.json").write_text(json.dumps(js))
     d = load_flickr8k(root, "dev", captions_file=root / "dataset_flickr8k.json", split_dir=tmp_path)
     assert d.image_names == ["y.jpg"] and d.captions == ["light", "pale"]
@@ -301,8 +310,15 @@ def test_cuhk_pedes_reid_raw_and_caption_all(tmp_path):
     for k, (pid, split) in enumerate([(5, "train"), (7, "test"), (7, "test"), (9, "test"), (3, "val")]):
         fp = f"cam{k % 2}/{k:04d}.png"
         _png(root / "imgs" / fp, (k * 40, 0, 0))
-        recs.append({"split": split, "captions": [f"person {pid} view {k} a", f"person {pid} view {k} b"],
-                     "file_path": fp, "id": pid, "processed_tokens": [[], []]})
+        recs.append(
+            {
+                "split": split,
+                "captions": [f"person {pid} view {k} a", f"person {pid} view {k} b"],
+                "file_path": fp,
+                "id": pid,
+                "processed_tokens": [[], []],
+            }
+        )
     recs.append(dict(recs[1], captions=["a third caption of image 1"]))  # duplicate file_path row
     (root / "reid_raw.json").write_text(json.dumps(recs))
     d = load_cuhk_pedes(root, "test")
@@ -367,8 +383,14 @@ def _setup(n=40, seed=0, epochs=80):
     with torch.no_grad():
         fi = ib(x)
     ft = tb.encode(data.captions)
-    heads, hist = train_heads(fi, ft, data.caption_image, data.image_labels,
-                              TrainConfig(epochs=epochs, batch_size=32, lr=1e-2, embed_dim=16), log=None)
+    heads, hist = train_heads(
+        fi,
+        ft,
+        data.caption_image,
+        data.image_labels,
+        TrainConfig(epochs=epochs, batch_size=32, lr=1e-2, embed_dim=16),
+        log=None,
+    )
     model = DualEncoder(ib, tb, heads)
     return data, model, x, fi, ft, hist
 
@@ -394,8 +416,12 @@ def test_train_heads_improves_recall_and_checkpoint_roundtrip(tmp_path):
     ei, et = embed_features(model.heads, fi, ft)
     m = retrieval_metrics(ei, data.image_labels, et, data.caption_labels)
     untrained = ProjectionHeads(32, 32, 16, seed=5)
-    m0 = retrieval_metrics(*embed_features(untrained, fi, ft)[:1], data.image_labels,
-                           embed_features(untrained, fi, ft)[1], data.caption_labels)
+    m0 = retrieval_metrics(
+        *embed_features(untrained, fi, ft)[:1],
+        data.image_labels,
+        embed_features(untrained, fi, ft)[1],
+        data.caption_labels,
+    )
     assert m["t2i"]["R@5"] > m0["t2i"]["R@5"] + 20 and m["i2t"]["R@5"] > 40
     assert torch.allclose(model.encode_image(x), ei, atol=1e-5)
     p = save_heads(tmp_path / "h.pt", model.heads, {"image_backbone": "small-cnn"})
@@ -428,8 +454,13 @@ class StandInPGD:
         with torch.no_grad():
             out = self.model(x)
         succ = self.success_fn(out, labels) if self.success_fn else torch.zeros(len(x), dtype=torch.bool)
-        return SimpleNamespace(adv=x, success=succ, radius=torch.full((len(x),), self.eps),
-                               metered_radius=None, iterations=torch.full((len(x),), self.steps))
+        return SimpleNamespace(
+            adv=x,
+            success=succ,
+            radius=torch.full((len(x),), self.eps),
+            metered_radius=None,
+            iterations=torch.full((len(x),), self.steps),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -450,17 +481,19 @@ def test_objective_matches_cmpm_rows_and_substituted_gallery(trained):
     idx = torch.tensor([3, 7])
     e = ei[idx] * 1.3 + 0.1
     got = obj(e, idx)
-    i2t, _ = cmpm_terms(e.double(), et.double(), torch.as_tensor(data.image_labels[idx.numpy()]),
-                        torch.as_tensor(data.caption_labels))
+    i2t, _ = cmpm_terms(
+        e.double(), et.double(), torch.as_tensor(data.image_labels[idx.numpy()]), torch.as_tensor(data.caption_labels)
+    )
     assert torch.allclose(got.double(), i2t, atol=1e-4)
     obj_t, *_ = _objective(model, data, x, directions=("t2i",))
     for b, i in enumerate(idx.tolist()):
         gal = ei.clone().double()
         gal[i] = e[b].double()
         caps = np.flatnonzero(data.caption_labels == data.image_labels[i])
-        _, t2i = cmpm_terms(gal, et[caps].double(), torch.as_tensor(data.image_labels),
-                            torch.as_tensor(data.caption_labels[caps]))
-        assert abs(obj_t(e[b:b + 1], idx[b:b + 1]).item() - t2i.mean().item()) < 1e-4
+        _, t2i = cmpm_terms(
+            gal, et[caps].double(), torch.as_tensor(data.image_labels), torch.as_tensor(data.caption_labels[caps])
+        )
+        assert abs(obj_t(e[b : b + 1], idx[b : b + 1]).item() - t2i.mean().item()) < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["cmpm", "nll", "cosine", "margin", "cmpc"])
@@ -470,7 +503,7 @@ def test_objective_is_per_sample_and_differentiable(trained, kind):
     idx = torch.tensor([0, 5, 9])
     e = (ei[idx] + 0.05 * torch.randn_like(ei[idx])).requires_grad_(True)
     batch = obj(e, idx)
-    single = torch.cat([obj(e[i:i + 1], idx[i:i + 1]) for i in range(3)])
+    single = torch.cat([obj(e[i : i + 1], idx[i : i + 1]) for i in range(3)])
     assert batch.shape == (3,) and torch.allclose(batch, single, atol=1e-5)
     (g,) = torch.autograd.grad(batch.sum(), e)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
@@ -482,13 +515,26 @@ def test_gallery_attack_lowers_recall_with_standin(trained):
     tower = model.image_tower()
 
     def make_attack(callback=None):
-        return StandInPGD(tower, obj, steps=4, eps=16 / 255, step_size=6 / 255,
-                          success_fn=obj.success_fn(1), callback=callback)
+        return StandInPGD(
+            tower, obj, steps=4, eps=16 / 255, step_size=6 / 255, success_fn=obj.success_fn(1), callback=callback
+        )
 
     idx = np.arange(0, 24)
-    res = attack_gallery(make_attack, tower, lambda ii: data.load_images(ii), obj, ei, data.image_labels, et,
-                         data.caption_labels, data.caption_image, idx, record_steps=[1, 2, 4], batch_size=10,
-                         log=None)
+    res = attack_gallery(
+        make_attack,
+        tower,
+        lambda ii: data.load_images(ii),
+        obj,
+        ei,
+        data.image_labels,
+        et,
+        data.caption_labels,
+        data.caption_image,
+        idx,
+        record_steps=[1, 2, 4],
+        batch_size=10,
+        log=None,
+    )
     r0, r4 = res.metrics[0], res.metrics[4]
     assert res.steps == [0, 1, 2, 4] and r0["n_i2t_queries"] == 24 and r0["n_t2i_queries"] == 72
     assert r4["i2t"]["R@5"] < r0["i2t"]["R@5"] and r4["t2i"]["R@5"] < r0["t2i"]["R@5"]
@@ -510,16 +556,59 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "default_attack_factory", factory)
     out, cache = tmp_path / "run", tmp_path / "cache"
     common = ["--cache-dir", str(cache), "--threads", "1"]
-    assert main(["retrieval", "train", "--data", "synthetic:32", "--out", str(out), "--image-backbone", "small-cnn",
-                 "--text-backbone", "hashing", "--image-size", "0", "--epochs", "5", "--lr", "1e-2",
-                 "--embed-dim", "16", *common]) == 0
+    assert (
+        main(
+            [
+                "retrieval",
+                "train",
+                "--data",
+                "synthetic:32",
+                "--out",
+                str(out),
+                "--image-backbone",
+                "small-cnn",
+                "--text-backbone",
+                "hashing",
+                "--image-size",
+                "0",
+                "--epochs",
+                "5",
+                "--lr",
+                "1e-2",
+                "--embed-dim",
+                "16",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert (out / "heads.pt").is_file() and json.loads((out / "train.json").read_text())["history"]
     assert main(["retrieval", "evaluate", "--heads", str(out / "heads.pt"), "--out", str(out), *common]) == 0
     ev = json.loads((out / "evaluate.json").read_text())
     assert ev["n_images"] == 32 and ev["match"] == "image"
-    args = ["retrieval", "attack", "--heads", str(out / "heads.pt"), "--out", str(out / "atk"), "--n-images", "6",
-            "--steps", "2", "--batch-size", "4", "--attack", "linf-pgd:eps=2/255|8/255,step_size=x0.5",
-            "--attack", "fgsm:eps=1/255#B", "--meter-images", "1", "--meter-kernel", "3", *common]
+    args = [
+        "retrieval",
+        "attack",
+        "--heads",
+        str(out / "heads.pt"),
+        "--out",
+        str(out / "atk"),
+        "--n-images",
+        "6",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--attack",
+        "linf-pgd:eps=2/255|8/255,step_size=x0.5",
+        "--attack",
+        "fgsm:eps=1/255#B",
+        "--meter-images",
+        "1",
+        "--meter-kernel",
+        "3",
+        *common,
+    ]
     assert main(args) == 0
     res = json.loads((out / "atk" / "attack.json").read_text())
     assert set(res["cells"]) == {"linf-pgd@radius=0.00784314", "linf-pgd@radius=0.0313725", "B"}
@@ -534,10 +623,13 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     assert main(args + ["--no-plots"]) == 0
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    ("linf-pgd", {"radius": 8 / 255, "step_size": 2 / 255}),
-    pytest.param("uot", {"radius": 0.3, "inner_max_iter": 60}, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("linf-pgd", {"radius": 8 / 255, "step_size": 2 / 255}),
+        pytest.param("uot", {"radius": 0.3, "inner_max_iter": 60}, marks=pytest.mark.slow),
+    ],
+)
 def test_library_attacks_plug_in(trained, preset, overrides):
     """The real attacks of the library accept the retrieval objective, callback and no-early-stop contract."""
     attacks = pytest.importorskip("sinkhorn_attacks.attacks", reason="attacks package not built yet")
@@ -551,12 +643,26 @@ def test_library_attacks_plug_in(trained, preset, overrides):
             seen.append(step)
             callback(step, x_adv, *rest)
 
-        return attacks.from_preset(preset, tower, loss_fn=obj, success_fn=None, callback=cb, steps=3,
-                                   meter_cost=None, **overrides)
+        return attacks.from_preset(
+            preset, tower, loss_fn=obj, success_fn=None, callback=cb, steps=3, meter_cost=None, **overrides
+        )
 
     idx = np.arange(4)
-    res = attack_gallery(make_attack, tower, lambda ii: data.load_images(ii), obj, ei, data.image_labels, et,
-                         data.caption_labels, data.caption_image, idx, record_steps=[1, 3], batch_size=4, log=None)
+    res = attack_gallery(
+        make_attack,
+        tower,
+        lambda ii: data.load_images(ii),
+        obj,
+        ei,
+        data.image_labels,
+        et,
+        data.caption_labels,
+        data.caption_image,
+        idx,
+        record_steps=[1, 3],
+        batch_size=4,
+        log=None,
+    )
     assert seen == [1, 2, 3]
     assert res.final_metrics["i2t"]["R@5"] <= res.metrics[0]["i2t"]["R@5"]
     loss0 = obj(ei[torch.as_tensor(idx)], torch.as_tensor(idx))

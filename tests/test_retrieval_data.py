@@ -45,8 +45,13 @@ def effnet():
 @pytest.mark.slow
 def test_minilm_offline_semantics(minilm):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    e = minilm.encode(["a child in a pink dress climbing stairs", "a girl in pink climbs the stairs",
-                       "the stock market fell sharply today"])
+    e = minilm.encode(
+        [
+            "a child in a pink dress climbing stairs",
+            "a girl in pink climbs the stairs",
+            "the stock market fell sharply today",
+        ]
+    )
     assert e.shape == (3, 384)
     c = torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T
     assert c[0, 1] > 0.6 and c[0, 2] < 0.2
@@ -111,8 +116,9 @@ def test_flickr8k_small_pipeline_end_to_end(minilm, effnet):
     with torch.no_grad():
         fi = effnet(x)
     ft = minilm.encode(d.captions)
-    heads, _ = train_heads(fi, ft, d.caption_image, d.image_labels,
-                           TrainConfig(epochs=40, batch_size=64, lr=2e-3, embed_dim=64), log=None)
+    heads, _ = train_heads(
+        fi, ft, d.caption_image, d.image_labels, TrainConfig(epochs=40, batch_size=64, lr=2e-3, embed_dim=64), log=None
+    )
     ei, et = embed_features(heads, fi, ft)
     m = retrieval_metrics(ei, d.image_labels, et, d.caption_labels)
     assert m["t2i"]["R@10"] > 50 and m["i2t"]["R@10"] > 50  # chance is about 21 and 21
