@@ -1,11 +1,12 @@
 """Helpers shared by every command: thread count, device, progress bars, user errors, number formatting.
 
 Thread default: the attacks are many small torch operations per step (a 28x28 Sinkhorn sweep is ~150 tiny
-ops), where intra-op parallelism costs more in OpenMP hand-offs than it gains; on a shared 2-core machine
-two threads per process also spin-wait against the other jobs. Measured on the 2-core development machine:
-``sinkhorn-attacks demo`` 15 s with one thread and 19.5 s with torch's default (2) when idle, and 3 min 16 s
-against 28 min under load. So every command runs with **1 intra-op thread** unless ``--threads N`` or
-``$OMP_NUM_THREADS`` says otherwise (``--threads 0`` keeps torch's own default).
+ops), where intra-op parallelism costs more in OpenMP hand-offs than it gains, and on a shared machine two
+threads per process spin-wait against the other jobs. ``sinkhorn-attacks demo`` on the 2-core development
+machine: 15 s with one thread and 19.5 s with torch's default (2 threads) when idle; a user on a loaded machine
+saw 3 min 16 s against 28 min. With the default below it took 22.6 s at load average 6.7. So every command
+runs with **1 intra-op thread** unless ``--threads N`` or ``$SINKHORN_ATTACKS_THREADS`` / ``$OMP_NUM_THREADS``
+says otherwise (``--threads 0`` keeps torch's own default).
 """
 
 from __future__ import annotations
