@@ -16,6 +16,7 @@ at which each image is first fooled is compared (``inf`` = never fooled; clean e
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -38,13 +39,19 @@ HU_MNIST = dict(  # attack_mnist_baseline.py defaults (preset new_clamping, --no
 )  # fmt: skip
 
 
-def their_radii(peer_dir: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Run Hu's ``pgd.attack`` (CPU, float32) and return its per-example radius (``inf`` = not fooled)."""
+def their_radii(
+    peer_dir: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int | None = None
+) -> torch.Tensor:
+    """Run Hu's ``pgd.attack`` on CPU (in ``x``'s dtype) in batches of ``batch`` images (default: all at once)
+    and return its per-example radius (``inf`` = not fooled). Their loop couples the examples of a batch (the
+    Newton backtracking stops on the batch's smallest step, the projection's extra sweeps run for the whole
+    batch), so the radius of an image depends on its batch; ``batch=1`` removes that coupling."""
     sys.path.insert(0, peer_dir)
     import pgd  # type: ignore[import-not-found]
 
-    _, _, eps = pgd.attack(x.clone(), y, net, **HU_MNIST)
-    return eps.float()
+    step = batch or x.shape[0]
+    parts = [pgd.attack(x[i : i + step].clone(), y[i : i + step], net, **HU_MNIST)[2] for i in range(0, len(x), step)]
+    return torch.cat(parts).float()
 
 
 def main() -> None:
@@ -53,6 +60,8 @@ def main() -> None:
     ap.add_argument("--indices", default="0-19", help="MNIST test indices, e.g. 0-19 or 23,25,28")
     ap.add_argument("--peer-dir", default=None, help="checkout of edwardjhu/improved_wasserstein (pgd.py)")
     ap.add_argument("--published", default=None, help="Hu's epsilons/*.txt to compare with (adv model)")
+    ap.add_argument("--self-check", action="store_true", help="also run the authors' code in float64")
+    ap.add_argument("--one-by-one", action="store_true", help="also run the authors' code one image at a time")
     ap.add_argument("--models-dir", default=os.environ.get("SINKHORN_ATTACKS_MODELS"))
     ap.add_argument("--out", default="docs/results/hu_crosscheck.json")
     args = ap.parse_args()
@@ -69,14 +78,15 @@ def main() -> None:
     ours = torch.where(res.clean_correct, ours, torch.full_like(ours, 0.01))  # Hu: clean errors get eps0
     rec["ours"] = [float(v) for v in ours]
 
-    def compare(theirs: torch.Tensor) -> dict:
-        both_inf = torch.isinf(theirs) & torch.isinf(ours)
-        diff = torch.where(both_inf, torch.zeros_like(ours), (ours - theirs).abs())
+    def compare(theirs: torch.Tensor, mine: torch.Tensor = ours) -> dict:
+        both_inf = torch.isinf(theirs) & torch.isinf(mine)
+        diff = torch.where(both_inf, torch.zeros_like(mine), (mine - theirs).abs())
+        finite = torch.isfinite(mine - theirs)
         return {
             "theirs": [float(v) for v in theirs],
             "identical": int((diff <= 1e-4).sum()),
             "within_one_step": int((diff <= 0.01 + 1e-4).sum()),
-            "mean_ours_minus_theirs": float((ours - theirs)[torch.isfinite(ours - theirs)].mean()),
+            "mean_difference": float((mine - theirs)[finite].mean()) if finite.any() else 0.0,
         }
 
     if args.peer_dir:
@@ -84,6 +94,17 @@ def main() -> None:
         theirs = their_radii(args.peer_dir, net, x, y)
         rec["time_theirs_cpu_s"] = time.process_time() - t0
         rec["authors_code"] = compare(theirs)
+        if args.self_check:  # the reference against itself: float64 instead of float32, same images
+            t0 = time.process_time()
+            theirs64 = their_radii(args.peer_dir, copy.deepcopy(net).double(), x.double(), y)
+            rec["time_theirs64_cpu_s"] = time.process_time() - t0
+            rec["authors_code_float64_vs_float32"] = compare(theirs64, theirs)
+        if args.one_by_one:  # without their batch coupling
+            t0 = time.process_time()
+            single = their_radii(args.peer_dir, net, x, y, batch=1)
+            rec["time_theirs_single_cpu_s"] = time.process_time() - t0
+            rec["authors_code_one_image_at_a_time"] = compare(single)
+            rec["authors_code_batch_vs_one_at_a_time"] = compare(theirs, single)
     if args.published:
         pub = np.loadtxt(args.published, skiprows=1)
         rec["published"] = compare(torch.tensor(pub[idx, 1], dtype=torch.float32))
@@ -94,7 +115,9 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(runs, indent=1) + "\n")
     os.replace(tmp, out)
-    for key in ("authors_code", "published"):
+    keys = ("authors_code", "authors_code_float64_vs_float32", "authors_code_one_image_at_a_time",
+            "authors_code_batch_vs_one_at_a_time", "published")  # fmt: skip
+    for key in keys:
         if key in rec:
             r = rec[key]
             print(f"{args.model} [{args.indices}] vs {key}: {r['identical']}/{len(idx)} identical, "

@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import data_dir, models_dir
 
 from sinkhorn_attacks.attacks import from_preset
 from sinkhorn_attacks.attacks.steps import get_step
 from sinkhorn_attacks.ot.cost import LocalCost
 from sinkhorn_attacks.projections.sinkhorn import HuProjection, hu_project
-
-from conftest import data_dir, models_dir
 
 
 @pytest.mark.parametrize("channels", [1, 3])

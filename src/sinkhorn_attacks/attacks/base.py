@@ -2,8 +2,9 @@
 
 Call convention (torchattacks-style): ``atk = SomeAttack(model, ...)``; ``res = atk(images, labels)``.
 Images are ``(B, C, H, W)`` in [0, 1]. The model is evaluated only on the images returned in
-``res.adv``: success is recomputed on them at the end, and every returned image is metered with the exact
-OT meter (:func:`sinkhorn_attacks.ot.exact_ot`) beside its nominal radius.
+``res.adv``: success is recomputed on them at the end, and every returned image is measured with the
+library's one yardstick (:func:`sinkhorn_attacks.ot.measure`, units in ``res.yardstick``) beside the
+attack's own nominal radius (units in ``res.units``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,36 @@ from torch import nn
 
 from ..ot.checks import check_images
 from ..ot.cost import LocalCost
-from ..ot.meter import exact_ot
+from ..ot.yardstick import Yardstick, measure
 
-DEFAULT_METER_COST = LocalCost(5, 1.0)  # exact W1, 5x5 window, pixel units
+DEFAULT_YARDSTICK = Yardstick()  # W1-TV, 5x5 window, price 2 sqrt 2, per unit clean mass
 
-__all__ = ["Attack", "AttackResult", "LossFn", "SuccessFn", "cross_entropy", "misclassified"]
+__all__ = ["Attack", "AttackResult", "LossFn", "SuccessFn", "OutputFn", "cross_entropy", "misclassified"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SuccessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OutputFn = Callable[[Any], torch.Tensor]
+
+
+def default_output(out: Any) -> torch.Tensor:
+    """Logits from a model's output: the tensor itself, the first element of a tuple/list, or ``out["logits"]``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    raise TypeError(
+        f"the model returned {type(out).__name__}; pass output_fn=... mapping its output to (B, classes) logits"
+    )
+
+
+def _as_yardstick(meter: Yardstick | LocalCost | None) -> Yardstick | None:
+    if meter is None or isinstance(meter, Yardstick):
+        return meter
+    if isinstance(meter, LocalCost):
+        return Yardstick(meter.kernel_size, meter.p)
+    raise TypeError(f"yardstick must be a Yardstick (or None to switch measuring off), got {type(meter).__name__}")
 
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,19 +70,21 @@ class AttackResult:
     adv: torch.Tensor  # adversarial images in [0, 1], (B, C, H, W)
     success: torch.Tensor  # bool: the model is fooled on adv (targeted: predicts the target)
     clean_correct: torch.Tensor  # bool: the model was right on the clean image
-    radius: torch.Tensor  # nominal radius used for the returned image (0 for clean errors)
-    metered_radius: torch.Tensor  # exact OT cost (meter) between clean and adv; nan if metering is off
-    certified_radius: torch.Tensor  # radius certified by the projection (nan if none)
+    radius: torch.Tensor  # nominal radius used for the returned image, attack's units (0 for clean errors)
+    metered_radius: torch.Tensor  # yardstick value between clean and adv (``yardstick``); nan if not measured
+    certified_radius: torch.Tensor  # bound in the attack's units that holds for ``adv`` (nan if none)
     mass_change: torch.Tensor  # ||adv||_1 / ||x||_1 - 1
     linf: torch.Tensor
     l2: torch.Tensor
     iterations: torch.Tensor  # attack steps spent on this example
     grad_evals: int
-    time_s: float
+    time_s: float  # everything, measuring included
     name: str = ""
-    units: str = ""
+    units: str = ""  # the attack's own (nominal) radius units
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    yardstick: Yardstick | None = None  # units of ``metered_radius``
+    meter_time_s: float = 0.0  # part of ``time_s`` spent measuring
 
     def __len__(self) -> int:
         return int(self.success.numel())
@@ -72,30 +97,53 @@ class AttackResult:
     def clean_accuracy(self) -> float:
         return float(self.clean_correct.float().mean())
 
+    def robust_accuracy_at(self, radius: float) -> float:
+        """Fraction of examples classified correctly on the clean image and not fooled by an image within
+        ``radius`` on the yardstick (an example fooled farther away counts as robust at ``radius``)."""
+        fooled_within = self.success & (self.metered_radius <= radius)
+        return float((self.clean_correct & ~fooled_within).float().mean())
+
     def summary(self) -> dict[str, Any]:
-        """Aggregate numbers (JSON-friendly)."""
+        """Aggregate numbers (JSON-friendly; floats rounded to 4 significant digits)."""
         ok = self.clean_correct & self.success
         mr = self.metered_radius[ok]
-        finite = mr[torch.isfinite(mr)]
-        return {
+        mr = mr[~torch.isnan(mr)]
+        out = {
             "attack": self.name,
             "n": len(self),
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "success_rate_on_correct": float(ok.sum()) / max(1, int(self.clean_correct.sum())),
-            "median_metered_radius": float(finite.median()) if finite.numel() else (math.inf if mr.numel() else None),
-            "outside_window_fraction": float((~torch.isfinite(mr)).float().mean()) if mr.numel() else 0.0,
+            "median_metered_radius": float(mr.median()) if mr.numel() else None,
+            "max_metered_radius": float(mr.max()) if mr.numel() else None,
+            "yardstick": self.yardstick.label if self.yardstick is not None else None,
             "median_nominal_radius": float(self.radius[ok].median()) if ok.any() else None,
+            "units": self.units,
             "mean_mass_change": float(self.mass_change.mean()),
             "grad_evals": self.grad_evals,
             "time_s": self.time_s,
-            "units": self.units,
+            "meter_time_s": self.meter_time_s,
             **{
                 f"mean_{k}": float(v[torch.isfinite(v)].mean())
                 for k, v in self.extras.items()
                 if v.numel() and v.is_floating_point() and bool(torch.isfinite(v).any())
             },
         }
+        return {k: (float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
+
+    def __str__(self) -> str:
+        s = self.summary()
+
+        def fmt(v: Any) -> str:
+            return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+        keys = ["attack", "n", "clean_accuracy", "robust_accuracy", "median_metered_radius", "median_nominal_radius",
+                "mean_mass_change", "time_s", "meter_time_s"]  # fmt: skip
+        width = max(len(k) for k in keys)
+        lines = [f"{k:<{width}}  {fmt(s[k])}" for k in keys]
+        lines.append(f"{'yardstick':<{width}}  {fmt(s['yardstick'])}")
+        lines.append(f"{'nominal units':<{width}}  {fmt(s['units'] or None)}")
+        return "\n".join(lines)
 
     def to_rows(self) -> list[dict[str, Any]]:
         """Per-example rows (for CSV)."""
@@ -121,14 +169,29 @@ class AttackResult:
 
 
 class Attack:
-    """Base class: validation, clean predictions, final re-evaluation, metering, timing.
+    """Base class: validation, clean predictions, final re-evaluation, measuring, timing.
 
     Subclasses implement :meth:`_attack`, returning ``(adv, radius, iterations, certified, extras,
-    grad_evals)`` for the examples they are given (all of them; the base class handles clean errors).
+    grad_evals)`` for the examples they are given (all of them; the base class handles clean errors and,
+    when ``needs_mass``, all-black clean images, which it leaves unattacked with ``extras["skipped_empty"]``).
+
+    Args:
+        model: classifier taking [0, 1] images (normalisation inside the model, e.g. ``zoo.Normalize``).
+        loss_fn: per-example loss to maximise (default cross-entropy).
+        success_fn: per-example success test (default: misclassified; targeted: predicts the target).
+        targeted: minimise the loss towards ``target`` instead.
+        yardstick: units of ``metered_radius`` (default :class:`~sinkhorn_attacks.ot.Yardstick` ``()``);
+            ``None`` skips measuring (as in training). A ``LocalCost`` is read as ``Yardstick(k, p)``.
+        meter_cost: former name of ``yardstick``.
+        output_fn: maps the model's output to ``(B, classes)`` logits (default: the tensor, the first
+            element of a tuple, or ``out["logits"]``).
+        callback: ``callback(step, images, done)`` after every attack step (progress bars).
+        batch_size: attack in chunks of this many examples.
     """
 
     name = "attack"
     units = ""
+    needs_mass = False  # the threat model transports clean mass: black clean images cannot be attacked
 
     def __init__(
         self,
@@ -137,19 +200,29 @@ class Attack:
         loss_fn: LossFn | None = None,
         success_fn: SuccessFn | None = misclassified,
         targeted: bool = False,
-        meter_cost: LocalCost | None = DEFAULT_METER_COST,
+        yardstick: Yardstick | LocalCost | None = DEFAULT_YARDSTICK,
+        meter_cost: Yardstick | LocalCost | None | str = "unset",
+        output_fn: OutputFn | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         batch_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError("model must be an nn.Module or a callable mapping images to outputs")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.model = model
         self.loss_fn = loss_fn or cross_entropy
         self.success_fn = success_fn
         self.targeted = targeted
-        self.meter_cost = meter_cost
+        self.yardstick = _as_yardstick(yardstick if isinstance(meter_cost, str) else meter_cost)
+        self.output_fn = output_fn or default_output
         self.callback = callback
         self.batch_size = batch_size
+
+    @property
+    def meter_cost(self) -> Yardstick | None:
+        """Former name of :attr:`yardstick`."""
+        return self.yardstick
 
     # -- helpers for subclasses ----------------------------------------------------------------------
     def objective(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -167,73 +240,127 @@ class Attack:
         return self.success_fn(outputs, labels).bool()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.output_fn(self.model(x))
 
     def config(self) -> dict[str, Any]:
         return {}
+
+    def __repr__(self) -> str:
+        cfg = {k: v for k, v in self.config().items() if k != "name"}
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+        ys = self.yardstick.label if self.yardstick is not None else None
+        return f"{type(self).__name__}(name={self.name!r}, {args}{', ' if args else ''}yardstick={ys!r})"
 
     def _attack(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
         raise NotImplementedError
 
+    # -- validation ----------------------------------------------------------------------------------
+    def _check_inputs(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> None:
+        if isinstance(images, torch.Tensor) and images.device.type == "meta":
+            raise ValueError("images are on the meta device (no data); materialise them first")
+        check_images(images, "images")
+        B = images.shape[0]
+        for nm, t in (("labels", labels), ("target", target)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{nm} must be a torch.Tensor of class indices, got {type(t).__name__}")
+            if t.dim() != 1 or t.shape[0] != B:
+                raise ValueError(f"{nm} must have shape ({B},) (one class index per image), got {tuple(t.shape)}")
+            if t.dtype != torch.long:
+                raise TypeError(f"{nm} must be int64 (torch.long) class indices, got {t.dtype}; use {nm}.long()")
+            if t.device != images.device:
+                raise ValueError(f"images are on {images.device} but {nm} on {t.device}; move both to one device")
+        params = list(self.model.parameters()) if isinstance(self.model, nn.Module) else []
+        if params:
+            if params[0].device != images.device:
+                raise ValueError(f"model is on {params[0].device} but images on {images.device}; move one of them")
+            if params[0].is_floating_point() and params[0].dtype != images.dtype:
+                raise TypeError(
+                    f"images are {images.dtype} but the model's weights are {params[0].dtype}; "
+                    f"pass images.to({params[0].dtype}) or convert the model"
+                )
+        if self.targeted and target is None:
+            raise ValueError("targeted attack: pass target=<class indices>")
+
+    def _check_outputs(self, out: torch.Tensor, B: int, labels: torch.Tensor, target: torch.Tensor | None) -> None:
+        name = type(self.model).__name__
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != B:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"model {name} must return (B, classes) logits for B = {B} images, got {shape}")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"model {name} returned NaN or inf logits on the clean images (check its weights)")
+        k = out.shape[1]
+        for nm, t in (("labels", labels), ("target", target)):
+            if t is not None and bool(((t < 0) | (t >= k)).any()):
+                bad = t[(t < 0) | (t >= k)][0].item()
+                raise ValueError(f"{nm} must lie in [0, {k - 1}] (the model has {k} outputs), got {bad}")
+
     # -- public call ---------------------------------------------------------------------------------
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
         """Attack a batch. ``target`` (targeted mode) replaces the labels as the class to reach."""
-        check_images(images, "images")
-        if not isinstance(labels, torch.Tensor) or labels.dim() < 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"labels must be a tensor with one entry per image ({images.shape[0]}), got "
-                f"{getattr(labels, 'shape', type(labels))}"
-            )
-        if labels.device != images.device:
-            raise ValueError(f"images are on {images.device} but labels on {labels.device}")
-        params = list(self.model.parameters()) if isinstance(self.model, nn.Module) else []
-        if params and params[0].device != images.device:
-            raise ValueError(f"model is on {params[0].device} but images on {images.device}; move one of them")
-        if self.targeted and target is None:
-            raise ValueError("targeted attack: pass target=<class indices>")
+        self._check_inputs(images, labels, target)
         goal = target if self.targeted else labels
         t0 = time.perf_counter()
         x = images.detach()
+        was_training = self.model.training if isinstance(self.model, nn.Module) else None
         if isinstance(self.model, nn.Module):
             self.model.eval()
-        with torch.no_grad():
-            out0 = self._forward(x)
-            already = self.is_success(out0, goal)
-        clean_correct = ~already if not self.targeted else (out0.argmax(1) == labels)
-        B = x.shape[0]
-        adv = x.clone()
-        radius = torch.zeros(B, dtype=torch.float64, device=x.device)
-        iters = torch.zeros(B, dtype=torch.long, device=x.device)
-        cert = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
-        extras: dict[str, torch.Tensor] = {}
-        grad_evals = 0
-        todo = (~already).nonzero().squeeze(1)
-        if todo.numel():
-            parts = [todo] if not self.batch_size else list(todo.split(self.batch_size))
-            for idx in parts:
-                a, r, it, c, ex, ge = self._attack(x[idx], goal[idx])
-                adv[idx] = a.detach().clamp(0, 1)
-                radius[idx] = r.double()
-                iters[idx] = it.long()
-                cert[idx] = c.double()
-                grad_evals += ge
-                for k, v in ex.items():
-                    if k not in extras:
-                        extras[k] = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
-                    extras[k][idx] = v.double()
-        with torch.no_grad():
-            success = self.is_success(self._forward(adv), goal)  # evaluated on exactly the returned images
-        elapsed = time.perf_counter() - t0
+        try:
+            with torch.no_grad():
+                out0 = self._forward(x)
+            self._check_outputs(out0, x.shape[0], labels, target)
+            with torch.no_grad():
+                already = self.is_success(out0, goal)
+            clean_correct = ~already if not self.targeted else (out0.argmax(1) == labels)
+            B = x.shape[0]
+            adv = x.clone()
+            radius = torch.zeros(B, dtype=torch.float64, device=x.device)
+            iters = torch.zeros(B, dtype=torch.long, device=x.device)
+            cert = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
+            extras: dict[str, torch.Tensor] = {}
+            grad_evals = 0
+            todo_mask = ~already
+            if self.needs_mass:
+                empty = x.flatten(1).sum(1) <= 0
+                if bool(empty.any()):
+                    extras["skipped_empty"] = empty.double()
+                    todo_mask = todo_mask & ~empty
+            todo = todo_mask.nonzero().squeeze(1)
+            if todo.numel():
+                parts = [todo] if not self.batch_size else list(todo.split(self.batch_size))
+                for idx in parts:
+                    a, r, it, c, ex, ge = self._attack(x[idx], goal[idx])
+                    adv[idx] = a.detach().to(x.dtype).clamp(0, 1)
+                    radius[idx] = r.double()
+                    iters[idx] = it.long()
+                    cert[idx] = c.double()
+                    grad_evals += ge
+                    for k, v in ex.items():
+                        if k not in extras:
+                            extras[k] = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
+                        extras[k][idx] = v.double()
+            bad = ~torch.isfinite(adv.flatten(1)).all(1)
+            if bool(bad.any()):  # never return a non-finite image: fall back to the clean one, and say so
+                adv[bad] = x[bad]
+                cert[bad] = math.nan
+                extras["nonfinite_returned_clean"] = bad.double()
+            with torch.no_grad():
+                success = self.is_success(self._forward(adv), goal)  # evaluated on exactly the returned images
+        finally:
+            if was_training:
+                self.model.train()
         delta = (adv - x).flatten(1).double()
-        if self.meter_cost is not None:
-            meter = exact_ot(x, adv, self.meter_cost)
-            metered, mass = meter.value.to(x.device), meter.mass_change.to(x.device)
+        t1 = time.perf_counter()
+        if self.yardstick is not None:
+            metered = measure(x, adv, self.yardstick).value.to(x.device)
         else:
             metered = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
-            mx = x.flatten(1).double().sum(1)
-            mass = adv.flatten(1).double().sum(1) / mx.clamp_min(1e-12) - 1
+        mx = x.flatten(1).double().sum(1)
+        mass = torch.where(mx > 0, adv.flatten(1).double().sum(1) / mx.clamp_min(1e-300) - 1, torch.zeros_like(mx))
+        t2 = time.perf_counter()
         return AttackResult(
             adv=adv,
             success=success,
@@ -246,9 +373,11 @@ class Attack:
             l2=delta.norm(dim=1),
             iterations=iters,
             grad_evals=grad_evals,
-            time_s=elapsed,
+            time_s=t2 - t0,
             name=self.name,
-            units=(self.units + "; meter: " + self.meter_cost.describe()) if self.meter_cost else self.units,
+            units=self.units,
             extras=extras,
             config=self.config(),
+            yardstick=self.yardstick,
+            meter_time_s=t2 - t1,
         )

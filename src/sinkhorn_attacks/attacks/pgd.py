@@ -96,6 +96,7 @@ class PGDAttack(Attack):
         if not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be > 0, got {step_size!r}")
         self.projection = projection
+        self.needs_mass = bool(getattr(projection, "needs_mass", False))
         self.step_name = step if isinstance(step, str) else getattr(step, "__name__", "custom")
         self.step = get_step(step)
         self.step_size = float(step_size)

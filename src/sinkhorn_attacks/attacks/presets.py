@@ -49,8 +49,18 @@ def _get(name: str) -> tuple[Callable[..., Attack], str]:
 
 
 def from_preset(name: str, model: nn.Module, **overrides: Any) -> Attack:
-    """Build the named attack for ``model``; keyword overrides replace the preset's values."""
-    return _get(name)[0](model, **overrides)
+    """Build the named attack for ``model``; keyword overrides replace the preset's values.
+
+    The budget may be given as ``radius`` or, as torchattacks users type it, ``eps`` (Wu et al.'s presets
+    call it ``eps`` natively); both at once is an error."""
+    factory = _get(name)[0]
+    key = getattr(factory, "radius_keyword", "radius")
+    alias = "eps" if key == "radius" else "radius"
+    if alias in overrides:
+        if key in overrides:
+            raise ValueError(f"preset {name!r}: give the budget as {key!r} or {alias!r}, not both")
+        overrides[key] = overrides.pop(alias)
+    return factory(model, **overrides)
 
 
 def _with(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -495,6 +495,8 @@ class WongProjection:
     returned image), ``psi`` and the sweep count.
     """
 
+    needs_mass = True  # images are normalised by their clean mass
+
     def __init__(
         self,
         cost: LocalCost,
@@ -533,6 +535,8 @@ class HuProjection:
     radius; the returned image's mass may differ from the clean one's by up to the mass tolerance, 1 %, so
     it is not a certificate).
     """
+
+    needs_mass = True  # images are normalised by their clean mass
 
     def __init__(
         self,
