@@ -80,6 +80,35 @@ def _child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def _certificate(n: int) -> dict:
+    """Certified radius vs the exact unregularised U_tau on ``uot`` outputs (current code)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from sinkhorn_attacks import zoo
+    from sinkhorn_attacks.attacks import from_preset
+    from sinkhorn_attacks.data import load_dataset
+    from sinkhorn_attacks.ot import LocalCost, exact_uot
+
+    ds = load_dataset("mnist", "test", limit=n)
+    model = zoo.load("wong2019-mnist-adv", models_dir=os.environ.get("SINKHORN_ATTACKS_MODELS")).eval()
+    loose = from_preset("uot", model, meter_cost=None, tight_certificate=False)(ds.images, ds.labels)
+    tight = from_preset("uot", model, meter_cost=None)(ds.images, ds.labels)
+    assert torch.equal(loose.adv, tight.adv)
+    x, adv = ds.images.double(), tight.adv.double()
+    mass = x.flatten(1).sum(1)
+    moved = (adv - x).flatten(1).abs().amax(1) > 0
+    ex = exact_uot(x[moved], adv[moved], LocalCost(5, 1.0), 10.0)
+    r_tight = (tight.certified_radius.double()[moved] * mass[moved] / ex).tolist()
+    r_loose = (loose.certified_radius.double()[moved] * mass[moved] / ex).tolist()
+
+    def stats(v: list[float]) -> dict:
+        t = torch.tensor(v)
+        return {"median": float(t.median()), "max": float(t.max()), "min": float(t.min())}
+
+    return {"images": int(moved.sum()), "tight": stats(r_tight), "projection": stats(r_loose), "ratios": r_tight}
+
+
 def _run(src: Path, preset: str, n: int, steps: int | None, no_early_stop: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "benchmarks.uot_speed", "--child", "--preset", preset, "--n", str(n)]
@@ -105,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-ab", type=int, default=100)
     ap.add_argument("--n-step", type=int, default=32)
     ap.add_argument("--step-steps", type=int, default=10)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab")
+    ap.add_argument("--n-cert", type=int, default=24)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab,cert")
     ap.add_argument("--out", default="docs/benchmarks/uot_speed")
     args = ap.parse_args(argv)
     if args.child:
@@ -137,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         old = _run(wt / "src", "uot", args.n_ab, None, False)
         report["ab"] = {"images": args.n_ab, "new": new, "ref": old, "speedup": old["cpu_s"] / new["cpu_s"]}
         print(json.dumps(report["ab"], indent=1))
+    if "cert" not in skip:
+        report["certificate"] = _certificate(args.n_cert)
+        print(json.dumps({k: v for k, v in report["certificate"].items() if k != "ratios"}, indent=1))
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
@@ -180,6 +213,17 @@ def _markdown(r: dict) -> str:
             sws = f"{sw:.0f}" if sw is not None else "-"
             lines.append(f"| {name} | {v['cpu_s']:.1f} | {v['robust_accuracy']:.3f} | {sws} | {v['projections']} |")
         lines += ["", f"speed-up: **{a['speedup']:.2f}x**", ""]
+    c = r.get("certificate")
+    if c:
+        lines += [
+            f"## Certified radius / exact U_tau ({c['images']} `uot` outputs, exact: `ot.exact_uot`)",
+            "",
+            "| certificate | median | max | min |",
+            "|---|---|---|---|",
+            "| F of the projection's plan | {median:.3f} | {max:.3f} | {min:.3f} |".format(**c["projection"]),
+            "| tight (`uot_upper_bound`) | {median:.3f} | {max:.3f} | {min:.3f} |".format(**c["tight"]),
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -497,6 +497,10 @@ def uot_project(
     max_iter = int(max_iter)
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
+    # kappa = tau/(tau+eta) so close to 1 that the sweeps cannot contract within any budget (a sweep
+    # contracts by kappa^2): cap at two progress checkpoints; the result is flagged unconverged
+    if 2 * eta / (tau + eta) * max_iter < 1e-3:
+        max_iter = min(max_iter, 2 * _CHECK)
     B = x.shape[0]
     lx = torch.log(x)
     st = state or {}
