@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     wt = Path(tempfile.gettempdir()) / f"sinkhorn_attacks_ref_{args.ref}"
     if "ab" not in skip and not wt.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(wt), args.ref], cwd=REPO, check=True)
-    report: dict = {"ref": args.ref, "threads": 1, "model": "wong2019-mnist-adv", "meter": None}
+    out = REPO / args.out
+    report: dict = {}
+    if out.with_suffix(".json").exists():  # parts skipped now keep their earlier results
+        report = json.loads(out.with_suffix(".json").read_text())
+    report.update({"ref": args.ref, "threads": 1, "model": "wong2019-mnist-adv", "meter": None})
     if "step" not in skip:
         n, k = args.n_step, args.step_steps
         uot = _run(cur, "uot", n, k, True)
@@ -170,7 +174,6 @@ def main(argv: list[str] | None = None) -> None:
     if "cert" not in skip:
         report["certificate"] = _certificate(args.n_cert)
         print(json.dumps({k: v for k, v in report["certificate"].items() if k != "ratios"}, indent=1))
-    out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(_markdown(report))

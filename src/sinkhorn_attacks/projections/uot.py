@@ -12,7 +12,8 @@
 (b) budgeted:   min_{z in [0,1]^n, P >= 0} gamma/2 ||z - w||^2 + eta H(P)
                 s.t. F(P, z) = <P, C> + tau KL(P1 | x) + tau KL(P^T 1 | z) <= eps
     For a multiplier psi > 0 the Lagrangian subproblem is (a) with (eta/psi, tau, gamma/psi), and
-    F(psi) is non-increasing: psi is found per image by a bracketed secant search on log psi. The z
+    F(psi) is non-increasing: psi is updated per image between the sweeps of one solve (a safeguarded
+    secant on log F against log psi; ``method="search"`` keeps the nested bracketed search). The z
     returned is from the feasible side, so its F (``.radius``) certifies U_tau(x, z) <= F <= eps.
     If w is in the box and the plan of UOT_eta(x, w) already has F <= eps, w is returned (psi = 0).
 """
