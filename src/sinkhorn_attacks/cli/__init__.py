@@ -23,6 +23,7 @@ COMMANDS: Registry[str] = Registry(
         ("demo", "offline demo on scikit-learn digits: UOT attack vs l_inf PGD, table + plot + grid"),
         ("attack", "attack a model (zoo name or checkpoint) on a dataset slice with one preset"),
         ("evaluate", "models x attacks x data: per-example results, curves, worst case, report"),
+        ("leaderboard", "every attack on every model in minimal-radius mode, one yardstick: JSON + HTML board"),
         ("train", "(adversarial) training, single process or torchrun"),
         ("retrieval", "image-text retrieval: train heads, evaluate and attack R@K"),
         ("zoo", "list / download / verify the published checkpoints"),

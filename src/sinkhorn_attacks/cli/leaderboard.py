@@ -1,0 +1,113 @@
+"""``sinkhorn-attacks leaderboard``: every attack on every model, one yardstick, per-example minimal radii."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import UserError, add_device, add_threads, resolve_device, smoke_limit, user_errors
+
+
+def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
+    from ..ot import Yardstick
+
+    p = subparsers.add_parser(
+        "leaderboard",
+        help=help_text,
+        description="Run every attack of the config on every model in minimal-radius mode and rank the models by "
+        "robust accuracy at yardstick radii. Per example and attack the minimal radius is the yardstick value of "
+        "the first fooling image (search presets) or of the fooling image at the smallest nominal radius of the "
+        "attack's list, optionally shortened by bisection towards the clean image; the worst case is the minimum "
+        f"over attacks. Default yardstick: {Yardstick().describe()}. Writes DIR/leaderboard.json (schema in "
+        "docs/leaderboard.md), DIR/index.html (sortable table, robust accuracy vs radius, example grids) and "
+        "DIR/leaderboard.md. Resumable (finished units are kept; a larger n reuses them) and shardable with "
+        "torchrun. Checks models and data before any work.",
+        epilog="Config sections: [board] dataset, split, n, first, batch, radii, line_search, seed, grid_examples; "
+        "[yardstick] kernel_size, p, price, normalisation, mass_floor; [[models]] label, name | path, arch; "
+        "[[attacks]] label, preset, overrides, radii. Bundled: leaderboard_mnist (--config leaderboard_mnist).",
+    )
+    p.add_argument("--config", required=True, help="TOML config: a path or a bundled name (leaderboard_mnist)")
+    p.add_argument("--out", required=True, help="output folder (units, leaderboard.json, index.html)")
+    p.add_argument("--n", type=int, help="number of test images (overrides [board] n)")
+    p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
+    p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
+    p.add_argument("--fresh", action="store_true", help="delete finished units and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_device(p)
+    add_threads(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _preflight(cfg, models_dir: str | None, data_dir: str | None) -> None:
+    from .. import zoo
+    from ..data import load_dataset
+
+    problems = []
+    try:
+        load_dataset(cfg.dataset, cfg.split, data_dir, limit=1, offset=cfg.first + cfg.n - 1, download=False)
+    except Exception as err:  # noqa: BLE001 - every failure is reported, then we refuse to start
+        problems.append(f"data {cfg.dataset}/{cfg.split} (images {cfg.first}..{cfg.first + cfg.n - 1}): "
+                        f"{str(err).splitlines()[0]}")  # fmt: skip
+    for m in cfg.models:
+        try:
+            if m.source in zoo.REGISTRY:
+                zoo.locate(m.source, models_dir=models_dir, download=False)
+            elif not Path(m.source).expanduser().is_file():
+                problems.append(f"model {m.label}: {m.source!r} is neither a zoo name nor a checkpoint file")
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(f"model {m.label}: {str(err).splitlines()[0]}")
+    if problems:
+        raise UserError("nothing was run; fix first:\n" + "\n".join(f"  - {x}" for x in problems))
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .. import zoo
+    from ..data import load_dataset
+    from ..eval.config import resolve_config
+    from ..eval.leaderboard import load_board_config, run_leaderboard
+    from ..report.leaderboard import board_markdown, write_board_html
+
+    with user_errors("--config"):
+        cfg = load_board_config(resolve_config(args.config))
+    if args.n is not None:
+        if args.n < 1:
+            raise UserError(f"--n must be >= 1, got {args.n}")
+        cfg = dataclasses.replace(cfg, n=args.n)
+    smoke = smoke_limit()
+    if smoke:
+        cfg = dataclasses.replace(cfg, n=min(cfg.n, smoke), batch=min(cfg.batch, smoke))
+    device = resolve_device(args.device)
+    _preflight(cfg, args.models_dir, args.data_dir)
+    data = load_dataset(cfg.dataset, cfg.split, args.data_dir, limit=cfg.n, offset=cfg.first, download=False)
+    images, labels = data.images.to(device), data.labels.to(device)
+
+    def load_model(m):
+        with user_errors(f"model {m.label}"):
+            if m.source in zoo.REGISTRY:
+                return zoo.load(m.source, models_dir=args.models_dir, download=False, device=device)
+            return zoo.load(m.source, arch=m.arch, device=device)
+
+    state = {"tag": None}
+
+    def progress(tag: str, step: int, total: int) -> None:
+        if args.quiet:
+            return
+        if total > 0:
+            print(f"\r{tag}: done{' ' * 20}", file=sys.stderr, flush=True)
+            state["tag"] = None
+        else:
+            print(f"\r{tag}: step {step}", end="", file=sys.stderr, flush=True)
+
+    args.resume_hint = f"rerun the same command to resume (finished units in {args.out}/units are kept)"
+    board = run_leaderboard(cfg, args.out, load_model=load_model, images=images, labels=labels, fresh=args.fresh,
+                            progress=progress)  # fmt: skip
+    if not board:  # a non-zero rank of a torchrun launch
+        return 0
+    html = write_board_html(board, args.out)
+    print(board_markdown(board))
+    print(f"wrote {Path(args.out) / 'leaderboard.json'} and {html}")
+    return 0

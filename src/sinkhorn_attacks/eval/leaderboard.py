@@ -1,0 +1,519 @@
+"""The Wasserstein robustness leaderboard: every attack, one yardstick, per-example minimal radii.
+
+For each model and attack the board records, per test example, the **minimal radius**: the smallest
+yardstick value (:func:`sinkhorn_attacks.ot.measure`) of a misclassified image the attack produced.
+
+* Search attacks (a growing radius schedule: ``wong2019-*``, ``hu2020-*``, ``uot-search``) return the first
+  fooling iterate; fixed-radius attacks (``linf-pgd``, ``wu2020-*``, ``uot``) run at a list of nominal radii,
+  each on the examples not fooled at a smaller one.
+* Optional line search: ``line_search`` bisection steps on ``t`` in ``x + t (z - x)`` keep the smallest ``t``
+  that still fools the model (its image in [0, 1] because ``x`` and ``z`` are).
+* The returned (or line-searched) image is measured; that value is the example's minimal radius (0 for clean
+  errors, ``inf`` if never fooled). The worst case per example is the minimum over attacks, and robust
+  accuracy at radius ``r`` is the fraction of examples whose minimal radius exceeds ``r`` (Wilson 95 %
+  interval).
+
+Work unit = (model, attack, batch of images): written atomically to ``units/`` when done, so a killed run
+resumes where it stopped and a larger ``n`` reuses finished units. With ``torch.distributed`` initialised
+(``torchrun``), rank ``r`` runs the units ``i`` with ``i % world_size == r`` and rank 0 aggregates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from torch import nn
+
+from .. import __version__ as LIBRARY_VERSION
+from .._util import UserError, suggest
+from ..attacks.base import Attack
+from ..attacks.presets import from_preset, preset_names
+from ..ot.yardstick import Yardstick, measure
+from .io import read_json, save_npz, write_json
+
+__all__ = [
+    "BoardAttack",
+    "BoardModel",
+    "BoardConfig",
+    "load_board_config",
+    "minimal_radii",
+    "run_leaderboard",
+    "aggregate_board",
+    "wilson_interval",
+    "SCHEMA_VERSION",
+]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BoardAttack:
+    """One attack of the board: a preset, its overrides, and how its minimal radius is found.
+
+    ``radii`` (nominal, in the attack's own units) makes a fixed-radius attack run once per radius on the
+    examples still robust; ``None`` uses the attack once (search presets record the first fooling radius).
+    """
+
+    label: str
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    radii: tuple[float, ...] | None = None
+
+    def build(self, model: nn.Module, yardstick: Yardstick, radius: float | None = None) -> Attack:
+        kw = dict(self.overrides)
+        if radius is not None:
+            kw["radius"] = radius
+        return from_preset(self.preset, model, yardstick=None, **kw)  # measured once, after the line search
+
+
+@dataclass(frozen=True)
+class BoardModel:
+    """A model: a zoo name, or a checkpoint path with its architecture."""
+
+    label: str
+    source: str
+    arch: str | None = None
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    models: tuple[BoardModel, ...]
+    attacks: tuple[BoardAttack, ...]
+    dataset: str = "mnist"
+    split: str = "test"
+    n: int = 500
+    first: int = 0
+    batch: int = 100
+    radii: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+    line_search: int = 6
+    seed: int = 0
+    grid_examples: int = 6
+    yardstick: Yardstick = field(default_factory=Yardstick)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that defines the per-example results except ``n`` (which may grow on resume)."""
+        d = asdict(self)
+        d.pop("n")
+        d["yardstick"] = self.yardstick.to_dict()
+        return d
+
+
+_TOP = {"board", "yardstick", "models", "attacks"}
+_BOARD = {"dataset", "split", "n", "first", "batch", "radii", "line_search", "seed", "grid_examples"}
+_MODEL = {"label", "name", "path", "arch"}
+_ATTACK = {"label", "preset", "overrides", "radii"}
+
+
+def _check_keys(d: dict[str, Any], known: set[str], where: str) -> None:
+    for k in d:
+        if k not in known:
+            raise UserError(f"{where}: unknown key {k!r}{suggest(k, known)}; known: {', '.join(sorted(known))}")
+
+
+def _typed(v: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"{where} must be {name}, got {v!r}")
+    return v
+
+
+def load_board_config(source: str | os.PathLike[str] | dict[str, Any]) -> BoardConfig:
+    """Read a leaderboard config (TOML file or dict); unknown keys and wrong types are :class:`UserError`."""
+    where = str(source) if not isinstance(source, dict) else "config"
+    if isinstance(source, dict):
+        raw = source
+    else:
+        try:
+            raw = tomllib.loads(Path(source).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"{where}: TOML syntax error: {err}") from err
+    _check_keys(raw, _TOP, where)
+    board = dict(raw.get("board", {}))
+    _check_keys(board, _BOARD, f"{where} [board]")
+    kw: dict[str, Any] = {}
+    for k in ("dataset", "split"):
+        if k in board:
+            kw[k] = _typed(board[k], str, f"[board] {k}")
+    for k in ("n", "first", "batch", "line_search", "seed", "grid_examples"):
+        if k in board:
+            v = _typed(board[k], int, f"[board] {k}")
+            if v < (1 if k in ("n", "batch") else 0):
+                raise UserError(f"[board] {k} must be >= {1 if k in ('n', 'batch') else 0}, got {v}")
+            kw[k] = v
+    if "radii" in board:
+        radii = [_typed(r, (int, float), "[board] radii entry") for r in _typed(board["radii"], list, "[board] radii")]
+        if not radii or any(not (math.isfinite(r) and r >= 0) for r in radii):
+            raise UserError(f"[board] radii must be a non-empty list of finite numbers >= 0, got {radii}")
+        kw["radii"] = tuple(sorted(float(r) for r in radii))
+    ys = _typed(raw.get("yardstick", {}), dict, "[yardstick]")
+    try:
+        kw["yardstick"] = Yardstick.from_dict(ys)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where} [yardstick]: {err}") from err
+    models = []
+    for i, m in enumerate(_typed(raw.get("models", []), list, "[[models]]")):
+        _check_keys(_typed(m, dict, f"[[models]] #{i + 1}"), _MODEL, f"{where} [[models]] #{i + 1}")
+        if ("name" in m) == ("path" in m):
+            raise UserError(f"[[models]] #{i + 1}: give exactly one of name (zoo) or path (checkpoint)")
+        src = m.get("name") or m["path"]
+        models.append(BoardModel(str(m.get("label", src)), str(src), m.get("arch")))
+    attacks = []
+    known = set(preset_names())
+    for i, a in enumerate(_typed(raw.get("attacks", []), list, "[[attacks]]")):
+        _check_keys(_typed(a, dict, f"[[attacks]] #{i + 1}"), _ATTACK, f"{where} [[attacks]] #{i + 1}")
+        preset = _typed(a.get("preset"), str, f"[[attacks]] #{i + 1} preset")
+        if preset not in known:
+            raise UserError(f"[[attacks]] #{i + 1}: unknown preset {preset!r}{suggest(preset, known)}")
+        radii = a.get("radii")
+        if radii is not None:
+            radii = tuple(sorted(float(_typed(r, (int, float), "radii entry")) for r in _typed(radii, list, "radii")))
+        overrides = dict(_typed(a.get("overrides", {}), dict, f"[[attacks]] #{i + 1} overrides"))
+        attacks.append(BoardAttack(str(a.get("label", preset)), preset, overrides, radii))
+    if not models or not attacks:
+        raise UserError(f"{where}: need at least one [[models]] and one [[attacks]] entry")
+    for kind, labels in (("model", [m.label for m in models]), ("attack", [a.label for a in attacks])):
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise UserError(f"{where}: duplicate {kind} label(s) {sorted(dup)}; give each a unique label")
+    return BoardConfig(models=tuple(models), attacks=tuple(attacks), **kw)
+
+
+# ------------------------------------------------------------------------------------------------ per unit
+def _fools(attack: Attack, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return attack.is_success(attack._forward(z), y)
+
+
+def minimal_radii(
+    board_attack: BoardAttack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    yardstick: Yardstick,
+    line_search: int = 6,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Per-example minimal yardstick radius of one attack on ``(x, y)``; see the module docstring.
+
+    Returns plain lists: ``min_radius`` (0 clean error, ``inf`` not fooled), ``nominal`` (the attack's own
+    radius at the found image), ``clean_correct``, and the images (``adv``, clean where not fooled).
+    """
+    B = x.shape[0]
+    nominal = torch.full((B,), math.inf, dtype=torch.float64)
+    adv = x.clone()
+    fooled = torch.zeros(B, dtype=torch.bool)
+    clean_correct = None
+    grad_evals = 0
+    schedule = board_attack.radii or (None,)
+    for r in schedule:
+        atk = board_attack.build(model, yardstick, r)
+        if on_step is not None:
+            atk.callback = lambda t, cur, done: on_step(t)
+        todo = (
+            (~fooled).nonzero().squeeze(1) if clean_correct is None else (clean_correct & ~fooled).nonzero().squeeze(1)
+        )
+        if todo.numel() == 0:
+            break
+        res = atk(x[todo], y[todo])
+        grad_evals += res.grad_evals
+        if clean_correct is None:
+            clean_correct = res.clean_correct.cpu().clone()
+        hit = (res.success & res.clean_correct).cpu()
+        idx = todo[hit]
+        adv[idx] = res.adv[hit.to(res.adv.device)].to(adv.dtype).cpu()
+        nominal[idx] = res.radius.cpu()[hit]
+        fooled[idx] = True
+    assert clean_correct is not None
+    final = adv.clone()
+    if line_search > 0 and bool(fooled.any()):
+        idx = fooled.nonzero().squeeze(1)
+        atk = board_attack.build(model, yardstick, None)
+        lo = torch.zeros(idx.numel(), dtype=x.dtype)
+        hi = torch.ones(idx.numel(), dtype=x.dtype)
+        xs, d = x[idx], adv[idx] - x[idx]
+        for _ in range(line_search):
+            mid = (lo + hi) / 2
+            ok = _fools(atk, (xs + mid.view(-1, 1, 1, 1) * d).clamp(0, 1), y[idx])
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        final[idx] = (xs + hi.view(-1, 1, 1, 1) * d).clamp(0, 1)
+    radius = torch.full((B,), math.inf, dtype=torch.float64)
+    if bool(fooled.any()):
+        idx = fooled.nonzero().squeeze(1)
+        radius[idx] = measure(x[idx], final[idx], yardstick).value
+    radius[~clean_correct] = 0.0
+    nominal[~clean_correct] = 0.0
+    return {
+        "min_radius": radius.tolist(),
+        "nominal": nominal.tolist(),
+        "clean_correct": clean_correct.tolist(),
+        "grad_evals": grad_evals,
+        "adv": final,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _unit_path(out: Path, model: str, attack: str, lo: int) -> Path:
+    return out / "units" / _safe(model) / _safe(attack) / f"{lo:06d}.json"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Lock:
+    """``DIR/.lock.<rank>`` created exclusively: a second run on the same folder refuses to start."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        self.path = out / f".lock.{rank}"
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = self.path.read_text(errors="replace").strip() or "?"
+            host, _, pid = owner.partition(":")
+            alive = host == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
+            if alive:
+                raise UserError(
+                    f"another leaderboard run (pid {pid}) is writing to {self.path.parent}; wait for it or use "
+                    "another --out"
+                ) from None
+            self.path.unlink(missing_ok=True)  # stale lock of a killed run
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()}:{os.getpid()}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_unit(path: Path, n_expected: int, digest: str) -> dict[str, Any] | None:
+    """A finished unit, or ``None`` if absent; a corrupt or foreign unit is a :class:`UserError`."""
+    if not path.exists():
+        return None
+    try:
+        u = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({err}); delete it (it will be recomputed) or rerun with --fresh") from err
+    if u.get("config") != digest or len(u.get("min_radius", [])) != n_expected:
+        raise UserError(f"{path} belongs to another configuration or is incomplete; delete it or rerun with --fresh")
+    return u
+
+
+def run_leaderboard(
+    cfg: BoardConfig,
+    out: str | os.PathLike[str],
+    *,
+    load_model: Callable[[BoardModel], nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    fresh: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every unit of this rank, then aggregate on rank 0; returns the board (rank 0)."""
+    out = Path(out)
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if images.shape[0] < cfg.n:
+        raise UserError(f"the dataset slice has {images.shape[0]} images but the board asks for n = {cfg.n}")
+    digest = _digest(cfg.identity())
+    with _Lock(out, rank):
+        cfg_path = out / "config.json"
+        if fresh and rank == 0:
+            for p in sorted((out / "units").glob("**/*.json")):
+                p.unlink()
+        if cfg_path.exists() and not fresh:
+            old = read_json(cfg_path)
+            if old.get("digest") != digest:
+                raise UserError(
+                    f"{out} holds a leaderboard of another configuration; use another --out or --fresh to start over"
+                )
+        if rank == 0:
+            write_json(cfg_path, {"digest": digest, "n": cfg.n, **cfg.identity()})
+        units = [
+            (m, a, lo) for m in cfg.models for a in cfg.attacks for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch)
+        ]
+        mine = [u for i, u in enumerate(units) if i % world == rank]
+        models: dict[str, nn.Module] = {}
+        for k, (m, a, lo) in enumerate(mine):
+            hi = min(lo + cfg.batch, cfg.first + cfg.n)
+            path = _unit_path(out, m.label, a.label, lo)
+            # a unit of a smaller n ends early: only batches fully inside the new range are reused
+            if _check_unit(path, hi - lo, digest) is not None:
+                continue
+            if m.label not in models:
+                models[m.label] = load_model(m)
+            torch.manual_seed(cfg.seed + int(_digest([m.label, a.label, lo]), 16) % 100_000)
+            sl = slice(lo - cfg.first, hi - cfg.first)
+            tag = f"{m.label} / {a.label} / images {lo}-{hi - 1} (unit {k + 1}/{len(mine)})"
+
+            def on_step(t: int, _tag: str = tag) -> None:
+                if progress is not None:
+                    progress(_tag, t, -1)
+
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = minimal_radii(a, models[m.label], images[sl], labels[sl], cfg.yardstick, cfg.line_search, on_step)
+            adv = r.pop("adv")
+            rec = {
+                "config": digest,
+                "model": m.label,
+                "attack": a.label,
+                "first": lo,
+                **r,
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+            }
+            if lo == cfg.first and cfg.grid_examples:
+                g = slice(0, min(cfg.grid_examples, hi - lo))
+                save_npz(
+                    path.with_suffix(".npz"), clean=images[sl][g].numpy(), adv=adv[g].numpy(),
+                    min_radius=np.asarray(r["min_radius"][g]),
+                )  # fmt: skip
+            write_json(path, rec)
+            if progress is not None:
+                progress(tag, 1, 1)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            return {}
+        board = aggregate_board(cfg, out)
+        write_json(out / "leaderboard.json", board)
+        return board
+
+
+# ------------------------------------------------------------------------------------------------ aggregate
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n``."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _load_units(cfg: BoardConfig, out: Path, model: str, attack: str) -> dict[str, Any] | None:
+    digest = _digest(cfg.identity())
+    rad: list[float] = []
+    nom: list[float] = []
+    cc: list[bool] = []
+    wall = cpu = 0.0
+    for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch):
+        hi = min(lo + cfg.batch, cfg.first + cfg.n)
+        u = _check_unit(_unit_path(out, model, attack, lo), hi - lo, digest)
+        if u is None:
+            break  # the board covers the leading finished batches only
+        rad += [float(v) for v in u["min_radius"]]
+        nom += [float(v) for v in u["nominal"]]
+        cc += list(u["clean_correct"])
+        wall += u["wall_s"]
+        cpu += u["cpu_s"]
+    if not rad:
+        return None
+    return {"min_radius": np.asarray(rad), "nominal": np.asarray(nom), "clean_correct": np.asarray(cc),
+            "wall_s": wall, "cpu_s": cpu}  # fmt: skip
+
+
+def _acc_rows(r: np.ndarray, radii: tuple[float, ...]) -> list[dict[str, Any]]:
+    n = len(r)
+    rows = []
+    for rad in radii:
+        k = int(np.sum(r > rad))
+        lo, hi = wilson_interval(k, n)
+        rows.append({"radius": rad, "robust_accuracy": k / n, "ci95": [lo, hi]})
+    return rows
+
+
+def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Combine the finished units into the leaderboard document (schema in docs/leaderboard.md)."""
+    out = Path(out)
+    models = []
+    for m in cfg.models:
+        per = {a.label: _load_units(cfg, out, m.label, a.label) for a in cfg.attacks}
+        done = {k: v for k, v in per.items() if v is not None}
+        if not done:
+            continue
+        n = min(len(v["min_radius"]) for v in done.values())  # examples every finished attack has covered
+        labels = list(done)
+        R = np.stack([done[k]["min_radius"][:n] for k in labels])  # (attacks, n)
+        worst = R.min(0)
+        best_attack = np.asarray(labels)[R.argmin(0)]
+        worst_rows = _acc_rows(worst, cfg.radii)
+        for row in worst_rows:
+            within = worst <= row["radius"]
+            counts = {lab: int(np.sum(within & (best_attack == lab))) for lab in labels}
+            row["fooled_by"] = counts
+            row["strongest_attack"] = max(counts, key=lambda k: counts[k]) if any(counts.values()) else None
+        attacks = {}
+        for lab in labels:
+            r = done[lab]["min_radius"][:n]
+            fooled = np.isfinite(r) & (r > 0)
+            attacks[lab] = {
+                "n": n,
+                "robust_accuracy": _acc_rows(r, cfg.radii),
+                "not_fooled": float(np.mean(np.isinf(r))),
+                "median_min_radius": float(np.median(r[fooled])) if fooled.any() else None,
+                "wall_s": done[lab]["wall_s"],
+                "cpu_s": done[lab]["cpu_s"],
+                "s_per_image": done[lab]["cpu_s"] / max(1, len(done[lab]["min_radius"])),
+            }
+        cc = done[labels[0]]["clean_correct"][:n]
+        models.append({
+            "label": m.label,
+            "source": m.source,
+            "arch": m.arch,
+            "n": n,
+            "clean_accuracy": float(np.mean(cc)),
+            "robust_accuracy": worst_rows,
+            "attacks": attacks,
+            "attacks_complete": sorted(labels) == sorted(a.label for a in cfg.attacks),
+            "cpu_s": sum(v["cpu_s"] for v in done.values()),
+            "per_example_worst": [float(v) for v in worst],
+            "per_example_strongest": [
+                str(v) if math.isfinite(w) and w > 0 else None for v, w in zip(best_attack, worst)
+            ],
+        })  # fmt: skip
+    return {
+        "schema": SCHEMA_VERSION,
+        "yardstick": {**cfg.yardstick.to_dict(), "label": cfg.yardstick.label, "describe": cfg.yardstick.describe()},
+        "dataset": {"name": cfg.dataset, "split": cfg.split, "first": cfg.first, "n_requested": cfg.n},
+        "radii": list(cfg.radii),
+        "line_search": cfg.line_search,
+        "attacks": [asdict(a) for a in cfg.attacks],
+        "models": models,
+        "library_version": LIBRARY_VERSION,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }

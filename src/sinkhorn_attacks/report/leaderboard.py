@@ -1,0 +1,226 @@
+"""Render a leaderboard document (:func:`sinkhorn_attacks.eval.leaderboard.aggregate_board`) as a
+self-contained HTML page (sortable table, robust accuracy vs radius, example grids) and a markdown table.
+
+Every radius label is generated from the board's yardstick; nothing here names a unit on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["board_markdown", "write_board_html", "board_plot_png"]
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}g}"
+
+
+def board_markdown(board: dict[str, Any]) -> str:
+    """Worst-case robust accuracy (%) per model at each radius, with the 95 % interval and the attack that
+    fooled most examples there; then per-attack robust accuracy."""
+    ys = board["yardstick"]["label"]
+    radii = board["radii"]
+    head = "| model | n | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " |"
+    sep = "|---|---|---|" + "---|" * len(radii)
+    lines = [f"Robust accuracy (%) at yardstick radius r ({ys}); worst case over every attack, 95 % Wilson "
+             "interval, and the attack that fooled the most examples within r.", "", head, sep]  # fmt: skip
+    for m in board["models"]:
+        cells = []
+        for row in m["robust_accuracy"]:
+            lo, hi = row["ci95"]
+            cells.append(f"**{_pct(row['robust_accuracy'])}** [{_pct(lo)}, {_pct(hi)}] {row['strongest_attack'] or ''}")
+        lines.append(f"| {m['label']} | {m['n']} | {_pct(m['clean_accuracy'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Per attack (robust accuracy %, same radii; median minimal radius of the fooled examples; CPU "
+              "seconds per image):", ""]  # fmt: skip
+    lines.append("| model | attack | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius | s / image |")
+    lines.append("|---|---|" + "---|" * (len(radii) + 2))
+    for m in board["models"]:
+        for lab, a in m["attacks"].items():
+            accs = " | ".join(_pct(row["robust_accuracy"]) for row in a["robust_accuracy"])
+            lines.append(
+                f"| {m['label']} | {lab} | {accs} | {_num(a['median_min_radius'])} | {_num(a['s_per_image'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def board_plot_png(board: dict[str, Any], model: dict[str, Any]) -> bytes:
+    """Robust accuracy vs yardstick radius for one model: every attack, and the worst case (bold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    radii = board["radii"]
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=110)
+    for lab, a in model["attacks"].items():
+        ax.plot(radii, [row["robust_accuracy"] for row in a["robust_accuracy"]], marker="o", ms=3, lw=1, label=lab)
+    worst = [row["robust_accuracy"] for row in model["robust_accuracy"]]
+    lo = [row["ci95"][0] for row in model["robust_accuracy"]]
+    hi = [row["ci95"][1] for row in model["robust_accuracy"]]
+    ax.plot(radii, worst, color="black", lw=2.2, label="worst case")
+    ax.fill_between(radii, lo, hi, color="black", alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"radius ({board['yardstick']['label']})", fontsize=7)
+    ax.set_ylabel("robust accuracy")
+    ax.set_title(f"{model['label']} (n = {model['n']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = clean.shape[0]
+    fig, axes = plt.subplots(len(rows) + 1, k, figsize=(1.1 * k, 1.15 * (len(rows) + 1)), dpi=90, squeeze=False)
+
+    def show(ax: Any, img: np.ndarray, title: str) -> None:
+        img = np.clip(img.transpose(1, 2, 0), 0, 1)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=6)
+
+    for j in range(k):
+        show(axes[0, j], clean[j], "clean")
+    for i, (lab, adv, rad) in enumerate(rows, start=1):
+        for j in range(k):
+            show(axes[i, j], adv[j], f"{lab}\nr={_num(float(rad[j]), 2)}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _b64(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var rows = Array.from(body.rows), asc = th.dataset.asc !== 'true';
+    rows.sort(function (a, b) {
+      var x = parseFloat(a.cells[col].dataset.v), y = parseFloat(b.cells[col].dataset.v);
+      if (isNaN(x) || isNaN(y)) { x = a.cells[col].textContent; y = b.cells[col].textContent; }
+      return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1);
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    table.querySelectorAll('th').forEach(function (h) { delete h.dataset.asc; });
+    th.dataset.asc = asc;
+  });
+});
+"""
+
+
+def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], grids_from: str | None = None) -> Path:
+    """Write ``out_dir/index.html`` (self-contained: images inlined) and ``out_dir/leaderboard.md``.
+
+    ``grids_from``: the run folder whose ``units/<model>/<attack>/*.npz`` hold example images (default
+    ``out_dir``)."""
+    from .._util import atomic_write
+    from ..eval.leaderboard import _safe
+
+    out = Path(out_dir)
+    src = Path(grids_from) if grids_from else out
+    ys = board["yardstick"]
+    radii = board["radii"]
+    steps = board["line_search"]
+    shortened = f", shortened by {steps} bisection steps towards the clean image" if steps else ""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Wasserstein robustness leaderboard</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{cursor:pointer;"
+        "background:#f3f3f3}td.l,th.l{text-align:left}small{color:#555}img{max-width:100%}</style></head><body>",
+        "<h1>Wasserstein robustness leaderboard</h1>",
+        f"<p><b>Yardstick:</b> {html.escape(ys['describe'])}.</p>",
+        f"<p>Dataset {html.escape(board['dataset']['name'])} / {html.escape(board['dataset']['split'])}, images from "
+        f"{board['dataset']['first']}. Robust accuracy at radius r: the fraction of examples whose smallest fooling "
+        f"radius over every attack exceeds r (95 % Wilson interval). Per example and attack the minimal radius is "
+        f"the yardstick value of the first fooling image the attack returned"
+        f"{shortened}"
+        f". Library {html.escape(str(board['library_version']))}, torch {html.escape(board['torch_version'])}, "
+        f"{html.escape(board['created'])}. Click a column to sort.</p>",
+        "<table class='sortable'><thead><tr><th class='l'>model</th><th>n</th><th>clean %</th>"
+        + "".join(f"<th>r = {r:g}</th>" for r in radii)
+        + "<th>CPU s</th></tr></thead><tbody>",
+    ]
+    for m in board["models"]:
+        cells = [
+            f"<td class='l'>{html.escape(m['label'])}</td>",
+            f"<td data-v='{m['n']}'>{m['n']}</td>",
+            f"<td data-v='{m['clean_accuracy']}'>{_pct(m['clean_accuracy'])}</td>",
+        ]
+        for row in m["robust_accuracy"]:
+            lo, hi = row["ci95"]
+            who = html.escape(row["strongest_attack"] or "")
+            cells.append(
+                f"<td data-v='{row['robust_accuracy']}'><b>{_pct(row['robust_accuracy'])}</b> "
+                f"<small>[{_pct(lo)}, {_pct(hi)}] {who}</small></td>"
+            )
+        cells.append(f"<td data-v='{m['cpu_s']}'>{m['cpu_s']:.0f}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    parts.append(
+        "<h2>Per attack</h2><table class='sortable'><thead><tr><th class='l'>model</th><th class='l'>attack</th>"
+    )
+    parts.append(
+        "".join(f"<th>r = {r:g}</th>" for r in radii) + "<th>median radius</th><th>s / image</th></tr></thead><tbody>"
+    )
+    for m in board["models"]:
+        for lab, a in m["attacks"].items():
+            cells = [f"<td class='l'>{html.escape(m['label'])}</td>", f"<td class='l'>{html.escape(lab)}</td>"]
+            cells += [
+                f"<td data-v='{row['robust_accuracy']}'>{_pct(row['robust_accuracy'])}</td>"
+                for row in a["robust_accuracy"]
+            ]
+            med = a["median_min_radius"]
+            cells.append(f"<td data-v='{med if med is not None else 'NaN'}'>{_num(med)}</td>")
+            cells.append(f"<td data-v='{a['s_per_image']}'>{_num(a['s_per_image'])}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table><h2>Robust accuracy vs radius</h2>")
+    for m in board["models"]:
+        parts.append(_b64(board_plot_png(board, m), f"robust accuracy vs radius, {m['label']}"))
+    parts.append("<h2>Examples</h2><p>First images of the board; each row is the image an attack returned "
+                 "(after the line search), r its yardstick radius (inf: not fooled, shown clean).</p>")  # fmt: skip
+    first = board["dataset"]["first"]
+    for m in board["models"]:
+        clean, rows = None, []
+        for lab in m["attacks"]:
+            f = src / "units" / _safe(m["label"]) / _safe(lab) / f"{first:06d}.npz"
+            if f.exists():
+                d = np.load(f)
+                clean = d["clean"] if clean is None else clean
+                rows.append((lab, d["adv"], d["min_radius"]))
+        if clean is not None and rows:
+            parts.append(f"<h3>{html.escape(m['label'])}</h3>" + _b64(_grid_png(clean, rows), f"examples {m['label']}"))
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
+    atomic_write(out / "index.html", "\n".join(parts))
+    atomic_write(out / "leaderboard.md", board_markdown(board))
+    return out / "index.html"

@@ -1,0 +1,167 @@
+"""The leaderboard: per-example minimal radii on the yardstick, worst case, intervals, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sinkhorn_attacks._util import UserError
+from sinkhorn_attacks.eval.leaderboard import (
+    BoardAttack,
+    load_board_config,
+    minimal_radii,
+    run_leaderboard,
+    wilson_interval,
+)
+from sinkhorn_attacks.ot import Yardstick, measure
+
+
+@pytest.fixture(scope="module")
+def digits_setup(tmp_path_factory):
+    from sinkhorn_attacks.data import load_dataset
+    from sinkhorn_attacks.zoo.models import small_cnn
+
+    tr = load_dataset("digits", "train")
+    te = load_dataset("digits", "test", limit=8)
+    torch.manual_seed(0)
+    model = small_cnn(1, 10, 8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(6):
+        perm = torch.randperm(len(tr.labels))
+        for i in range(0, len(perm), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(tr.images[idx]), tr.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "digits_cnn.pt"
+    torch.save(model.state_dict(), path)
+    return model.eval(), te.images, te.labels, path
+
+
+def _config(path: Path, n: int = 6) -> dict:
+    return {
+        "board": {"dataset": "digits", "split": "test", "n": n, "batch": 3, "radii": [0.05, 0.2, 0.5, 2.0],
+                  "line_search": 4, "grid_examples": 2},
+        "models": [{"label": "digits-cnn", "path": str(path), "arch": "small_cnn"}],
+        "attacks": [
+            {"label": "linf", "preset": "linf-pgd", "radii": [0.05, 0.2], "overrides": {"steps": 5, "step_size": 0.05}},
+            {"label": "hu", "preset": "hu2020-mnist", "overrides": {"steps": 8}},
+        ],
+    }  # fmt: skip
+
+
+def test_minimal_radius_is_the_yardstick_value_of_a_fooling_image(digits_setup) -> None:
+    model, x, y, _ = digits_setup
+    ys = Yardstick()
+    r = minimal_radii(BoardAttack("linf", "linf-pgd", {"steps": 5, "step_size": 0.05}, (0.05, 0.3)), model, x, y, ys, 5)
+    rad = torch.tensor(r["min_radius"], dtype=torch.float64)
+    adv = r["adv"]
+    cc = torch.tensor(r["clean_correct"])
+    fooled = torch.isfinite(rad) & cc
+    assert fooled.any()
+    with torch.no_grad():
+        assert (model(adv[fooled]).argmax(1) != y[fooled]).all()  # the measured image does fool the model
+    assert torch.allclose(rad[fooled], measure(x[fooled], adv[fooled], ys).value, rtol=1e-9)
+    assert (rad[~cc] == 0).all()
+    # the line search only shortens: without it the radius is at least as large
+    r0 = minimal_radii(
+        BoardAttack("linf", "linf-pgd", {"steps": 5, "step_size": 0.05}, (0.05, 0.3)), model, x, y, ys, 0
+    )
+    both = fooled & torch.isfinite(torch.tensor(r0["min_radius"]))
+    assert (rad[both] <= torch.tensor(r0["min_radius"], dtype=torch.float64)[both] + 1e-9).all()
+
+
+def test_board_worst_case_intervals_resume_and_growth(digits_setup, tmp_path) -> None:
+    model, x, y, path = digits_setup
+    cfg = load_board_config(_config(path))
+    calls = []
+
+    def load(m):
+        calls.append(m.label)
+        return model
+
+    out = tmp_path / "board"
+    board = run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
+    m = board["models"][0]
+    assert m["n"] == 6 and m["attacks_complete"]
+    worst = np.asarray(m["per_example_worst"])
+    for a in m["attacks"].values():
+        accs = [row["robust_accuracy"] for row in a["robust_accuracy"]]
+        assert all(b <= a_ + 1e-12 for a_, b in zip(accs, accs[1:]))  # non-increasing in r
+        for row_w, row_a in zip(m["robust_accuracy"], a["robust_accuracy"]):
+            assert row_w["robust_accuracy"] <= row_a["robust_accuracy"] + 1e-12  # worst case <= each attack
+    for row in m["robust_accuracy"]:
+        k = int(np.sum(worst > row["radius"]))
+        assert row["robust_accuracy"] == k / 6
+        assert row["ci95"] == list(wilson_interval(k, 6)) or tuple(row["ci95"]) == wilson_interval(k, 6)
+    assert json.loads((out / "leaderboard.json").read_text())["yardstick"]["label"] == Yardstick().label
+    # resume: nothing recomputed, identical document body
+    n_calls = len(calls)
+    again = run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
+    assert len(calls) == n_calls
+    assert again["models"][0]["per_example_worst"] == m["per_example_worst"]
+    # a larger n reuses the finished batches and adds new ones
+    big = load_board_config(_config(path, n=8))
+    grown = run_leaderboard(big, out, load_model=load, images=x, labels=y)
+    assert grown["models"][0]["n"] == 8
+    assert grown["models"][0]["per_example_worst"][:6] == m["per_example_worst"]
+    # another configuration in the same folder is refused; a corrupt unit names its file
+    other = _config(path)
+    other["board"]["line_search"] = 0
+    with pytest.raises(UserError, match="another configuration"):
+        run_leaderboard(load_board_config(other), out, load_model=load, images=x, labels=y)
+    unit = next((out / "units").glob("**/000000.json"))
+    unit.write_text("{broken")
+    with pytest.raises(UserError, match="corrupt"):
+        run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
+
+
+def test_config_errors_are_one_line_user_errors(tmp_path) -> None:
+    base = _config(tmp_path / "m.pt")
+    bad = json.loads(json.dumps(base))
+    bad["board"]["batchsize"] = 2
+    with pytest.raises(UserError, match="did you mean 'batch'"):
+        load_board_config(bad)
+    bad = json.loads(json.dumps(base))
+    bad["attacks"][0]["preset"] = "linf-pdg"
+    with pytest.raises(UserError, match="linf-pgd"):
+        load_board_config(bad)
+    bad = json.loads(json.dumps(base))
+    bad["board"]["n"] = 2.5
+    with pytest.raises(UserError, match="n must be int"):
+        load_board_config(bad)
+    bad = json.loads(json.dumps(base))
+    bad["attacks"].append(dict(bad["attacks"][0]))
+    with pytest.raises(UserError, match="duplicate"):
+        load_board_config(bad)
+
+
+def test_cli_leaderboard_writes_json_html_and_markdown(digits_setup, tmp_path, capsys) -> None:
+    from sinkhorn_attacks.cli import main
+
+    *_, path = digits_setup
+    cfg = _config(path, n=3)
+    lines = ["[board]", 'dataset = "digits"', 'split = "test"', "n = 3", "batch = 3", "radii = [0.1, 1.0]",
+             "line_search = 2", "[[models]]", 'label = "cnn"', f'path = "{path}"', 'arch = "small_cnn"',
+             "[[attacks]]", 'preset = "linf-pgd"', "radii = [0.1]", "overrides = { steps = 3 }"]  # fmt: skip
+    toml = tmp_path / "board.toml"
+    toml.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["leaderboard", "--config", str(toml), "--out", str(out), "--quiet"]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["schema"] == 1 and board["models"][0]["n"] == 3 and cfg
+    html = (out / "index.html").read_text()
+    assert Yardstick().label in html and "<table class='sortable'>" in html and "data:image/png;base64" in html
+    assert "| cnn | 3 |" in (out / "leaderboard.md").read_text()
+    # a missing checkpoint is refused before any work, in one line
+    toml.write_text("\n".join(lines).replace(str(path), str(tmp_path / "missing.pt")) + "\n")
+    assert main(["leaderboard", "--config", str(toml), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "nothing was run" in capsys.readouterr().err
+    assert not math.isnan(0.0)
