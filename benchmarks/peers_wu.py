@@ -13,8 +13,8 @@ clipped mass; for ours also the certified radius and the exact meter on the retu
     PYTHONPATH=. .venv/bin/python -m benchmarks.peers_wu --attack fw --n 20
     PYTHONPATH=. .venv/bin/python -m benchmarks.peers_wu --attack pgd --n 20
 
-``--model wu2020-mnist-fw-0.3`` loads the authors' Frank-Wolfe adversarially trained checkpoint from the
-checkout; other names go through ``sinkhorn_attacks.zoo.load``.
+``--model wu2020-mnist-adv-fw`` (alias ``wu2020-mnist-fw-0.3``) loads the authors' Frank-Wolfe adversarially
+trained checkpoint (eps 0.3) from the checkout; other names go through ``sinkhorn_attacks.zoo.load``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ SETTINGS = {
     "fw": dict(eps=0.5, steps=300, gamma=1e-3, dual_max_iter=50, tol=1e-4, postprocess=False),
     "pgd": dict(eps=0.5, steps=300, lr=0.1, dual_max_iter=25, tol=1e-4, postprocess=True, post_iterations=5000),
 }
+SETTINGS["pgd-loop"] = {**SETTINGS["pgd"], "postprocess": False}  # the PGD loop alone, to locate differences
 
 
 def load_model(name: str, peer_dir: str, models_dir: str) -> nn.Module:
-    if name == "wu2020-mnist-fw-0.3":
+    if name in ("wu2020-mnist-adv-fw", "wu2020-mnist-fw-0.3"):
         net = zoo.models.mnist_cnn()
         sd = torch.load(Path(peer_dir) / "checkpoints/mnist_adv_training_attack-frank_eps-0.3.pth", map_location="cpu")
         net.load_state_dict(sd["model_state_dict"])
@@ -112,6 +113,36 @@ def run_ours(kind: str, net, x, y, check_zero: bool = False):
     return adv.detach(), pi, post, time.perf_counter() - t0
 
 
+def post_only(mods, net, x, y) -> dict:
+    """Both capacity post-processings on the same coupling (ours after the PGD loop), their layout converted."""
+    s = SETTINGS["pgd"]
+    _, pi, _, _ = run_ours("pgd-loop", net, x, y)
+    att = mods["projected_gradient"].ProjectedGradient(predict=net, loss_fn=None, eps=s["eps"], kernel_size=5,
+                                                       lr=s["lr"], nb_iter=0, dual_max_iter=25, grad_tol=1e-4,
+                                                       int_tol=1e-4, device="cpu", verbose=False)  # fmt: skip
+    att.initialize_cost(x, inf=att.inf)
+    h, w = x.shape[-2:]
+    r = COST.kernel_size // 2
+    perm = [(di + r) * COST.kernel_size + (dj + r) for di, dj, _ in COST.offsets(h, w)]
+    theirs_in = torch.zeros(x.shape[0], x.shape[1], h * w, COST.kernel_size**2)
+    theirs_in[..., perm] = pi.permute(0, 1, 3, 4, 2).reshape(x.shape[0], x.shape[1], h * w, -1)
+    budget = s["eps"] * x.flatten(1).sum(1)
+    t0 = time.perf_counter()
+    out_t = mods["projection"].dual_capacity_constrained_projection(
+        theirs_in, x, att.cost, eps=budget, transpose_idx=att.forward_idx, detranspose_idx=att.backward_idx,
+        coupling2adversarial=att.coupling2adversarial)  # fmt: skip
+    t_t = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out_o = capacity_projection(pi, x, COST, budget, iterations=s["post_iterations"], check_zero=False)
+    t_o = time.perf_counter() - t0
+    a_t, a_o = att.coupling2adversarial(out_t, x), column_marginal(out_o, COST)
+    d = (a_t - a_o).flatten(1).abs().amax(1)
+    return {"max_abs_diff_image": _fl(d), "max_abs_diff_coupling": float((to_ours(out_t, h, w) - out_o).abs().max()),
+            "above_one_mass_theirs": _fl((a_t - 1).clamp_min(0).flatten(1).sum(1) / x.flatten(1).sum(1)),
+            "above_one_mass_ours": _fl((a_o - 1).clamp_min(0).flatten(1).sum(1) / x.flatten(1).sum(1)),
+            "time_theirs_s": t_t, "time_ours_s": t_o, "n": len(y)}  # fmt: skip
+
+
 def _pred(net, img):
     with torch.no_grad():
         return net(img).argmax(1)
@@ -126,7 +157,7 @@ def compare(kind: str, net, x, y, mods) -> dict:
     adv_t, pi_t, t_theirs = run_theirs(mods, kind, net, x, y)
     adv_o, pi_o, post, t_ours = run_ours(kind, net, x, y)
     adv_e, _, _, t_exact = run_ours(kind, net, x, y, check_zero=True) if kind == "fw" else (None, None, None, 0.0)
-    if kind == "pgd":  # exact-projection variant of the PGD loop (mu = 0 tested), without post-processing
+    if kind.startswith("pgd"):  # exact-projection variant of the PGD loop (mu = 0 tested), without post-processing
         s = SETTINGS[kind]
         t0 = time.perf_counter()
         adv_e, _ = wu_pgd(net, x, y, COST, s["eps"], s["steps"], lr=s["lr"], dual_max_iter=s["dual_max_iter"],
@@ -178,6 +209,7 @@ def compare(kind: str, net, x, y, mods) -> dict:
         one = torch.cat([run_theirs(mods, kind, net, x[i : i + 1], y[i : i + 1])[0] for i in range(len(y))])
         d1 = (one - adv_t).flatten(1).abs().amax(1)
         rec["max_abs_diff_theirs_batch1_vs_batch"] = _fl(d1)
+        rec["max_abs_diff_ours_vs_theirs_batch1"] = _fl((adv_o - one).flatten(1).abs().amax(1))
         rec["success_theirs_batch1_unclipped"] = _fl((_pred(net, one) != y).float())
     if post:
         rec["repaired_mass_ours"] = _fl(post["moved"])
@@ -205,7 +237,7 @@ def compare(kind: str, net, x, y, mods) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="wong2019-mnist-vanilla")
-    ap.add_argument("--attack", default="fw", choices=["fw", "pgd"])
+    ap.add_argument("--attack", default="fw", choices=["fw", "pgd", "pgd-loop", "post-only"])
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--peer-dir", default="/tmp/fast-wasserstein-adversarial")
@@ -217,7 +249,7 @@ def main() -> None:
     ds = load_dataset("mnist", "test", limit=args.n, offset=args.offset, download=False)
     x, y = ds.images.float(), ds.labels.long()
     net = load_model(args.model, args.peer_dir, args.models_dir)
-    rec = compare(args.attack, net, x, y, mods)
+    rec = post_only(mods, net, x, y) if args.attack == "post-only" else compare(args.attack, net, x, y, mods)
     rec.update(model=args.model, indices=[args.offset, args.offset + args.n - 1], torch=torch.__version__)
     out = Path(args.out)
     runs = json.loads(out.read_text()) if out.exists() else {}
@@ -226,9 +258,7 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(runs, indent=1) + "\n")
     os.replace(tmp, out)
-    print(json.dumps({k: rec[k] for k in ("agree", "max", "certified_holds", "time_theirs_s", "time_ours_s")}))
-    if not math.isfinite(rec["max"]["image_abs_diff"]):
-        raise SystemExit(1)
+    print(json.dumps({k: rec[k] for k in ("agree", "max", "certified_holds", "max_abs_diff_image") if k in rec}))
 
 
 if __name__ == "__main__":
