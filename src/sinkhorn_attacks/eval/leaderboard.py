@@ -13,9 +13,12 @@ yardstick value (:func:`sinkhorn_attacks.ot.measure`) of a misclassified image t
   accuracy at radius ``r`` is the fraction of examples whose minimal radius exceeds ``r`` (Wilson 95 %
   interval).
 
-Work unit = (model, attack, batch of images): written atomically to ``units/`` when done, so a killed run
-resumes where it stopped and a larger ``n`` reuses finished units. With ``torch.distributed`` initialised
-(``torchrun``), rank ``r`` runs the units ``i`` with ``i % world_size == r`` and rank 0 aggregates.
+Work unit = (model, attack, batch of images), batch-major (every model and attack finishes the first batch
+before the second starts, so a stopped run leaves a complete board on fewer images): written atomically to
+``units/`` when done, so a killed run resumes where it stopped and a larger ``n`` reuses finished units.
+Sharding: under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` in the environment, or an initialised
+``torch.distributed`` group) rank ``r`` runs the units ``i`` with ``i % world_size == r``; rank 0 then waits
+for the other ranks' units (no collective call, so ranks may finish hours apart) and aggregates.
 """
 
 from __future__ import annotations
@@ -342,9 +345,7 @@ def run_leaderboard(
 ) -> dict[str, Any]:
     """Run (or resume) every unit of this rank, then aggregate on rank 0; returns the board (rank 0)."""
     out = Path(out)
-    world, rank = 1, 0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    world, rank = _world()
     if images.shape[0] < cfg.n:
         raise UserError(f"the dataset slice has {images.shape[0]} images but the board asks for n = {cfg.n}")
     digest = _digest(cfg.identity())
@@ -361,9 +362,8 @@ def run_leaderboard(
                 )
         if rank == 0:
             write_json(cfg_path, {"digest": digest, "n": cfg.n, **cfg.identity()})
-        units = [
-            (m, a, lo) for m in cfg.models for a in cfg.attacks for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch)
-        ]
+        batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
+        units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
         mine = [u for i, u in enumerate(units) if i % world == rank]
         models: dict[str, nn.Module] = {}
         for k, (m, a, lo) in enumerate(mine):
@@ -403,13 +403,45 @@ def run_leaderboard(
             write_json(path, rec)
             if progress is not None:
                 progress(tag, 1, 1)
-        if world > 1:
-            torch.distributed.barrier()
         if rank != 0:
             return {}
+        if world > 1:
+            _wait_for_ranks(out, units, cfg, digest, world, progress)
         board = aggregate_board(cfg, out)
         write_json(out / "leaderboard.json", board)
         return board
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
+    return world, rank
+
+
+def _wait_for_ranks(out: Path, units: list, cfg: BoardConfig, digest: str, world: int, progress: Any) -> None:
+    """Rank 0: poll until every unit is written or no other rank holds its lock any more."""
+    while True:
+        missing = 0
+        for m, a, lo in units:
+            hi = min(lo + cfg.batch, cfg.first + cfg.n)
+            missing += _check_unit(_unit_path(out, m.label, a.label, lo), hi - lo, digest) is None
+        if missing == 0:
+            return
+        alive = False
+        for r in range(1, world):
+            lock = out / f".lock.{r}"
+            if lock.exists():
+                owner = lock.read_text(errors="replace").strip()
+                pid = owner.partition(":")[2]
+                alive |= pid.isdigit() and _pid_alive(int(pid))
+        if not alive:
+            return  # the board covers what was finished; rerun to complete it
+        if progress is not None:
+            progress(f"waiting for {missing} unit(s) of other ranks", 0, -1)
+        time.sleep(5)
 
 
 # ------------------------------------------------------------------------------------------------ aggregate
