@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     s = res["summary"][args.model][args.preset]
     print(
         f"{args.model} / {args.preset}: n={s['n']} clean {fmt(s['clean_accuracy'])} robust "
-        f"{fmt(s['robust_accuracy'])} success on correct {fmt(s['success_rate_on_correct'])} median metered "
-        f"radius {fmt(s['median_metered_radius'], 4)} (outside window {fmt(s['outside_window_fraction'], 2)})"
+        f"{fmt(s['robust_accuracy'])} success on correct {fmt(s['success_rate_on_correct'])} median radius "
+        f"{fmt(s['median_metered_radius'], 4)} ({res['yardstick']['label']})"
     )
     if args.save_adv:
         png = save_adversarial(args.save_adv, cfg.out, args.grid)

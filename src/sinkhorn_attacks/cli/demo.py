@@ -20,6 +20,12 @@ import torch.nn.functional as F
 from ._common import StepBar, UserError, add_threads, fmt, smoke_limit
 
 
+def _yardstick_text() -> str:
+    from ..ot import Yardstick
+
+    return Yardstick().describe() + "."
+
+
 def add_parser(sub: Any, help_text: str) -> None:
     p = sub.add_parser(
         "demo",
@@ -27,8 +33,8 @@ def add_parser(sub: Any, help_text: str) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Radii: the UOT attack's nominal radius bounds F = <P,C> + tau KL(P1|x) + tau KL(P^T1|z) per unit of "
-        "clean mass; the metered radius is the exact W1 (cost = Euclidean pixel distance, 5x5 window) between the "
-        "mass-normalised clean and adversarial images. inf = some mass moved farther than the window (l_p noise).",
+        "clean mass; the metered radius is the library's yardstick between the clean and the adversarial image: "
+        + _yardstick_text(),
     )
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("-n", "--n-images", type=int, default=100, help="test images to attack (default 100)")
@@ -138,18 +144,20 @@ def run(args: argparse.Namespace) -> int:
     results["accuracy_vs_iteration"] = curves
     write_json(out / "results.json", results)
     header = (
-        f"{'attack':<10} {'clean acc':>9} {'robust acc':>10} {'median metered W1':>18} {'transported':>11} "
-        f"{'time s':>7}"
+        f"{'attack':<10} {'clean acc':>9} {'robust acc':>10} {'median radius':>18} {'transported':>11} {'time s':>7}"
     )
     print(header)
     print("-" * len(header))
     for name, s in rows:
         med = s["median_metered_radius"]
-        med_s = "outside 5x5" if med == float("inf") else fmt(med, 4)
+        med_s = fmt(med, 4)
         print(
             f"{name:<10} {fmt(s['clean_accuracy']):>9} {fmt(s['robust_accuracy']):>10} {med_s:>18} "
             f"{fmt(s.get('mean_transported_fraction'), 2):>11} {fmt(s['time_s'], 1):>7}"
         )
-    print(f"\nwrote {out / 'results.json'}, {out / 'accuracy_vs_iteration.png'}, {out / 'grid_uot.png'}")
+    from ..ot import Yardstick
+
+    print(f"\nradius: {Yardstick().label}")
+    print(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_iteration.png'}, {out / 'grid_uot.png'}")
     print(json.dumps({n: round(s["robust_accuracy"], 3) for n, s in rows}))
     return 0

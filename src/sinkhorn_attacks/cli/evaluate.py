@@ -9,13 +9,11 @@ from ._common import UserError, add_threads, fmt, smoke_limit, user_errors
 
 def units_help() -> str:
     """The units paragraph of ``attack`` / ``evaluate --help``, written from the meter's cost object."""
-    from ..ot import LocalCost
+    from ..ot import Yardstick
 
-    cost = LocalCost(5, 1.0)
     return (
-        f"Units: the metered radius is the exact optimal-transport cost ({cost.describe()}; d = Euclidean "
-        "distance between pixel centres) between the clean and the adversarial image, both normalised to total "
-        "mass 1; 'inf' means the plan would have to move mass outside the window. The nominal radius is in each "
+        f"Units: the metered radius is the yardstick {Yardstick().describe()} (d = Euclidean distance between "
+        "pixel centres), between the clean and the adversarial image as returned. The nominal radius is in each "
         "preset's own units (e.g. linf-pgd: l_inf norm of the pixel perturbation; uot: normalised UOT cost "
         "F/||x||_1; wong2019-*: Wasserstein radius of that paper's projection). Iteration 0 of the "
         "accuracy-vs-iteration curve is the clean accuracy."

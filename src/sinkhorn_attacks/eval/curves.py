@@ -2,8 +2,8 @@
 
 Conventions: an example counts as robust only if the model classifies it correctly clean and the attack
 did not fool it. ``first_fooled`` is the PGD iteration after which the example was first fooled (0 for
-clean errors, -1 if never). Metered radii are exact W1 (5x5 window, pixel units, mass-normalised images);
-``inf`` (outside the local window) never counts as "within radius r".
+clean errors, -1 if never). Metered radii are yardstick values (:func:`sinkhorn_attacks.ot.measure`; the
+units travel with the results as ``yardstick``); a non-finite value never counts as "within radius r".
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "success_rate_on_correct": float(ok.sum() / max(1, cc.sum())),
         "median_metered_radius": float(np.median(m[fin])) if fin.any() else (math.inf if ok.any() else None),
         "mean_metered_radius": float(np.mean(m[fin])) if fin.any() else None,
-        "outside_window_fraction": float((ok & ~np.isfinite(m)).sum() / max(1, ok.sum())),
         "mean_iterations": float(_arr(rows, "iterations")[cc].mean()) if cc.any() else 0.0,
         "mean_linf": float(_arr(rows, "linf")[ok].mean()) if ok.any() else None,
         "mean_l2": float(_arr(rows, "l2")[ok].mean()) if ok.any() else None,

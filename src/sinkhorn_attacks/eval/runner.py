@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .._util import UserError, resolve_device
+from ..ot.yardstick import Yardstick
 from . import curves as C
 from .config import AttackSpec, EvalConfig, preflight
 from .io import read_json, save_npz, write_csv, write_json
@@ -35,6 +36,7 @@ from .io import read_json, save_npz, write_csv, write_json
 __all__ = ["Unit", "run_evaluation", "run_unit", "plan_units", "EXAMPLE_COLUMNS", "RESULTS_VERSION"]
 
 RESULTS_VERSION = 1
+EVAL_YARDSTICK = Yardstick()  # the one yardstick of every evaluation: curves, worst case, labels
 
 
 class OutputConflictError(UserError, RuntimeError):
@@ -113,7 +115,14 @@ def run_unit(
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))  # noqa: NPY002 - presets may use the global RNG
-    atk = from_preset(spec.preset, model, **spec.params)
+    params = dict(spec.params)
+    for key in ("yardstick", "meter_cost"):
+        if key in params:
+            raise UserError(
+                f"attack {spec.label!r}: {key!r} cannot be set per attack; an evaluation has one yardstick "
+                f"({EVAL_YARDSTICK.label})"
+            )
+    atk = from_preset(spec.preset, model, yardstick=EVAL_YARDSTICK, **params)
     atk.batch_size = None  # one part: the callback then sees exactly the clean-correct examples
     with torch.no_grad():
         pred_clean = model(x).argmax(1)
@@ -483,7 +492,14 @@ def aggregate(cfg: EvalConfig, out: Path, n: int) -> dict[str, Any]:
     write_csv(out / "worst_case.csv", wc_rows)
 
     rgrid = C.radius_grid(all_grid_rows + wc_rows, cfg.radius_points)
-    curves: dict[str, Any] = {"radius_grid": rgrid, "radii": cfg.radii, "iteration": {}, "radius": {}, "at_radii": {}}
+    curves: dict[str, Any] = {
+        "yardstick": {**EVAL_YARDSTICK.to_dict(), "label": EVAL_YARDSTICK.label},
+        "radius_grid": rgrid,
+        "radii": cfg.radii,
+        "iteration": {},
+        "radius": {},
+        "at_radii": {},
+    }
     summary: dict[str, Any] = {}
     for m in cfg.models:
         for lab in grid_labels:
@@ -526,9 +542,9 @@ def aggregate(cfg: EvalConfig, out: Path, n: int) -> dict[str, Any]:
         "fingerprint": cfg.fingerprint(),
         "config": cfg.to_dict(),
         "n_examples": n,
+        "yardstick": {**EVAL_YARDSTICK.to_dict(), "label": EVAL_YARDSTICK.label},
         "units_meaning": {
-            "metered_radius": "exact W1 between clean and adversarial images normalised to mass 1, 5x5 window, "
-            "pixel units; inf = the plan would have to leave the window",
+            "metered_radius": EVAL_YARDSTICK.describe(),
             "radius": "nominal radius of the attack (units per preset, see 'units')",
             "first_fooled": "PGD iteration after which the example was first fooled (0: clean error, -1: never)",
         },

@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 
 __all__ = ["plot_accuracy_vs_iteration", "plot_accuracy_vs_radius", "plot_accuracy_at_radii", "plot_grid"]
 
-RADIUS_LABEL = "metered W1 radius (pixels)"
-RADIUS_NOTE = (
-    "metered radius: exact W1 between clean and adversarial image, both normalised to mass 1, 5x5 window, "
-    "pixel units; successes outside the window (inf) never count as within r"
-)
+
+def _radius_label(curves: dict[str, Any]) -> tuple[str, str]:
+    """Axis label and footnote from the yardstick the curves carry (never a hard-coded unit)."""
+    ys = curves.get("yardstick") or {}
+    label = ys.get("label", "yardstick")
+    return f"radius ({label})", f"radius: yardstick value between clean and adversarial image ({label})"
 
 
 def _split(curves: dict[str, list[float]]) -> tuple[list[str], list[str]]:
@@ -85,14 +86,14 @@ def plot_accuracy_vs_iteration(curves: dict[str, Any], path: str | os.PathLike[s
 
 def plot_accuracy_vs_radius(curves: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     grid = curves["radius_grid"]
-    return _lines(curves["radius"], lambda ys: grid, "accuracy vs metered radius", RADIUS_LABEL, path, note=RADIUS_NOTE)
+    label, note = _radius_label(curves)
+    return _lines(curves["radius"], lambda ys: grid, "accuracy vs radius", label, path, note=note)
 
 
 def plot_accuracy_at_radii(curves: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     radii = curves["radii"]
-    return _lines(
-        curves["at_radii"], lambda ys: radii, "accuracy at fixed metered radii", RADIUS_LABEL, path, "o", RADIUS_NOTE
-    )
+    label, note = _radius_label(curves)
+    return _lines(curves["at_radii"], lambda ys: radii, "accuracy at fixed radii", label, path, "o", note)
 
 
 def plot_grid(npz_path: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
