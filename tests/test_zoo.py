@@ -194,11 +194,13 @@ def test_registry_contents():
         "wong2019-mnist-robust",
         "hu2020-mnist-adv",
         "wu2020-mnist-adv-fw",
+        "sinkhorn-attacks-mnist-uot",
     }
     assert expected <= set(zoo.names()) and set(zoo.names("mnist")) == expected
     for name in zoo.names():
         e = zoo.info(name)
-        assert e.pinned and e.urls and all(u.startswith("https://github.com/") for u in e.urls)
+        bundled = (Path(zoo.__file__).parent / "weights" / e.filename).is_file()
+        assert e.pinned and (bundled or e.urls) and all(u.startswith("https://github.com/") for u in e.urls)
         assert e.arch in zoo.ARCHITECTURES
         assert e.sha256 is None or len(e.sha256) == 64
         assert name in e.describe()
@@ -209,6 +211,17 @@ def test_registry_contents():
         zoo.load("wong2019-mnist-nonexistent")
     with pytest.raises(ValueError, match="known: wong2019-mnist-vanilla"):
         zoo.info("nope")
+
+
+def test_bundled_checkpoint_loads_offline_and_is_verified():
+    """The library's own defence ships with the package: found without a models folder or a download."""
+    path = zoo.locate("sinkhorn-attacks-mnist-uot", models_dir=None, download=False)
+    assert (
+        path.parent.name == "weights"
+        and hashlib.sha256(path.read_bytes()).hexdigest() == zoo.info("sinkhorn-attacks-mnist-uot").sha256
+    )
+    x = torch.rand(2, 1, 28, 28)
+    assert zoo.load("sinkhorn-attacks-mnist-uot", download=False)(x).shape == (2, 10)
 
 
 def test_sha256_mismatch_is_refused(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; data in $SINKHORN_ATTACKS_DATA, checkpoints in /work/shared/models)::
 
-    python docs/results/defence/evaluate_defence.py --model docs/results/defence/uot_mnist_cnn.pt \
+    python docs/results/defence/evaluate_defence.py --model src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_mnist_uot.pt \
         --models-dir /work/shared/models --n 200 --out docs/results/defence
 
 Cells (model x attack) are written to ``defence.json`` as they finish, so a time-budgeted run keeps what it

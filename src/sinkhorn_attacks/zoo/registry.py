@@ -327,6 +327,20 @@ _ENTRIES = [
         "CIFAR-10 ResNet-18 adversarially trained with Wu et al.'s Frank-Wolfe attack (eps = 0.005)",
         WU2020,
     ),
+    ZooEntry(
+        name="sinkhorn-attacks-mnist-uot",
+        arch="mnist_cnn",
+        dataset="mnist",
+        filename="sinkhorn_attacks_mnist_uot.pt",
+        upstream_names=(),
+        urls=(),
+        sha256="7efb9d2785c389d58bb74668c644957466d01135e149bcdf541f5790ab691f89",
+        git_sha1="3bca59b5d99ecfa1b6346a6345171ad389a44015",
+        size=668621,
+        description="MNIST CNN fine-tuned against this library's UOT attack (short CPU run, docs/results/defence)",
+        paper="sinkhorn-attacks (this library)",
+        notes="ships with the package (zoo/weights), no download; training commands in docs/results/defence",
+    ),
 ]
 
 REGISTRY: Registry[ZooEntry] = Registry("model", [(e.name, e) for e in _ENTRIES])  # duplicate names raise
@@ -390,6 +404,9 @@ def locate(
         if not p.is_file():
             raise FileNotFoundError(f"{entry.name}: checkpoint {p} does not exist")
         return _checked(entry, p, verify)
+    bundled = Path(__file__).parent / "weights" / entry.filename  # checkpoints shipped with the package
+    if bundled.is_file():
+        return _checked(entry, bundled, verify)
     folders = []
     if models_dir is not None:
         folders.append(Path(models_dir).expanduser())
