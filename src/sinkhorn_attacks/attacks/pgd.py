@@ -46,8 +46,14 @@ class RadiusSchedule:
     def __post_init__(self) -> None:
         if self.kind not in ("fixed", "multiply", "add"):
             raise ValueError(f"unknown radius schedule {self.kind!r}; use fixed, multiply or add")
-        if self.every < 1:
-            raise ValueError("schedule.every must be >= 1")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"schedule.every must be an integer >= 1, got {self.every!r}")
+        for name, lo, strict in (("factor", 0.0, True), ("increment", 0.0, False)):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v <= lo if strict else v < lo):
+                need = "a finite number > 0" if strict else "a finite number >= 0"
+                raise ValueError(f"schedule.{name} must be {need}, got {v!r}")
 
     def update(self, radius: torch.Tensor, step: int) -> torch.Tensor:
         if self.kind == "fixed" or step % self.every:

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,8 @@ import torch
 from torch import nn
 
 from .. import __version__ as LIBRARY_VERSION
-from .._util import UserError, suggest
+from .._util import FolderLock, UserError, suggest
+from .._util import pid_alive as _pid_alive
 from ..attacks.base import Attack
 from ..attacks.presets import from_preset, preset_names
 from ..ot.yardstick import Yardstick, measure
@@ -281,45 +281,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _Lock:
-    """``DIR/.lock.<rank>`` created exclusively: a second run on the same folder refuses to start."""
-
-    def __init__(self, out: Path, rank: int) -> None:
-        self.path = out / f".lock.{rank}"
-
-    def __enter__(self) -> _Lock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = self.path.read_text(errors="replace").strip() or "?"
-            host, _, pid = owner.partition(":")
-            alive = host == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
-            if alive:
-                raise UserError(
-                    f"another leaderboard run (pid {pid}) is writing to {self.path.parent}; wait for it or use "
-                    "another --out"
-                ) from None
-            self.path.unlink(missing_ok=True)  # stale lock of a killed run
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()}:{os.getpid()}")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_unit(path: Path, n_expected: int, digest: str) -> dict[str, Any] | None:
     """A finished unit, or ``None`` if absent; a corrupt or foreign unit is a :class:`UserError`."""
     if not path.exists():
@@ -349,7 +310,7 @@ def run_leaderboard(
     if images.shape[0] < cfg.n:
         raise UserError(f"the dataset slice has {images.shape[0]} images but the board asks for n = {cfg.n}")
     digest = _digest(cfg.identity())
-    with _Lock(out, rank):
+    with FolderLock(out, f".lock.{rank}", what="leaderboard run"):
         cfg_path = out / "config.json"
         if fresh and rank == 0:
             for p in sorted((out / "units").glob("**/*.json")):

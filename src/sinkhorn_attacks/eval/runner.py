@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._util import UserError, resolve_device
+from .._util import FolderLock, UserError, resolve_device
 from ..ot.yardstick import Yardstick
 from . import curves as C
 from .config import AttackSpec, EvalConfig, preflight
@@ -274,12 +274,60 @@ def run_evaluation(
     """
     out = Path(cfg.out)
     (out / "units").mkdir(parents=True, exist_ok=True)
-    handler = _setup_log(out)
+    with FolderLock(out, ".lock", what="evaluate run"):  # one writer per output folder
+        handler = _setup_log(out)
+        try:
+            return _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The resume state file, checked: a corrupt or malformed file is one :class:`UserError` line."""
+    remedy = "rerun with --fresh to start over (or use another --out)"
     try:
-        return _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        st = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path} is corrupt ({type(err).__name__}: {err}); {remedy}") from None
+    done = st.get("done") if isinstance(st, dict) else None
+    ok = isinstance(done, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("n"), int) and not isinstance(v.get("n"), bool) and v["n"] >= 0
+        for v in done.values()
+    )
+    if not ok or not isinstance(st.get("fingerprint"), str):
+        raise UserError(f"{path} is not an evaluate state file (expected fingerprint and done units); {remedy}")
+    return st
+
+
+def _unit_finished(out: Path, state: dict[str, Any], u: Unit, n_expected: int) -> bool:
+    """Whether unit ``u`` listed in the state is really finished: its file holds ``n_expected`` rows.
+
+    A listed unit whose file is missing is dropped from the state (recomputed); a corrupt file, or one
+    whose rows do not match the unit's examples (emptied, truncated, another run's), is a :class:`UserError`
+    naming the file and the remedy.
+    """
+    if u.key not in state["done"]:
+        return False
+    path = out / "units" / f"{u.key}.json"
+    if not path.exists():
+        log.info("unit %s is listed as done but %s is missing: recomputing it", u.key, path)
+        del state["done"][u.key]
+        return False
+    remedy = "delete it (the unit will be recomputed) or rerun with --fresh"
+    try:
+        d = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({type(err).__name__}: {err}); {remedy}") from None
+    rows = d.get("rows") if isinstance(d, dict) else None
+    if not isinstance(rows, list) or not isinstance(d.get("info"), dict) or d.get("unit") != u.key:
+        raise UserError(f"{path} is not a result file of unit {u.key}; {remedy}")
+    if len(rows) != n_expected or int(state["done"][u.key]["n"]) != n_expected:
+        raise UserError(
+            f"{path} holds {len(rows)} rows but unit {u.key} has {n_expected} examples (emptied, truncated or "
+            f"from another run); {remedy}"
+        )
+    return True
 
 
 def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=False) -> dict[str, Any]:
@@ -288,7 +336,7 @@ def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=F
     state: dict[str, Any] = {"fingerprint": fp, "done": {}}
     old_n: int | None = None  # examples of a previous run with another --limit (its units are reused)
     if state_path.exists() and not fresh:
-        old = read_json(state_path)
+        old = _read_state(state_path)
         if old.get("fingerprint") != fp:
             old_n = _other_limit(out, old, cfg)
             if old_n is None:
@@ -329,7 +377,8 @@ def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=F
     todo = [
         u
         for u in units
-        if u.key not in state["done"] or (keep_adversarial and not (out / "adversarial" / f"{u.key}.npz").exists())
+        if not _unit_finished(out, state, u, min(n, (u.batch + 1) * cfg.batch_size) - u.batch * cfg.batch_size)
+        or (keep_adversarial and not (out / "adversarial" / f"{u.key}.npz").exists())
     ]
     log.info(
         "evaluate: %d models x %d attacks x %d examples = %d units (%d to do)",
@@ -403,11 +452,11 @@ def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=F
             for lab in cascade_labels:
                 for b in range(nb):
                     u = Unit(m, lab, b, cascade=True)
-                    if u.key in state["done"]:
-                        bar.update(1)
-                        continue
                     lo, hi = b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size)
                     robust = _still_robust(out, cfg, m, lab, lo, hi)
+                    if _unit_finished(out, state, u, len(robust)):
+                        bar.update(1)
+                        continue
                     do_unit(u, torch.tensor(sorted(robust), dtype=torch.long) - cfg.offset)
     bar.close()
     results = aggregate(cfg, out, n)

@@ -6,7 +6,16 @@ import math
 
 import torch
 
-__all__ = ["check_measure", "check_images", "check_same", "check_positive", "check_tau"]
+__all__ = [
+    "check_measure",
+    "check_images",
+    "check_same",
+    "check_positive",
+    "check_tau",
+    "check_cost",
+    "check_count",
+    "check_potential",
+]
 
 
 def check_measure(t: torch.Tensor, name: str, *, upper: float | None = None) -> torch.Tensor:
@@ -68,3 +77,40 @@ def check_positive(value: float, name: str, *, allow_inf: bool = False) -> float
 def check_tau(tau: float) -> float:
     """Marginal relaxation ``tau`` > 0; ``inf`` means balanced (hard marginals)."""
     return check_positive(tau, "tau", allow_inf=True)
+
+
+def check_cost(cost: object, name: str = "cost") -> None:
+    """A :class:`~sinkhorn_attacks.ot.cost.LocalCost` (``cost=5`` is a mistake for ``LocalCost(5)``)."""
+    from .cost import LocalCost
+
+    if not isinstance(cost, LocalCost):
+        hint = f" (did you mean LocalCost({cost!r})?)" if isinstance(cost, int) and not isinstance(cost, bool) else ""
+        raise TypeError(f"{name} must be a LocalCost, got {type(cost).__name__} {cost!r}{hint}")
+
+
+def check_count(value: object, name: str, *, lower: int = 1) -> int:
+    """An integer count ``>= lower`` (Python or NumPy integer; not a float or a bool)."""
+    import operator
+
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        v = None
+    if isinstance(value, bool) or v is None or v < lower:
+        raise ValueError(f"{name} must be an integer >= {lower}, got {value!r}")
+    return int(v)
+
+
+def check_potential(t: object, like: torch.Tensor, name: str) -> torch.Tensor | None:
+    """A warm-start potential: ``None``, or a tensor of ``like``'s shape (``+-inf`` entries are exact values;
+    NaN entries, which no solver returns, restart from 0)."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor from a previous result, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)} (a warm start of another batch?)"
+        )
+    t = t.to(device=like.device, dtype=like.dtype)
+    return torch.nan_to_num(t, nan=0.0, posinf=math.inf, neginf=-math.inf) if bool(torch.isnan(t).any()) else t

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import check_measure, check_positive, check_same
+from .checks import check_cost, check_images, check_measure, check_positive, check_same
 from .cost import LocalCost
 
 __all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair", "tv_pair", "TVPair"]
@@ -413,15 +413,21 @@ def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
     """Exact OT cost between mass-normalised ``x`` (clean) and ``z`` (perturbed), per example.
 
     Args:
-        x, z: ``(B, C, H, W)`` non-negative images (any device; computed on CPU in float64).
+        x, z: ``(B, C, H, W)`` images in ``[0, 1]`` (as :func:`~sinkhorn_attacks.projections.uot.uot_project`
+            requires; any device; computed on CPU in float64).
         cost: the local ground cost; the value is in its units (``p=1``: W1, ``p=2``: W2^2) on images
             normalised to total mass 1.
     Returns:
         :class:`MeterResult` with ``.value`` (``inf`` where no in-window plan exists) and ``.mass_change``.
+        Degenerate pairs follow the convention ``min over no plan = inf``: an all-zero ``z`` (or a channel of
+        ``z`` empty where ``x``'s holds mass) against a non-zero ``x`` reads ``inf``, an all-zero ``x``
+        against a non-zero ``z`` reads ``inf`` (``mass_change`` ``inf``), two all-zero images read ``0``;
+        never NaN.
     """
-    check_measure(x, "x")
-    check_measure(z, "z")
+    check_images(x, "x")
+    check_images(z, "z")
     check_same(x, z, "x", "z")
+    check_cost(cost)
     xs = x.detach().to("cpu", torch.float64).numpy()
     zs = z.detach().to("cpu", torch.float64).numpy()
     vals, dm = [], []
@@ -464,6 +470,7 @@ def exact_uot(
     check_measure(x, "x")
     check_measure(z, "z")
     check_same(x, z, "x", "z")
+    check_cost(cost)
     tau = check_positive(tau, "tau")
     h, w = x.shape[-2:]
     c = cost.dense(h, w).numpy()

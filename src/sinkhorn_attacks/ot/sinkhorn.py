@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_measure, check_positive, check_same, check_tau
+from .checks import check_cost, check_count, check_measure, check_positive, check_potential, check_same, check_tau
 from .cost import LocalCost
 from .kernel import local_lse
 
@@ -235,11 +235,13 @@ def uot_sinkhorn(
     check_measure(x, "x")
     check_measure(z, "z")
     check_same(x, z, "x", "z")
+    check_cost(cost)
     eta = check_positive(eta, "eta")
     tau = check_tau(tau)
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    max_iter = check_count(max_iter, "max_iter")
     tol = default_tol(x.dtype) if tol is None else check_positive(tol, "tol")
+    f0 = check_potential(f0, x, "f0")
+    g0 = check_potential(g0, z, "g0")
     balanced = math.isinf(tau)
     if balanced:
         mx, mz = _sum_hw(x), _sum_hw(z)
@@ -288,15 +290,25 @@ def uot_sinkhorn(
         value = terms.transport + eta * terms.entropy
         # a pixel with mass and no column mass in reach: no plan meets the hard marginals
         infeasible = (torch.isposinf(f) & (x > 0)).flatten(2).any(2)
+        # an unconverged balanced solve is either slow or infeasible without a hole row (Hall's condition
+        # fails for a group of pixels: the potentials drift for ever); decide with the exact LP
+        for b in (~conv & ~infeasible.any(1)).nonzero().flatten().tolist():
+            infeasible[b] = _windowed_infeasible(x[b], z[b], cost)
         value = torch.where(infeasible, torch.full_like(value, math.inf), value)
     else:
         value = terms.transport + eta * terms.entropy + tau * (terms.kl_rows + terms.kl_cols)
     tot = lambda t: t.sum(dim=1)  # noqa: E731  sum over channels
     value_b = tot(value)
+    gap_b = tot(terms.gap)
+    if balanced:
+        # no certificate: an infeasible pair (value inf), or an unconverged plan whose rows miss x so that
+        # its "primal" falls below the dual (not an upper bound then)
+        nocert = torch.isinf(value_b) | (~conv & ~(gap_b >= 0))
+        gap_b = torch.where(nocert, torch.full_like(gap_b, math.inf), gap_b)
     return SinkhornResult(
         value=value_b,
         dual=tot(terms.dual),
-        gap=tot(terms.gap),
+        gap=gap_b,
         f=f,
         g=g,
         iterations=iters,
@@ -310,6 +322,18 @@ def uot_sinkhorn(
         kl_rows=tot(terms.kl_rows),
         kl_cols=tot(terms.kl_cols),
     )
+
+
+def _windowed_infeasible(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """Per channel of one ``(C, H, W)`` pair of equal channel masses: no in-window plan exists (exact LP)."""
+    from .meter import exact_ot_pair
+
+    out = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    xs, zs = x.detach().double().cpu().numpy(), z.detach().double().cpu().numpy()
+    for c, (xc, zc) in enumerate(zip(xs, zs)):
+        if xc.sum() > 0 and zc.sum() > 0:
+            out[c] = math.isinf(exact_ot_pair(xc, zc, cost))
+    return out
 
 
 def uot_upper_bound(
@@ -334,6 +358,7 @@ def uot_upper_bound(
     check_measure(x, "x")
     check_measure(z, "z")
     check_same(x, z, "x", "z")
+    check_cost(cost)
     tau = check_positive(tau, "tau")
     if not etas:
         raise ValueError("etas must name at least one temperature")

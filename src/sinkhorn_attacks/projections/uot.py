@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..ot.checks import check_images, check_positive, check_same
+from ..ot.checks import check_cost, check_count, check_images, check_positive, check_potential, check_same
 from ..ot.cost import LocalCost
 from ..ot.kernel import local_lse
 from ..ot.sinkhorn import row_lse_input, row_potential, uot_sinkhorn, uot_terms
@@ -488,6 +488,7 @@ def uot_project(
     check_same(x, w, "x", "w")
     if not bool(torch.isfinite(w).all()):
         raise ValueError("w contains NaN or inf")
+    check_cost(cost)
     eta = check_positive(eta, "eta")
     tau = check_positive(tau, "tau")
     if not (isinstance(relax, (int, float)) and 1.0 <= relax < 2.0):
@@ -495,9 +496,16 @@ def uot_project(
     gamma = check_positive(gamma, "gamma")
     if tol is None:
         tol = 1e-5 if x.dtype == torch.float32 else 1e-10
-    max_iter = int(max_iter)
-    if max_iter < 1:
-        raise ValueError("max_iter must be >= 1")
+    tol = check_positive(tol, "tol")
+    max_iter = check_count(max_iter, "max_iter")
+    _check_search(radius_rtol, max_search)
+    if state is not None and not isinstance(state, dict):
+        raise TypeError(f"state must be a dict from a previous result's .state, got {type(state).__name__}")
+    warm = {k: check_potential((state or {}).get(k), x, f"state[{k!r}]") for k in ("f", "g")}
+    if state is not None and "psi" in state:
+        psi_st = state["psi"]
+        if not isinstance(psi_st, torch.Tensor) or psi_st.reshape(-1).shape[0] != x.shape[0]:
+            raise ValueError(f"state['psi'] must have one entry per image ({x.shape[0]}), got {psi_st!r:.60}")
     # kappa = tau/(tau+eta) so close to 1 that the sweeps cannot contract within any budget (a sweep
     # contracts by kappa^2): cap at two progress checkpoints; the result is flagged unconverged
     if 2 * eta / (tau + eta) * max_iter < 1e-3:
@@ -505,8 +513,8 @@ def uot_project(
     B = x.shape[0]
     lx = torch.log(x)
     st = state or {}
-    f = st["f"].clone() if "f" in st else torch.zeros_like(x)
-    g = st["g"].clone() if "g" in st else torch.zeros_like(x)
+    f = warm["f"].clone() if warm["f"] is not None else torch.zeros_like(x)
+    g = warm["g"].clone() if warm["g"] is not None else torch.zeros_like(x)
     z = w.clamp(0, 1).clone()
     eta_b = _per_image(eta, x)
     gam_b = _per_image(gamma, x)
@@ -532,6 +540,14 @@ def uot_project(
         raise ValueError(f"method must be 'interleaved' or 'search', got {method!r}")
     args = (x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax, method)
     return _budgeted(*args)
+
+
+def _check_search(radius_rtol: object, max_search: object) -> None:
+    """The budgeted search's tolerance (in [0, 1)) and cap on multiplier updates (>= 1)."""
+    ok = isinstance(radius_rtol, (int, float)) and not isinstance(radius_rtol, bool)
+    if not (ok and math.isfinite(radius_rtol) and 0 <= radius_rtol < 1):
+        raise ValueError(f"radius_rtol must be a finite number in [0, 1), got {radius_rtol!r}")
+    check_count(max_search, "max_search")
 
 
 _BUDGET_SWEEPS = 3  # the interleaved budgeted solve may use this many times max_iter sweeps in all
@@ -754,6 +770,14 @@ class UOTProjection:
         radius_rtol: float = 1e-2,
         max_search: int = 30,
     ) -> None:
+        check_cost(cost)
+        check_positive(eta, "eta")
+        check_positive(tau, "tau")
+        check_positive(gamma, "gamma")
+        if tol is not None:
+            check_positive(tol, "tol")
+        check_count(max_iter, "max_iter")
+        _check_search(radius_rtol, max_search)
         self.cost, self.eta, self.tau, self.gamma = cost, eta, tau, gamma
         self.penalised, self.normalize = penalised, normalize
         self.tol, self.max_iter, self.radius_rtol, self.max_search = tol, max_iter, radius_rtol, max_search

@@ -72,6 +72,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise ValueError(f"{path}: not a readable training checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "config_json" not in ck:
         raise ValueError(f"{path}: not a sinkhorn-attacks training checkpoint (format {CHECKPOINT_FORMAT})")
+    epoch, history = ck.get("epoch"), ck.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{path}: damaged checkpoint: 'epoch' must be an integer >= 0, got {epoch!r}")
+    if not isinstance(history, list) or len(history) != epoch:
+        n = len(history) if isinstance(history, list) else type(history).__name__
+        raise ValueError(
+            f"{path}: damaged checkpoint: {epoch} finished epochs but a history of {n} rows; delete it to start over"
+        )
+    for key in ("model", "optimizer", "scheduler", "rng"):
+        if key not in ck:
+            raise ValueError(f"{path}: damaged checkpoint: no {key!r} entry; delete it to start over")
     return ck
 
 

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import FolderLock
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
@@ -264,7 +265,10 @@ def train(
     """
     info, device = setup_distributed(cfg.device)
     try:
-        return _train(cfg, info, device, resume, data, stop_after_epochs, verbose)
+        # one training run per output folder (the main process writes every file)
+        lock = FolderLock(cfg.out_dir, ".lock", what="train run") if info.is_main else contextlib.nullcontext()
+        with lock:
+            return _train(cfg, info, device, resume, data, stop_after_epochs, verbose)
     finally:
         if info.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -294,6 +298,11 @@ def _train(
             )
         ck = load_checkpoint(ck_path)
         cfg.check_same_run(TrainConfig.from_json(ck["config_json"]), source=str(ck_path))
+        if ck["epoch"] > cfg.epochs:
+            raise ValueError(
+                f"{ck_path}: records {ck['epoch']} finished epochs but the run has epochs={cfg.epochs}; the checkpoint "
+                "is not of this run: choose another --out directory"
+            )
     elif resume:
         _log(info, f"--resume: no checkpoint in {out}, starting a fresh run")
 

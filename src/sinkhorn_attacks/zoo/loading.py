@@ -115,8 +115,24 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
         if shapes:
             parts.append(f"shape mismatch {_short(shapes)}")
         raise ValueError(f"{source}: does not fit the architecture ({arch}): " + "; ".join(parts))
+    check_finite_weights(state_dict, source)
     model.load_state_dict(state_dict, strict=False)
     return model
+
+
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], source: str = "<state_dict>") -> None:
+    """Raise ``ValueError`` naming ``source`` and the first tensors holding NaN or inf (a corrupt or
+    diverged checkpoint would otherwise load and predict one class, or NaN, for every input)."""
+    bad = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{source}: the checkpoint holds non-finite weights (NaN or inf) in {_short(bad)}; it is corrupt or "
+            "comes from a diverged training run: download or train it again"
+        )
 
 
 def _short(items: list[str], n: int = 5) -> str:
