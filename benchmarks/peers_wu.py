@@ -205,7 +205,7 @@ def compare(kind: str, net, x, y, mods) -> dict:
         time_ours_exact_variant_s=t_exact,
         time_meter_s=t_meter,
     )
-    if kind == "fw":  # rounding sensitivity of their own code: the same attack one image at a time
+    if kind in ("fw", "pgd-loop"):  # rounding sensitivity of their own code: the same attack one image at a time
         one = torch.cat([run_theirs(mods, kind, net, x[i : i + 1], y[i : i + 1])[0] for i in range(len(y))])
         d1 = (one - adv_t).flatten(1).abs().amax(1)
         rec["max_abs_diff_theirs_batch1_vs_batch"] = _fl(d1)

@@ -53,7 +53,6 @@ def main() -> None:
     torch.set_num_threads(1)
     mods = import_wu(args.peer_dir)
     out = Path(args.out)
-    runs = json.loads(out.read_text()) if out.exists() else {}
     t_start = time.perf_counter()
     for name in args.models:
         net = load_model(name, args.peer_dir, args.models_dir)
@@ -86,6 +85,7 @@ def main() -> None:
                 rec["theirs_unclipped"] += _acc(net, adv_t, y)
                 rec["theirs_clipped"] += _acc(net, adv_t.clamp(0, 1), y)
                 rec["theirs_s"] += dt_t
+            runs = json.loads(out.read_text()) if out.exists() else {}  # other runs may have written meanwhile
             runs[key] = rec
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
