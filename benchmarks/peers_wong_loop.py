@@ -18,12 +18,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sinkhorn_attacks import zoo
 from sinkhorn_attacks.attacks.presets import from_preset
+from sinkhorn_attacks.data import load_dataset
 
 from .peers_projected_sinkhorn import _import_peer
 
@@ -75,17 +75,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     ps = _import_peer()
-    path = os.environ.get("SINKHORN_ATTACKS_DATA", "/work/shared/data/mnist_test.npz")
-    d = np.load(path, allow_pickle=False)
     idx = _indices(args.indices)
-    x = torch.tensor(d["x"][idx], dtype=torch.float32).div_(255).unsqueeze(1)
-    y = torch.tensor(d["y"][idx], dtype=torch.long)
+    data = load_dataset("mnist", "test")
+    x, y = data.images[idx], data.labels[idx]
     net = zoo.load(args.model, models_dir=args.models_dir, download=False)
     t0 = time.perf_counter()
     theirs = peer_loop(ps, net, x, y)
     t_theirs = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = from_preset("wong2019-mnist", net)(x, y)
+    res = from_preset("wong2019-mnist", net, yardstick=None)(x, y)
     t_ours = time.perf_counter() - t0
     ours = torch.where(res.success, res.radius.float(), torch.full_like(res.radius.float(), math.inf))
     ours = torch.where(res.clean_correct, ours, torch.full_like(ours, 0.7))  # clean errors: the initial radius
