@@ -9,9 +9,10 @@ attack's own nominal radius (units in ``res.units``).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,8 @@ class Attack:
             element of a tuple, or ``out["logits"]``).
         callback: ``callback(step, images, done)`` after every attack step (progress bars).
         batch_size: attack in chunks of this many examples.
+        meter_sample: measure only the first this many examples of each call (the others read NaN); the
+            yardstick's definition is unchanged, only fewer images are measured.
     """
 
     name = "attack"
@@ -205,11 +208,14 @@ class Attack:
         output_fn: OutputFn | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         batch_size: int | None = None,
+        meter_sample: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError("model must be an nn.Module or a callable mapping images to outputs")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        for nm, v in (("batch_size", batch_size), ("meter_sample", meter_sample)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{nm} must be a positive integer or None, got {v!r}")
+        self.meter_sample = meter_sample
         self.model = model
         self.loss_fn = loss_fn or cross_entropy
         self.success_fn = success_fn
@@ -255,6 +261,20 @@ class Attack:
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
         raise NotImplementedError
+
+    def sweep(
+        self, images: torch.Tensor, labels: torch.Tensor, radii: Sequence[float], target: torch.Tensor | None = None
+    ) -> list[AttackResult]:
+        """One result per nominal radius (Foolbox's list of epsilons): the attack run with each budget."""
+        key = "radius" if hasattr(self, "radius") else "eps"
+        if not hasattr(self, key):
+            raise TypeError(f"{type(self).__name__} has no radius to sweep")
+        out = []
+        for r in radii:
+            atk = copy.copy(self)
+            setattr(atk, key, float(r))
+            out.append(atk(images, labels, target))
+        return out
 
     # -- validation ----------------------------------------------------------------------------------
     def _check_inputs(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> None:
@@ -354,10 +374,10 @@ class Attack:
                 self.model.train()
         delta = (adv - x).flatten(1).double()
         t1 = time.perf_counter()
+        metered = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
         if self.yardstick is not None:
-            metered = measure(x, adv, self.yardstick).value.to(x.device)
-        else:
-            metered = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)
+            k = B if self.meter_sample is None else min(B, self.meter_sample)
+            metered[:k] = measure(x[:k], adv[:k], self.yardstick).value.to(x.device)
         mx = x.flatten(1).double().sum(1)
         mass = torch.where(mx > 0, adv.flatten(1).double().sum(1) / mx.clamp_min(1e-300) - 1, torch.zeros_like(mx))
         t2 = time.perf_counter()

@@ -74,6 +74,10 @@ class PGDAttack(Attack):
         schedule: :class:`RadiusSchedule`; anything but ``fixed`` is a minimal-radius search.
         early_stop: fooled examples leave the batch (saves work; results of fixed-radius runs are unchanged
             in success but the returned image is the first fooling iterate).
+        random_start: begin with one step of the step rule along a uniformly random direction, projected
+            (as torchattacks' ``random_start``; for the Wasserstein balls the start stays inside the ball).
+        restarts: run the attack this many times; each restart (random start) attacks only the examples
+            not fooled by the previous runs and its images replace theirs only where it fools the model.
     """
 
     name = "pgd"
@@ -89,6 +93,8 @@ class PGDAttack(Attack):
         steps: int = 40,
         schedule: RadiusSchedule | None = None,
         early_stop: bool = True,
+        random_start: bool = False,
+        restarts: int = 1,
         name: str | None = None,
         units: str = "",
         extra_config: dict[str, Any] | None = None,
@@ -110,6 +116,9 @@ class PGDAttack(Attack):
         self.steps = int(steps)
         self.schedule = schedule or RadiusSchedule("fixed")
         self.early_stop = early_stop
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+        self.random_start, self.restarts = bool(random_start), restarts
         if name:
             self.name = name
         self.units = units
@@ -124,6 +133,8 @@ class PGDAttack(Attack):
             "steps": self.steps,
             "schedule": asdict(self.schedule),
             "early_stop": self.early_stop,
+            "random_start": self.random_start,
+            "restarts": self.restarts,
             **self._extra_config,
         }
 
@@ -134,6 +145,28 @@ class PGDAttack(Attack):
         return grad
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor):
+        best, found_r, iters, cert, extras, grad_evals, done = self._run(x, y, self.random_start)
+        for _ in range(1, self.restarts):
+            left = (~done).nonzero().squeeze(1)
+            if left.numel() == 0:
+                break
+            b, r, it, c, ex, ge, d = self._run(x[left], y[left], True)
+            grad_evals += ge
+            iters[left] += it
+            hit = left[d]
+            best[hit], found_r[hit], cert[hit], done[hit] = b[d], r[d], c[d], True
+            for k, v in ex.items():
+                extras.setdefault(k, torch.full_like(found_r, math.nan, dtype=torch.float64))[hit] = v[d]
+        return best, found_r, iters, cert, extras, grad_evals
+
+    def _start(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        """One step of the step rule along a uniformly random direction, projected into the ball."""
+        w = self.step(x, torch.rand_like(x) * 2 - 1, self.step_size, x)
+        if self.projection is not None:
+            w, _, _ = self.projection(x, w.detach(), radius, None)
+        return w.detach().clamp(0, 1)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, random_start: bool):
         B = x.shape[0]
         dev = x.device
         x_t = x.clone()
@@ -148,6 +181,8 @@ class PGDAttack(Attack):
         act = torch.arange(B, device=dev)
         grad_evals = 0
         search = self.schedule.kind != "fixed"
+        if random_start:
+            x_t = self._start(x, radius)
         for t in range(1, self.steps + 1):
             if act.numel() == 0:
                 break
@@ -191,4 +226,4 @@ class PGDAttack(Attack):
         best[~done] = x_t[~done]
         if search:
             found_r[~done] = math.inf  # never fooled within the search
-        return best, found_r, iters, cert, extras, grad_evals
+        return best, found_r, iters, cert, extras, grad_evals, done
