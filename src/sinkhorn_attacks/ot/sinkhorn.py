@@ -13,6 +13,8 @@ Dual: ``D(f, g) = -eta sum_ij P_ij + tau <x, 1 - e^{-f/tau}> + tau <z, 1 - e^{-g
 Each half step is a kappa-contraction in sup-norm. After the g-step the column marginal is exact and the
 first-order row residual is ``r = max_i |LSE_C[g_new]_i - LSE_C[g_old]_i|``; the certified duality gap is
 ``P - D = tau KL(a | x e^{-f/tau}) + tau KL(b | z e^{-g/tau})``. ``tau = inf`` is balanced OT (kappa = 1).
+``divergence="tv"`` / ``"l2"`` replace the KL terms by ``tau ||a - x||_1`` / ``tau/2 ||a - x||^2``, each with its
+exact half step (:func:`marginal_prox`) and Fenchel-Young gap (docs/math.md, "Other marginal penalties").
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ __all__ = [
     "default_tol",
     "row_potential",
     "row_lse_input",
+    "DIVERGENCES",
+    "marginal_prox",
 ]
+
+DIVERGENCES = ("kl", "tv", "l2")
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -217,6 +223,7 @@ def uot_sinkhorn(
     max_iter: int = 5000,
     f0: torch.Tensor | None = None,
     g0: torch.Tensor | None = None,
+    divergence: str = "kl",
 ) -> SinkhornResult:
     """Entropic (un)balanced OT between fixed non-negative measures ``x``, ``z`` of shape ``(B, C, H, W)``.
 
@@ -229,6 +236,9 @@ def uot_sinkhorn(
             (default 1e-5 float32, 1e-10 float64).
         max_iter: hard cap on sweeps.
         f0, g0: warm-start potentials.
+        divergence: marginal penalty ``D``: ``"kl"`` (``tau KL``, default), ``"tv"`` (``tau ||a - x||_1``) or
+            ``"l2"`` (``tau/2 ||a - x||^2``); ``"tv"`` and ``"l2"`` need a finite ``tau`` (docs/math.md,
+            "Other marginal penalties"). For those two the ``kl_rows``/``kl_cols`` fields hold ``D / tau``.
     Returns:
         :class:`SinkhornResult` with ``.value`` the optimal value of (P) summed over channels.
     """
@@ -242,6 +252,12 @@ def uot_sinkhorn(
     tol = default_tol(x.dtype) if tol is None else check_positive(tol, "tol")
     f0 = check_potential(f0, x, "f0")
     g0 = check_potential(g0, z, "g0")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if divergence != "kl":
+        if math.isinf(tau):
+            raise ValueError(f"divergence={divergence!r} needs a finite tau (tau=inf is balanced OT)")
+        return _sinkhorn_divergence(x, z, cost, eta, tau, divergence, tol, max_iter, f0, g0)
     balanced = math.isinf(tau)
     if balanced:
         mx, mz = _sum_hw(x), _sum_hw(z)
@@ -374,3 +390,170 @@ def uot_upper_bound(
         val = (t.transport + tau * (t.kl_rows + t.kl_cols)).sum(1)
         best = torch.where(torch.isfinite(val), torch.minimum(best, val), best)
     return best
+
+
+def _l2_prox(x: torch.Tensor, ell: torch.Tensor, eta: float, tau: float, max_newton: int = 60) -> torch.Tensor:
+    """Row block of the quadratic penalty ``tau/2 ||a - x||^2``: the root ``f`` of ``e^{f/eta + ell} = x - f/tau``.
+
+    With ``a = e^{f/eta + ell}`` the equation reads ``a + c log a = x + c ell`` (``c = eta/tau``), i.e.
+    ``a = c w`` with ``w + log w = y = x/c + ell - log c``. Newton in ``t = log w`` on the convex increasing
+    ``e^t + t - y``, started above the root (``t = log y`` for ``y > 1``, else ``t = y``), decreases
+    monotonically and quadratically. ``ell = -inf`` (no mass in reach) gives the maximiser ``f = tau x``.
+    """
+    c = eta / tau
+    lc = math.log(c)
+    reach = torch.isfinite(ell)
+    y = torch.where(reach, x / c + ell - lc, torch.zeros_like(ell))
+    t = torch.where(y > 1, torch.log(y.clamp_min(1.0)), y)
+    eps = torch.finfo(x.dtype).eps
+    for _ in range(max_newton):
+        et = torch.exp(t)
+        step = (et + t - y) / (et + 1)
+        t = t - step
+        if bool((step.abs() <= 4 * eps * (1 + t.abs())).all()):
+            break
+    f = eta * (lc + t - torch.where(reach, ell, torch.zeros_like(ell)))
+    return torch.where(reach, f, tau * x)
+
+
+def marginal_prox(
+    lx: torch.Tensor, x: torch.Tensor, ell: torch.Tensor, eta: float, tau: float, divergence: str = "kl"
+) -> torch.Tensor:
+    """Exact maximiser over one block of the dual, given ``ell = LSE_C[other potential]`` (docs/math.md §1).
+
+    ``kl``: ``eta kappa (log x - ell)`` (see :func:`row_potential`); ``tv``: the same step with ``kappa = 1``
+    clipped to ``[-tau, tau]`` (``-tau`` where ``x = 0``); ``l2``: the root of ``e^{f/eta + ell} = x - f/tau``.
+    """
+    if divergence == "kl":
+        return row_potential(lx, ell, eta * tau / (tau + eta))
+    if divergence == "tv":
+        f = (eta * (lx - ell)).clamp(-tau, tau)
+        return torch.where(torch.isneginf(lx), torch.full_like(f, -tau), f)
+    if divergence == "l2":
+        return _l2_prox(x, ell, eta, tau)
+    raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+
+
+def _divergence_terms(
+    f: torch.Tensor,
+    g: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+    div: str,
+) -> UOTTerms:
+    """:func:`uot_terms` for ``div`` in ``("tv", "l2")``: finite potentials, plans of full support.
+
+    ``kl_rows``/``kl_cols`` hold ``D(a | x) / tau``. The gap is the sum of the Fenchel-Young terms
+    ``D(a | x) + D*(-f | x) + <a, f> >= 0`` over rows and columns, which equals primal minus dual for the plan
+    ``P = exp((f + g - C)/eta)`` (docs/math.md, "Other marginal penalties").
+    """
+    lx, lz = torch.log(x), torch.log(z)
+    lg, lf = local_lse(g, cost, eta), local_lse(f, cost, eta)
+    log_a, log_b = f / eta + lg, g / eta + lf
+    a, b = torch.exp(log_a), torch.exp(log_b)
+    lt = local_lse(g, cost, eta, power=1)
+    transport = _sum_hw(torch.exp(f / eta + lt))
+    stay = _sum_hw(torch.exp((f + g) / eta))
+    mass = _sum_hw(a)
+    entropy = (_sum_hw(a * f) + _sum_hw(b * g) - transport) / eta - mass
+
+    def pieces(p, u, m):  # (D/tau, -D*(-u), Fenchel-Young term) of plan marginal p, potential u, measure m
+        if div == "tv":
+            return (p - m).abs(), m * u.clamp_max(tau), tau * (p - m).abs() - u * (m - p)
+        inside = u <= tau * m
+        conj = torch.where(inside, m * u - u * u / (2 * tau), tau * m * m / 2)
+        fy = torch.where(inside, tau / 2 * (p - m + u / tau) ** 2, p * (u - tau * m) + tau / 2 * p * p)
+        return 0.5 * (p - m) ** 2, conj, fy
+
+    dr, cr_, fr = pieces(a, f, x)
+    dc, cc, fc = pieces(b, g, z)
+    rr = (f - marginal_prox(lx, x, lg, eta, tau, div)).abs() / eta
+    cres = (g - marginal_prox(lz, z, lf, eta, tau, div)).abs() / eta
+    return UOTTerms(
+        transport=transport,
+        plan_mass=mass,
+        stay_mass=stay,
+        entropy=entropy,
+        kl_rows=_sum_hw(dr),
+        kl_cols=_sum_hw(dc),
+        destroyed=_sum_hw((x - a).clamp_min(0)),
+        created=_sum_hw((z - b).clamp_min(0)),
+        dual=-eta * mass + _sum_hw(cr_) + _sum_hw(cc),
+        gap=_sum_hw(fr) + _sum_hw(fc),
+        row_residual=rr.amax(dim=(-1, -2)),
+        col_residual=cres.amax(dim=(-1, -2)),
+    )
+
+
+def _sinkhorn_divergence(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+    div: str,
+    tol: float,
+    max_iter: int,
+    f0: torch.Tensor | None,
+    g0: torch.Tensor | None,
+) -> SinkhornResult:
+    """Block ascent of :func:`uot_sinkhorn` for the ``tv`` and ``l2`` penalties (finite potentials throughout).
+
+    One sweep: ``f = prox(LSE_C[g])``, ``g = prox(LSE_C[f])`` (:func:`marginal_prox`). The residual is the
+    change the next row step would make, ``max |prox(LSE_C[g_new]) - f| / eta`` (for an unclipped ``tv`` row
+    it is ``|log(a / x)|``, the KL path's residual); that next ``f`` starts the following sweep.
+    """
+    lx, lz = torch.log(x), torch.log(z)
+
+    def start(t: torch.Tensor | None) -> torch.Tensor:
+        if t is None:
+            return torch.zeros_like(x)
+        t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+        return t.clamp(-tau, tau) if div == "tv" else t
+
+    f, g = start(f0), start(g0)
+    B = x.shape[0]
+    iters = torch.zeros(B, dtype=torch.long, device=x.device)
+    conv = torch.zeros(B, dtype=torch.bool, device=x.device)
+    resid = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
+    act = torch.arange(B, device=x.device)
+    f_next = marginal_prox(lx, x, local_lse(g, cost, eta), eta, tau, div)
+    for it in range(1, int(max_iter) + 1):
+        full = act.numel() == B
+        xa, lxa, za, lza = (x, lx, z, lz) if full else (x[act], lx[act], z[act], lz[act])
+        fa = f_next if full else f_next[act]
+        ga = marginal_prox(lza, za, local_lse(fa, cost, eta), eta, tau, div)
+        fn = marginal_prox(lxa, xa, local_lse(ga, cost, eta), eta, tau, div)
+        r = torch.nan_to_num((fn - fa).abs(), nan=math.inf).amax(dim=(1, 2, 3)) / eta
+        f[act], g[act], f_next[act] = fa, ga, fn
+        resid[act] = r
+        iters[act] = it
+        done = r <= tol
+        if bool(done.any()):
+            conv[act[done]] = True
+            act = act[~done]
+            if act.numel() == 0:
+                break
+    t = _divergence_terms(f, g, x, z, cost, eta, tau, div)
+    value = t.transport + eta * t.entropy + tau * (t.kl_rows + t.kl_cols)
+    tot = lambda v: v.sum(dim=1)  # noqa: E731  sum over channels
+    return SinkhornResult(
+        value=tot(value),
+        dual=tot(t.dual),
+        gap=tot(t.gap),
+        f=f,
+        g=g,
+        iterations=iters,
+        converged=conv,
+        residual=resid,
+        transport_cost=tot(t.transport),
+        plan_mass=tot(t.plan_mass),
+        moved_mass=tot(t.plan_mass - t.stay_mass).clamp_min(0),
+        destroyed_mass=tot(t.destroyed),
+        created_mass=tot(t.created),
+        kl_rows=tot(t.kl_rows),
+        kl_cols=tot(t.kl_cols),
+    )
