@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sinkhorn_attacks.ot import LocalCost, exact_ot, exact_uot, measure, uot_sinkhorn
@@ -102,8 +102,8 @@ gammas = st.floats(0.1, 10.0)
 
 
 def _kernel_bug(k: int | None, h: int, w: int) -> bool:
-    """The open kernel bug (test_known_bug_cost_moment_*): local_lse(power >= 1) is NaN when the window is
-    wider than a side of the image without covering the whole image."""
+    """The shapes where local_lse(power >= 1) was NaN (window wider than a side of the image without covering
+    the whole image; fixed in ot/kernel.py, kept as the regression test below)."""
     return k is not None and min(k, 2 * max(h, w) - 1) > min(h, w) and k < 2 * max(h, w) - 1
 
 
@@ -118,7 +118,6 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, scale: float = 
 @given(pair=pairs(), cost=costs, eta=etas, tau=taus)
 def test_uot_sinkhorn_finite_bounded_certified(pair, cost, eta, tau) -> None:
     x, z, desc = pair
-    assume(not _kernel_bug(cost.kernel_size, *x.shape[-2:]))
     r = _timed("uot_sinkhorn", uot_sinkhorn, x, z, cost, eta, tau, max_iter=3000)
     for k in ("value", "dual", "gap", "residual", "transport_cost", "plan_mass", "kl_rows", "kl_cols"):
         assert torch.isfinite(getattr(r, k)).all(), (k, desc)
@@ -167,7 +166,6 @@ def test_balanced_uot_sinkhorn_on_equal_masses(pair, eta, p) -> None:
 )
 def test_uot_project_finite_in_box_certified(pair, cost, eta, tau, gamma, radius, push) -> None:
     x, noise, desc = pair
-    assume(not _kernel_bug(cost.kernel_size, *x.shape[-2:]))
     w = x + push * (noise - 0.5)  # may leave the box
     r = _timed("uot_project", uot_project, x, w, cost, eta, tau, gamma, radius, max_iter=200)
     assert torch.isfinite(r.z).all() and (r.z >= 0).all() and (r.z <= 1).all(), desc
@@ -197,7 +195,6 @@ def test_uot_project_finite_in_box_certified(pair, cost, eta, tau, gamma, radius
        lam=st.floats(1.0, 1000.0), hu=st.booleans())  # fmt: skip
 def test_balanced_projections_finite_boxed_batch_equal(pair, k, p, radius, lam, hu) -> None:
     x, noise, desc = pair
-    assume(not _kernel_bug(k, *x.shape[-2:]))
     w = x + 0.3 * (noise - 0.5)
     cost = LocalCost(k, p)
     empty = x.flatten(1).sum(1) <= 0
@@ -254,10 +251,7 @@ def test_property_suite_profile_is_registered() -> None:
     assert math.isfinite(settings.default.max_examples)
 
 
-# ------------------------------------------------------------------------ bugs found by this suite (open)
-@pytest.mark.xfail(
-    strict=True, reason="ot/kernel.py local_lse(power>=1) is NaN when the window is wider than a side of the image"
-)
+# ------------------------------------------------------------------------ bugs found by this suite (fixed)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("h, w, k", [(1, 3, 3), (2, 4, 5), (4, 1, 5)])
 def test_known_bug_cost_moment_window_wider_than_a_side(dtype, h, w, k) -> None:
@@ -267,7 +261,6 @@ def test_known_bug_cost_moment_window_wider_than_a_side(dtype, h, w, k) -> None:
     assert torch.isfinite(r.value).all() and torch.isfinite(r.transport_cost).all()
 
 
-@pytest.mark.xfail(strict=True, reason="projections/uot.py _report: plan_mass.clamp_min(1e-300) is 0 in float32")
 def test_known_bug_transported_fraction_of_empty_pair_float32() -> None:
     x = torch.zeros(1, 1, 2, 2)
     r = uot_project(x, x, LocalCost(3, 1.0), 1.0, 1.0)

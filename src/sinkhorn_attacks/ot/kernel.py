@@ -103,7 +103,8 @@ def _offsets(cost: LocalCost, h: int, w: int) -> tuple[tuple[int, int, float], .
 def _dense_lse(v: torch.Tensor, cost: LocalCost, eta, power: int) -> torch.Tensor:
     n, h, w = v.shape
     c = _dense_cost(cost, h, w, v.dtype, v.device)  # (hw, hw), symmetric
-    logw = torch.log(c) * power if power else None
+    # log c**power; 0 where c = inf (outside the window: the exp term is already 0, and -inf + inf would be NaN)
+    logw = torch.where(torch.isinf(c), torch.zeros_like(c), torch.log(c) * power) if power else None
     vf = v.reshape(n, 1, h * w)
     out = torch.empty(n, h * w, dtype=v.dtype, device=v.device)
     chunk = max(1, _DENSE_MAX_ELEMS // max(1, (h * w) ** 2))

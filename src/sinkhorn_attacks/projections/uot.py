@@ -430,7 +430,9 @@ def _report(
     eg = torch.where(torch.isposinf(g_ct), torch.ones_like(g_ct), 1 - torch.exp(-g_ct.clamp(max=1e30) / tau))
     zeg = torch.where(z > 0, z * eg, torch.zeros_like(z))  # z_j = 0 contributes nothing whatever g~_j
     lb = tau * (x * ef).sum(dim=(1, 2, 3)) + tau * zeg.sum(dim=(1, 2, 3))
-    frac = (t.plan_mass - t.stay_mass).sum(1).clamp_min(0) / t.plan_mass.sum(1).clamp_min(1e-300)
+    pm = t.plan_mass.sum(1)
+    moved = (t.plan_mass - t.stay_mass).sum(1).clamp_min(0)
+    frac = torch.where(pm > 0, moved / torch.where(pm > 0, pm, torch.ones_like(pm)), torch.zeros_like(pm))
     return {
         "radius": tr + kr + kc,
         "transport": tr,
@@ -808,4 +810,6 @@ class UOTProjection:
             "inner_iterations": r.iterations.to(x.dtype),
             "psi": r.psi,
         }
+        if r.converged is not None:
+            info["inner_converged"] = r.converged.to(x.dtype)
         return r.z, r.state, info
