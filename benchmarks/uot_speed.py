@@ -13,6 +13,8 @@ Measured (all on MNIST test images, Wong et al.'s adversarially trained model, m
   images, with the current code; the ratio uot / fair-wong.
 * ``ab``: the ``uot`` preset (default steps, early stop) on ``--n-ab`` images, current vs reference:
   CPU seconds, robust accuracy, inner sweeps per projection.
+* ``pixels``: CPU seconds of one cold-start budgeted projection per pixel-channel at 28x28, 64x64x3,
+  128x128x3 and 224x224x3 (about 150k pixel-channels per batch), relative to 28x28 (``_per_pixel``).
 """
 
 from __future__ import annotations
@@ -109,6 +111,65 @@ def _certificate(n: int) -> dict:
     return {"images": int(moved.sum()), "tight": stats(r_tight), "projection": stats(r_loose), "ratios": r_tight}
 
 
+PIXEL_SIZES = ((28, 1, 192), (64, 3, 12), (128, 3, 3), (224, 3, 1))  # (side, channels, batch): ~150k values
+
+
+def _per_pixel(repeats: int = 1) -> dict:
+    """CPU seconds of one cold-start budgeted UOT projection per pixel-channel, at the ``uot`` preset's settings.
+
+    The input is one sign step ``w = x + 0.1 sign(noise)`` from the clean image, projected onto the ball of
+    radius ``0.3 ||x||_1`` (eta 0.05, tau 10, gamma 1, 5x5 window, p 1, 300 sweeps cap); the batch is chosen
+    so every size holds about 150k pixel-channels. Images: MNIST test (28x28), Tiny ImageNet val (64x64x3),
+    the same images upsampled bilinearly to 128x128x3 and 224x224x3. One thread; the best of ``repeats``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    from sinkhorn_attacks.attacks import from_preset
+    from sinkhorn_attacks.data import load_dataset
+
+    rows = []
+    for side, ch, batch in PIXEL_SIZES:
+        if ch == 1:
+            x = load_dataset("mnist", "test", limit=batch).images
+        else:
+            x = load_dataset("tiny-imagenet", "val", limit=batch).images
+            if side != x.shape[-1]:
+                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
+        proj = from_preset("uot", torch.nn.Identity(), meter_cost=None).projection
+        g = torch.Generator().manual_seed(0)
+        w = x + 0.1 * torch.sign(torch.randn(x.shape, generator=g))
+        radius = torch.full((x.shape[0],), 0.3)
+        best, info = None, None
+        for _ in range(max(1, repeats)):
+            t0 = time.process_time()
+            _, _, info = proj(x, w, radius, None)
+            cpu = time.process_time() - t0
+            best = cpu if best is None else min(best, cpu)
+        values = x.numel()
+        sweeps = float(info["inner_iterations"].mean())
+        rows.append(
+            {
+                "size": f"{side}x{side}x{ch}",
+                "batch": int(x.shape[0]),
+                "values": int(values),
+                "cpu_s": best,
+                "sweeps": sweeps,
+                "ns_per_value": 1e9 * best / values,
+                "ns_per_value_sweep": 1e9 * best / values / max(sweeps, 1.0),
+                "converged": float(info["inner_converged"].mean()) if "inner_converged" in info else None,
+                "max_cert_over_eps": float((info["certified_radius"] / radius).max()),
+            }
+        )
+        print(json.dumps(rows[-1]))
+    base = rows[0]
+    for r in rows:
+        r["ratio"] = r["ns_per_value"] / base["ns_per_value"]
+        r["ratio_per_sweep"] = r["ns_per_value_sweep"] / base["ns_per_value_sweep"]
+    return {"rows": rows, "repeats": repeats}
+
+
 def _run(src: Path, preset: str, n: int, steps: int | None, no_early_stop: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "benchmarks.uot_speed", "--child", "--preset", preset, "--n", str(n)]
@@ -135,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-step", type=int, default=32)
     ap.add_argument("--step-steps", type=int, default=10)
     ap.add_argument("--n-cert", type=int, default=24)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab,cert")
+    ap.add_argument("--pixel-repeats", type=int, default=1)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab,cert,pixels")
     ap.add_argument("--out", default="docs/benchmarks/uot_speed")
     args = ap.parse_args(argv)
     if args.child:
@@ -174,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     if "cert" not in skip:
         report["certificate"] = _certificate(args.n_cert)
         print(json.dumps({k: v for k, v in report["certificate"].items() if k != "ratios"}, indent=1))
+    if "pixels" not in skip:
+        report["per_pixel"] = _per_pixel(args.pixel_repeats)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(_markdown(report))
@@ -227,6 +291,28 @@ def _markdown(r: dict) -> str:
             "| tight (`uot_upper_bound`) | {median:.3f} | {max:.3f} | {min:.3f} |".format(**c["tight"]),
             "",
         ]
+    px = r.get("per_pixel")
+    if px:
+        lines += [
+            "## Per-pixel scaling (one cold-start budgeted projection at the `uot` preset's settings)",
+            "",
+            "A sign step `w = x + 0.1 sign(noise)` projected onto the radius-0.3 ball; batches of about 150k",
+            "pixel-channels; MNIST test at 28x28, Tiny ImageNet val at 64x64x3, upsampled (bilinear) to 128 and 224.",
+            "`ratio` is the CPU time per pixel-channel relative to 28x28; `per sweep` divides by the mean",
+            "number of Sinkhorn sweeps (the cost of the window operator itself).",
+            "",
+            "| size | batch | CPU s | sweeps | ns / value | ratio | ns / value / sweep | ratio per sweep | converged |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in px["rows"]:
+            cv = "-" if v.get("converged") is None else f"{v['converged']:.2f}"
+            lines.append(
+                f"| {v['size']} | {v['batch']} | {v['cpu_s']:.2f} | {v['sweeps']:.0f} | {v['ns_per_value']:.0f} | "
+                f"{v['ratio']:.2f} | {v['ns_per_value_sweep']:.2f} | {v['ratio_per_sweep']:.2f} | {cv} |"
+            )
+        worst = max(v["ratio"] for v in px["rows"])
+        lines += ["", f"Largest cost per pixel-channel relative to 28x28: **{worst:.2f}x** (target: at most 1.5x)."]
+        lines.append("")
     return "\n".join(lines)
 
 
