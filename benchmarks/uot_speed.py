@@ -310,8 +310,11 @@ def _markdown(r: dict) -> str:
                 f"| {v['size']} | {v['batch']} | {v['cpu_s']:.2f} | {v['sweeps']:.0f} | {v['ns_per_value']:.0f} | "
                 f"{v['ratio']:.2f} | {v['ns_per_value_sweep']:.2f} | {v['ratio_per_sweep']:.2f} | {cv} |"
             )
-        worst = max(v["ratio"] for v in px["rows"])
-        lines += ["", f"Largest cost per pixel-channel relative to 28x28: **{worst:.2f}x** (target: at most 1.5x)."]
+        worst = max(v["ratio"] for v in px["rows"][1:] or px["rows"])
+        lines += [
+            "",
+            f"Largest cost per pixel-channel of a larger size relative to 28x28: **{worst:.2f}x** (target: <= 1.5x).",
+        ]
         lines.append("")
     return "\n".join(lines)
 
