@@ -33,7 +33,7 @@ TEST_RC=-1
 TEST_SUMMARY="not run"
 if [ "${GPU_CHECK_TESTS:-1}" != "0" ]; then
     LOG=$(mktemp)
-    timeout 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_attacks.py 2>&1 | tee "$LOG"
+    timeout 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$LOG"
     TEST_RC=${PIPESTATUS[0]}
     TEST_SUMMARY=$(grep -E "passed|failed|error|skipped" "$LOG" | tail -n 1)
     rm -f "$LOG"
