@@ -24,8 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(bash|shell|console|sh)\s*\n(.*?)^```", re.M | re.S)
-INLINE = re.compile(r"(?<!`)`((?:sinkhorn-attacks|python -m benchmarks)\b[^`]*)`")
-PLACEHOLDER = re.compile(r"(\.\.\.|\b(?:N|NODES|HOST|R|GPUS_PER_NODE|PATH|ROOT|FILE)\b)")
+INLINE = re.compile(r"(?<!`)`((?:sinkhorn-attacks(?![\w-])|python -m benchmarks\b)[^`]*)`")  # not zoo names
+PLACEHOLDER = re.compile(r"(\.\.\.|<[^>]+>|\b(?:N|NODES|HOST|R|GPUS_PER_NODE|PATH|ROOT|FILE|DIR)\b)")
 SMOKE = "2"
 HEAVY = ("retrieval", "evaluate --config", "train", "benchmarks")  # marked slow (still part of the default run)
 
@@ -80,6 +80,8 @@ def _skip_reason(cmd: str) -> str | None:
     if PLACEHOLDER.search(cmd):
         return "placeholder in the documented command"
     if "benchmarks/" in cmd and cmd.split()[0] == "python" and cmd.split()[1].endswith(".py"):
+        return "long benchmark script (minutes to hours); run by hand"
+    if re.match(r"python3? -m benchmarks\.\w", cmd):
         return "long benchmark script (minutes to hours); run by hand"
     needs_env = "$SINKHORN_ATTACKS_DATA" in cmd or any(
         w in cmd for w in ("attack ", "evaluate", "python -m benchmarks", "--dataset mnist", "retrieval train")

@@ -33,6 +33,12 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
     p.add_argument("--fresh", action="store_true", help="delete finished units and start over")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write leaderboard.json / index.html / leaderboard.md from the finished units (e.g. while "
+        "another process is still running)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
     add_threads(p)
@@ -68,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import zoo
     from ..data import load_dataset
     from ..eval.config import resolve_config
-    from ..eval.leaderboard import load_board_config, run_leaderboard
+    from ..eval.io import write_json
+    from ..eval.leaderboard import aggregate_board, load_board_config, run_leaderboard
     from ..report.leaderboard import board_markdown, write_board_html
 
     with user_errors("--config"):
@@ -78,8 +85,20 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--n must be >= 1, got {args.n}")
         cfg = dataclasses.replace(cfg, n=args.n)
     smoke = smoke_limit()
-    if smoke:
-        cfg = dataclasses.replace(cfg, n=min(cfg.n, smoke), batch=min(cfg.batch, smoke))
+    if smoke:  # a smoke run: few images, few attack steps, first two models
+        attacks = tuple(dataclasses.replace(a, overrides={**a.overrides, "steps": smoke}) for a in cfg.attacks)
+        cfg = dataclasses.replace(
+            cfg, n=min(cfg.n, smoke), batch=min(cfg.batch, smoke), models=cfg.models[:2], attacks=attacks
+        )
+    if args.report_only:
+        board = aggregate_board(cfg, args.out)
+        if not board["models"]:
+            raise UserError(f"{args.out} holds no finished unit of this configuration")
+        write_json(Path(args.out) / "leaderboard.json", board)
+        html = write_board_html(board, args.out)
+        print(board_markdown(board))
+        print(f"wrote {Path(args.out) / 'leaderboard.json'} and {html} (from finished units only)")
+        return 0
     device = resolve_device(args.device)
     _preflight(cfg, args.models_dir, args.data_dir)
     data = load_dataset(cfg.dataset, cfg.split, args.data_dir, limit=cfg.n, offset=cfg.first, download=False)
