@@ -165,3 +165,18 @@ def test_cli_leaderboard_writes_json_html_and_markdown(digits_setup, tmp_path, c
     assert main(["leaderboard", "--config", str(toml), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "nothing was run" in capsys.readouterr().err
     assert not math.isnan(0.0)
+
+
+def test_head_to_head_sign_and_counts() -> None:
+    from sinkhorn_attacks.report.leaderboard import head_to_head
+
+    def acc(vals):
+        return [{"radius": r, "robust_accuracy": v, "ci95": [0, 1]} for r, v in zip((0.1, 0.2), vals)]
+
+    board = {"models": [{"label": "m", "n": 10, "attacks": {"uot": {"robust_accuracy": acc([0.5, 0.2])},
+                                                            "hu": {"robust_accuracy": acc([0.6, 0.1])}}}]}  # fmt: skip
+    (row,) = head_to_head(board, "uot")
+    assert row["versus"] == "hu" and row["radii_stronger"] == 1 and row["radii_weaker"] == 1
+    assert math.isclose(row["mean_difference_points"], 0.0, abs_tol=1e-9)
+    board["models"][0]["attacks"]["hu"]["robust_accuracy"] = acc([0.9, 0.9])
+    assert head_to_head(board, "uot")[0]["mean_difference_points"] < 0  # uot leaves fewer robust: stronger

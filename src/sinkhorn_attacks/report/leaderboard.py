@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["board_markdown", "write_board_html", "board_plot_png"]
+__all__ = ["board_markdown", "write_board_html", "board_plot_png", "head_to_head"]
 
 
 def _pct(v: float | None) -> str:
@@ -29,6 +29,51 @@ def _num(v: float | None, digits: int = 3) -> str:
     if isinstance(v, float) and math.isinf(v):
         return "inf"
     return f"{v:.{digits}g}"
+
+
+def head_to_head(board: dict[str, Any], attack: str) -> list[dict[str, Any]]:
+    """``attack`` against every other attack, per model, at equal yardstick radius: the mean over the board's
+    radii of the robust-accuracy difference (percentage points; negative = ``attack`` is stronger), and at how
+    many radii it leaves fewer / more examples robust."""
+    rows = []
+    for m in board["models"]:
+        if attack not in m["attacks"]:
+            continue
+        mine = [r["robust_accuracy"] for r in m["attacks"][attack]["robust_accuracy"]]
+        for lab, a in m["attacks"].items():
+            if lab == attack:
+                continue
+            other = [r["robust_accuracy"] for r in a["robust_accuracy"]]
+            diff = [100 * (u - v) for u, v in zip(mine, other)]
+            rows.append({
+                "model": m["label"], "n": m["n"], "versus": lab, "mean_difference_points": sum(diff) / len(diff),
+                "radii_stronger": sum(d < 0 for d in diff), "radii_weaker": sum(d > 0 for d in diff),
+            })  # fmt: skip
+    return rows
+
+
+def _head_to_head_markdown(board: dict[str, Any], attack: str) -> list[str]:
+    rows = head_to_head(board, attack)
+    if not rows:
+        return []
+    peers = list(dict.fromkeys(r["versus"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["versus"]): r for r in rows}
+    lines = [
+        "",
+        f"Head to head: `{attack}` against each attack at equal radius (mean over the radii of its robust accuracy "
+        f"minus the other's, in points; negative = `{attack}` is stronger):",
+        "",
+        "| model | " + " | ".join(peers) + " |",
+        "|---|" + "---|" * len(peers),
+    ]
+    for mod in models:
+        lines.append(
+            f"| {mod} | "
+            + " | ".join(f"{cell[(mod, p)]['mean_difference_points']:+.1f}" if (mod, p) in cell else "-" for p in peers)
+            + " |"
+        )
+    return lines
 
 
 def board_markdown(board: dict[str, Any]) -> str:
@@ -56,6 +101,9 @@ def board_markdown(board: dict[str, Any]) -> str:
             lines.append(
                 f"| {m['label']} | {lab} | {accs} | {_num(a['median_min_radius'])} | {_num(a['s_per_image'])} |"
             )
+    uot = [a["label"] for a in board["attacks"] if a["preset"].startswith("uot")]
+    if uot:
+        lines += _head_to_head_markdown(board, uot[0])
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +252,27 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
             cells.append(f"<td data-v='{med if med is not None else 'NaN'}'>{_num(med)}</td>")
             cells.append(f"<td data-v='{a['s_per_image']}'>{_num(a['s_per_image'])}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table><h2>Robust accuracy vs radius</h2>")
+    parts.append("</tbody></table>")
+    uot = [a["label"] for a in board["attacks"] if a["preset"].startswith("uot")]
+    h2h = head_to_head(board, uot[0]) if uot else []
+    if h2h:
+        peers = list(dict.fromkeys(r["versus"] for r in h2h))
+        cell = {(r["model"], r["versus"]): r["mean_difference_points"] for r in h2h}
+        parts.append(
+            f"<h2>Head to head: {html.escape(uot[0])}</h2><p>Mean over the radii of its robust accuracy minus each "
+            "other attack's, in points (negative: it is the stronger attack at equal yardstick radius).</p>"
+            "<table class='sortable'><thead><tr><th class='l'>model</th>"
+            + "".join(f"<th>{html.escape(p)}</th>" for p in peers)
+            + "</tr></thead><tbody>"
+        )
+        for mod in dict.fromkeys(r["model"] for r in h2h):
+            cells = "".join(
+                f"<td data-v='{cell[(mod, p)]}'>{cell[(mod, p)]:+.1f}</td>" if (mod, p) in cell else "<td>-</td>"
+                for p in peers
+            )
+            parts.append(f"<tr><td class='l'>{html.escape(mod)}</td>{cells}</tr>")
+        parts.append("</tbody></table>")
+    parts.append("<h2>Robust accuracy vs radius</h2>")
     for m in board["models"]:
         parts.append(_b64(board_plot_png(board, m), f"robust accuracy vs radius, {m['label']}"))
     parts.append("<h2>Examples</h2><p>First images of the board; each row is the image an attack returned "
