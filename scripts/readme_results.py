@@ -1,0 +1,91 @@
+"""Write the README's result blocks from the committed result files (so the README says what they say).
+
+python scripts/readme_results.py        # rewrites the <!-- hu:... --> and <!-- board:... --> blocks
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sinkhorn_attacks.report.leaderboard import head_to_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hu_block() -> str:
+    rec = json.loads((ROOT / "docs/results/hu_reproduction.json").read_text())
+    s = rec["summary"]
+    pub = " / ".join(f"{100 * r['authors_run_same_images']:.1f}" for r in s["table"])
+    ours = " / ".join(f"{100 * r['ours']:.1f}" for r in s["table"])
+    p = s.get("per_example_vs_authors_run", {})
+    return (
+        f"{pub} % and **{ours} %** on the first {s['n_images']:,} test images "
+        f"({p.get('identical', 0):,} of them with a radius identical to the authors' GPU run; "
+        "[docs/results/hu_reproduction.md](docs/results/hu_reproduction.md))"
+    )
+
+
+def board_block() -> str:
+    board = json.loads((ROOT / "docs/leaderboard/leaderboard.json").read_text())
+    radii = [r for r in board["radii"] if r in (0.05, 0.1, 0.2, 0.3, 0.5)]
+    lines = [
+        f"Robust accuracy (%) in the worst case over the {len(board['attacks'])} attacks at yardstick radius r "
+        f"({board['yardstick']['label']}), 95 % Wilson interval, and the attack that fooled most examples within r:",
+        "",
+        "| model | images | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
+        "|---|---|---|" + "---|" * len(radii),
+    ]
+    for m in board["models"]:
+        rows = {row["radius"]: row for row in m["robust_accuracy"]}
+        cells = []
+        for r in radii:
+            row = rows[r]
+            lo, hi = row["ci95"]
+            cells.append(
+                f"{100 * row['robust_accuracy']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}] {row['strongest_attack'] or ''}"
+            )
+        lines.append(f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | " + " | ".join(cells) + " |")
+    uot = next(a["label"] for a in board["attacks"] if a["preset"].startswith("uot"))
+    rows = head_to_head(board, uot)
+    peers = list(dict.fromkeys(r["versus"] for r in rows))
+    cell = {(r["model"], r["versus"]): r["mean_difference_points"] for r in rows}
+    lines += [
+        "",
+        f"**Is the UOT attack stronger than its peers at equal radius?** Mean over the radii "
+        f"{', '.join(f'{r:g}' for r in board['radii'])} of the robust accuracy the UOT attack (`{uot}`, preset "
+        "`uot-search`) leaves minus the other attack's, in points (negative: UOT is stronger):",
+        "",
+        "| model | " + " | ".join(peers) + " |",
+        "|---|" + "---|" * len(peers),
+    ]
+    for mod in dict.fromkeys(r["model"] for r in rows):
+        lines.append(f"| {mod} | " + " | ".join(f"{cell[(mod, p)]:+.1f}" for p in peers) + " |")
+    stronger = {p: [m for m in dict.fromkeys(r["model"] for r in rows) if cell[(m, p)] < 0] for p in peers}
+    never = [p for p in peers if not stronger[p]]
+    lines += [
+        "",
+        "Answer, from this board: the UOT attack is **weaker** than "
+        + ", ".join(f"`{p}`" for p in never)
+        + " on every model. "
+        + " ".join(f"Against `{p}` it is stronger on {', '.join(stronger[p])} only." for p in peers if stronger[p]),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    for tag, block in (("hu", hu_block()), ("board", board_block())):
+        sep = "\n" if tag == "board" else ""
+        new = f"<!-- {tag}:start -->{sep}{block}{sep}<!-- {tag}:end -->"
+        text, n = re.subn(rf"<!-- {tag}:start -->.*?<!-- {tag}:end -->", lambda _m, t=new: t, text, flags=re.S)
+        if n != 1:
+            raise SystemExit(f"README.md has {n} <!-- {tag}:start --> blocks, expected 1")
+    readme.write_text(text, encoding="utf-8")
+    print("README.md result blocks rewritten")
+
+
+if __name__ == "__main__":
+    main()
