@@ -1,6 +1,6 @@
 """Per-example cross-check of ``from_preset('wong2019-mnist')`` against Wong et al.'s own projection.
 
-The attack loop of Wong's ``pgd.py`` as described in ``specs/baselines.md`` §2.3 (sign step 0.1 on the
+The attack loop of Wong's ``pgd.py`` (github.com/locuslab/projected_sinkhorn; sign step 0.1 on the
 unfooled examples, projection of the whole batch with the PyPI package ``projected-sinkhorn==0.2`` on
 mass-normalised images, clamp to [0, 1], batch-level bookkeeping of the best error rate, radius x1.1 every
 10 iterations for the unfooled, 200 iterations) is run next to our preset on the same MNIST test images, and

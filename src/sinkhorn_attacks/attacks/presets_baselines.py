@@ -1,6 +1,7 @@
 """Presets of the published Wasserstein attacks (Wong 2019, Hu 2020, Wu 2020) and a fair protocol.
 
-Settings from the authors' scripts (``specs/baselines.md`` §2.4, §3.4, §4.5). Every factory has the
+Settings from the authors' scripts (Wong: ``attack_mnist.py`` / ``attack_cifar.py``; Hu: ``attack_mnist_baseline.py``
+/ ``attack_cifar_baseline.py``; Wu: ``bash/test_*.sh``). Every factory has the
 signature ``factory(model, **overrides) -> Attack``; overrides may name the projection's parameters
 (``kernel_size``, ``p``, ``lam``, ``sinkhorn_iters``) or any keyword of the attack class.
 

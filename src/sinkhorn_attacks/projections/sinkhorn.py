@@ -1,6 +1,7 @@
 """Balanced entropic projections onto the Wasserstein ball (Wong et al. 2019; Hu et al. 2020).
 
-Re-implemented from the equations (see ``specs/baselines.md`` §2-3), in the log domain, on the local
+Re-implemented from the equations of the papers and the behaviour of the authors' code (github.com/locuslab/
+projected_sinkhorn, github.com/edwardjhu/improved_wasserstein), in the log domain, on the local
 transport operator :func:`~sinkhorn_attacks.ot.kernel.local_lse`.
 
 **Problem** (on normalised images ``x <- x / ||x||_1``, ``w <- w / ||x||_1``; Wong's "rescaled" form)::
