@@ -1,9 +1,10 @@
 """Evaluate the short UOT-adversarially trained MNIST model beside the published Wong et al. checkpoints.
 
-Usage (from the repository root; data in $SINKHORN_ATTACKS_DATA, checkpoints in /work/shared/models)::
+Usage (from the repository root; data in $SINKHORN_ATTACKS_DATA, checkpoints in $SINKHORN_ATTACKS_MODELS)::
 
-    python docs/results/defence/evaluate_defence.py --model src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_mnist_uot.pt \
-        --models-dir /work/shared/models --n 200 --out docs/results/defence
+    python docs/results/defence/evaluate_defence.py \
+        --model src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_mnist_uot.pt \
+        --models-dir $SINKHORN_ATTACKS_MODELS --n 200 --out docs/results/defence
 
 Cells (model x attack) are written to ``defence.json`` as they finish, so a time-budgeted run keeps what it
 did; ``--budget-s`` skips the remaining cells once it is spent. CPU attack budgets are reduced versions of the
