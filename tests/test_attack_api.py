@@ -115,3 +115,16 @@ def test_wrong_labels_and_black_images_per_example() -> None:
     res = from_preset("hu2020-mnist", model, steps=3)(xb, yb)
     assert res.extras["skipped_empty"][1] == 1 and res.extras["skipped_empty"][0] == 0
     assert torch.equal(res.adv[1], xb[1]) and not bool(res.success[1])
+
+
+def test_registries_refuse_duplicates_and_list_by_wildcard() -> None:
+    from sinkhorn_attacks.attacks import preset_names, register_preset
+    from sinkhorn_attacks.zoo import ARCHITECTURES
+
+    assert preset_names("wong2019-*") == ["wong2019-cifar", "wong2019-mnist"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_preset("uot", lambda model, **kw: None)
+    with pytest.raises(ValueError, match="did you mean 'linf-pgd'"):
+        from_preset("linf-pdg", _model())
+    with pytest.raises(ValueError, match="already registered"):
+        ARCHITECTURES.register("mnist_cnn", lambda: None)

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from .._util import Registry
 from ..projections.lp import L2Projection, LinfProjection
 from .base import Attack
 from .pgd import PGDAttack, RadiusSchedule
@@ -26,15 +27,17 @@ from .uot import UOTAttack
 
 __all__ = ["from_preset", "register_preset", "preset_names", "describe_preset"]
 
-_PRESETS: dict[str, tuple[Callable[..., Attack], str]] = {}
+_PRESETS: Registry[tuple[Callable[..., Attack], str]] = Registry("attack preset")
 
 
 def register_preset(name: str, factory: Callable[..., Attack], description: str = "") -> None:
-    _PRESETS[name] = (factory, description)
+    """Add a named attack; a name that is already registered raises ``ValueError``."""
+    _PRESETS.register(name, (factory, description))
 
 
-def preset_names() -> list[str]:
-    return sorted(_PRESETS)
+def preset_names(pattern: str | None = None) -> list[str]:
+    """Preset names, optionally those matching a shell wildcard (``"wong2019-*"``)."""
+    return sorted(_PRESETS.names(pattern))
 
 
 def describe_preset(name: str) -> str:
@@ -42,10 +45,9 @@ def describe_preset(name: str) -> str:
 
 
 def _get(name: str) -> tuple[Callable[..., Attack], str]:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack preset {name!r}; known: {', '.join(preset_names())}") from None
+    if name not in _PRESETS:
+        raise ValueError(_PRESETS.unknown(name))
+    return _PRESETS[name]
 
 
 def from_preset(name: str, model: nn.Module, **overrides: Any) -> Attack:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import Registry
+
 #: CIFAR-10 normalisation used by the Wong / Hu / Wu training scripts (the std is the widely copied
 #: (0.2023, 0.1994, 0.2010), not the true per-channel std).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -207,12 +209,11 @@ def small_cnn(in_ch: int = 1, n_classes: int = 10, size: int = 8) -> nn.Sequenti
 
 
 #: Architecture names accepted by ``zoo.load(path, arch=...)`` and :func:`build`.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mnist_cnn": mnist_cnn,
-    "resnet18_cifar": resnet18_cifar,
-    "resnet18_tiny": resnet18_tiny,
-    "small_cnn": small_cnn,
-}
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
+    "architecture",
+    [("mnist_cnn", mnist_cnn), ("resnet18_cifar", resnet18_cifar), ("resnet18_tiny", resnet18_tiny),
+     ("small_cnn", small_cnn)],
+)  # fmt: skip
 
 
 def build(arch: str, **kwargs) -> nn.Module:
