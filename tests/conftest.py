@@ -14,6 +14,28 @@ def data_dir() -> Path:
     return Path(d)
 
 
+def train_digits_cnn(epochs: int, seed: int = 0) -> torch.nn.Module:
+    """The small CNN of the tests, trained on scikit-learn's 8x8 digits (offline, seconds)."""
+    import torch.nn.functional as F
+
+    from sinkhorn_attacks.data import load_dataset
+    from sinkhorn_attacks.zoo.models import small_cnn
+
+    tr = load_dataset("digits", "train")
+    torch.manual_seed(seed)
+    model = small_cnn(1, 10, 8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(tr.labels))
+        for i in range(0, len(perm), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(tr.images[idx]), tr.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 def models_dir() -> Path:
     d = os.environ.get("SINKHORN_ATTACKS_MODELS")
     if not d or not Path(d).is_dir():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import train_digits_cnn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,22 +16,9 @@ from sinkhorn_attacks.projections import uot_project
 @pytest.fixture(scope="module")
 def digits_model():
     from sinkhorn_attacks.data import load_dataset
-    from sinkhorn_attacks.zoo.models import small_cnn
 
-    tr = load_dataset("digits", "train")
     te = load_dataset("digits", "test", limit=24)
-    torch.manual_seed(0)
-    model = small_cnn(1, 10, 8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(8):
-        perm = torch.randperm(len(tr.labels))
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(model(tr.images[idx]), tr.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), te.images, te.labels
+    return train_digits_cnn(8), te.images, te.labels
 
 
 def test_presets_listed_and_unknown_name():

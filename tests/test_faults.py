@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import train_digits_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,21 +42,8 @@ overrides = {{ steps = 40 }}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from sinkhorn_attacks.data import load_dataset
-    from sinkhorn_attacks.zoo.models import small_cnn
-
-    tr = load_dataset("digits", "train")
-    torch.manual_seed(0)
-    model = small_cnn(1, 10, 8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
-        for i in range(0, len(tr.labels), 64):
-            loss = F.cross_entropy(model(tr.images[i : i + 64]), tr.labels[i : i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
     path = tmp_path_factory.mktemp("faults") / "cnn.pt"
-    torch.save(model.state_dict(), path)
+    torch.save(train_digits_cnn(4).state_dict(), path)
     return path
 
 

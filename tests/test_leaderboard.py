@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import train_digits_cnn
 
 from sinkhorn_attacks._util import UserError
 from sinkhorn_attacks.eval.leaderboard import (
@@ -25,24 +25,12 @@ from sinkhorn_attacks.ot import Yardstick, measure
 @pytest.fixture(scope="module")
 def digits_setup(tmp_path_factory):
     from sinkhorn_attacks.data import load_dataset
-    from sinkhorn_attacks.zoo.models import small_cnn
 
-    tr = load_dataset("digits", "train")
     te = load_dataset("digits", "test", limit=8)
-    torch.manual_seed(0)
-    model = small_cnn(1, 10, 8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        perm = torch.randperm(len(tr.labels))
-        for i in range(0, len(perm), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(model(tr.images[idx]), tr.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = train_digits_cnn(6)
     path = tmp_path_factory.mktemp("ckpt") / "digits_cnn.pt"
     torch.save(model.state_dict(), path)
-    return model.eval(), te.images, te.labels, path
+    return model, te.images, te.labels, path
 
 
 def _config(path: Path, n: int = 6) -> dict:
