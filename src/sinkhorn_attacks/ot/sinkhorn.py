@@ -212,6 +212,21 @@ class SinkhornResult:
         return self.moved_mass / self.plan_mass.clamp_min(torch.finfo(self.plan_mass.dtype).tiny)
 
 
+def _result(t, value: torch.Tensor, gap: torch.Tensor, f, g, iters, conv, resid) -> SinkhornResult:
+    """The result object from the per-channel terms ``t`` (summed over channels here) and the per-image
+    ``value`` and certified ``gap``."""
+
+    def tot(v: torch.Tensor) -> torch.Tensor:
+        return v.sum(dim=1)
+
+    return SinkhornResult(
+        value=value, dual=tot(t.dual), gap=gap, f=f, g=g, iterations=iters, converged=conv, residual=resid,
+        transport_cost=tot(t.transport), plan_mass=tot(t.plan_mass),
+        moved_mass=tot(t.plan_mass - t.stay_mass).clamp_min(0), destroyed_mass=tot(t.destroyed),
+        created_mass=tot(t.created), kl_rows=tot(t.kl_rows), kl_cols=tot(t.kl_cols),
+    )  # fmt: skip
+
+
 def uot_sinkhorn(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -321,23 +336,7 @@ def uot_sinkhorn(
         # its "primal" falls below the dual (not an upper bound then)
         nocert = torch.isinf(value_b) | (~conv & ~(gap_b >= 0))
         gap_b = torch.where(nocert, torch.full_like(gap_b, math.inf), gap_b)
-    return SinkhornResult(
-        value=value_b,
-        dual=tot(terms.dual),
-        gap=gap_b,
-        f=f,
-        g=g,
-        iterations=iters,
-        converged=conv,
-        residual=resid,
-        transport_cost=tot(terms.transport),
-        plan_mass=tot(terms.plan_mass),
-        moved_mass=tot(terms.plan_mass - terms.stay_mass).clamp_min(0),
-        destroyed_mass=tot(terms.destroyed),
-        created_mass=tot(terms.created),
-        kl_rows=tot(terms.kl_rows),
-        kl_cols=tot(terms.kl_cols),
-    )
+    return _result(terms, value_b, gap_b, f, g, iters, conv, resid)
 
 
 def _windowed_infeasible(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> torch.Tensor:
@@ -539,21 +538,4 @@ def _sinkhorn_divergence(
                 break
     t = _divergence_terms(f, g, x, z, cost, eta, tau, div)
     value = t.transport + eta * t.entropy + tau * (t.kl_rows + t.kl_cols)
-    tot = lambda v: v.sum(dim=1)  # noqa: E731  sum over channels
-    return SinkhornResult(
-        value=tot(value),
-        dual=tot(t.dual),
-        gap=tot(t.gap),
-        f=f,
-        g=g,
-        iterations=iters,
-        converged=conv,
-        residual=resid,
-        transport_cost=tot(t.transport),
-        plan_mass=tot(t.plan_mass),
-        moved_mass=tot(t.plan_mass - t.stay_mass).clamp_min(0),
-        destroyed_mass=tot(t.destroyed),
-        created_mass=tot(t.created),
-        kl_rows=tot(t.kl_rows),
-        kl_cols=tot(t.kl_cols),
-    )
+    return _result(t, value.sum(dim=1), t.gap.sum(dim=1), f, g, iters, conv, resid)
