@@ -74,7 +74,41 @@ def board_block() -> str:
     return "\n".join(lines)
 
 
+def board_readme() -> str:
+    """docs/leaderboard/README.md: how the committed board was produced, and its size and cost per model."""
+    board = json.loads((ROOT / "docs/leaderboard/leaderboard.json").read_text())
+    lines = [
+        "# The committed MNIST leaderboard",
+        "",
+        "Produced with the bundled config `leaderboard_mnist` (the file `src/sinkhorn_attacks/configs/"
+        "leaderboard_mnist.toml` lists every model, attack, nominal radius list and override) by",
+        "",
+        "```bash",
+        "torchrun --nproc_per_node 2 -m sinkhorn_attacks leaderboard --config leaderboard_mnist --out docs/leaderboard",
+        "```",
+        "",
+        f"on a shared 2-core CPU, one torch thread per process, torch {board['torch_version']}, float32. The run is "
+        "batch-major and resumable: the same command continues it, and `--report-only` rewrites `leaderboard.json`, "
+        "`index.html` and `leaderboard.md` from the finished units. How every number is defined: "
+        "[../leaderboard.md](../leaderboard.md).",
+        "",
+        f"Board as committed ({board['created']}); the config asks for {board['dataset']['n_requested']} images "
+        "per model, a model's row covers the leading test images every attack has finished:",
+        "",
+        "| model | images | clean % | CPU s | CPU s per image (all attacks) |",
+        "|---|---|---|---|---|",
+    ]
+    for m in board["models"]:
+        lines.append(
+            f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | {m['cpu_s']:.0f} | "
+            f"{m['cpu_s'] / max(1, m['n']):.1f} |"
+        )
+    lines += ["", "Tables: `leaderboard.md`; page with plots and example grids: `index.html`."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    (ROOT / "docs/leaderboard/README.md").write_text(board_readme(), encoding="utf-8")
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     for tag, block in (("hu", hu_block()), ("board", board_block())):

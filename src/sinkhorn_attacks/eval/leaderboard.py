@@ -422,7 +422,8 @@ def _load_units(cfg: BoardConfig, out: Path, model: str, attack: str) -> dict[st
     rad: list[float] = []
     nom: list[float] = []
     cc: list[bool] = []
-    wall = cpu = 0.0
+    wall: list[float] = []
+    cpu: list[float] = []
     for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch):
         hi = min(lo + cfg.batch, cfg.first + cfg.n)
         u = _check_unit(_unit_path(out, model, attack, lo), hi - lo, digest)
@@ -431,12 +432,12 @@ def _load_units(cfg: BoardConfig, out: Path, model: str, attack: str) -> dict[st
         rad += [float(v) for v in u["min_radius"]]
         nom += [float(v) for v in u["nominal"]]
         cc += list(u["clean_correct"])
-        wall += u["wall_s"]
-        cpu += u["cpu_s"]
+        wall.append(u["wall_s"])
+        cpu.append(u["cpu_s"])
     if not rad:
         return None
     return {"min_radius": np.asarray(rad), "nominal": np.asarray(nom), "clean_correct": np.asarray(cc),
-            "wall_s": wall, "cpu_s": cpu}  # fmt: skip
+            "wall_s": np.cumsum(wall), "cpu_s": np.cumsum(cpu)}  # fmt: skip  # per leading batch count
 
 
 def _acc_rows(r: np.ndarray, radii: tuple[float, ...]) -> list[dict[str, Any]]:
@@ -459,6 +460,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
         if not done:
             continue
         n = min(len(v["min_radius"]) for v in done.values())  # examples every finished attack has covered
+        k = -(-n // cfg.batch) - 1  # index of the last batch inside n: times are counted up to it
         labels = list(done)
         R = np.stack([done[k]["min_radius"][:n] for k in labels])  # (attacks, n)
         worst = R.min(0)
@@ -478,9 +480,9 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
                 "robust_accuracy": _acc_rows(r, cfg.radii),
                 "not_fooled": float(np.mean(np.isinf(r))),
                 "median_min_radius": float(np.median(r[fooled])) if fooled.any() else None,
-                "wall_s": done[lab]["wall_s"],
-                "cpu_s": done[lab]["cpu_s"],
-                "s_per_image": done[lab]["cpu_s"] / max(1, len(done[lab]["min_radius"])),
+                "wall_s": float(done[lab]["wall_s"][k]),
+                "cpu_s": float(done[lab]["cpu_s"][k]),
+                "s_per_image": float(done[lab]["cpu_s"][k]) / n,
             }
         cc = done[labels[0]]["clean_correct"][:n]
         models.append({
@@ -492,7 +494,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
             "robust_accuracy": worst_rows,
             "attacks": attacks,
             "attacks_complete": sorted(labels) == sorted(a.label for a in cfg.attacks),
-            "cpu_s": sum(v["cpu_s"] for v in done.values()),
+            "cpu_s": sum(float(v["cpu_s"][k]) for v in done.values()),
             "per_example_worst": [float(v) for v in worst],
             "per_example_strongest": [
                 str(v) if math.isfinite(w) and w > 0 else None for v, w in zip(best_attack, worst)
