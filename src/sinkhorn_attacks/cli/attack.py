@@ -29,7 +29,9 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="preset override (Python literal), e.g. --set steps=20 --set radius=0.1; repeatable",
+        help="preset override (Python literal), e.g. --set steps=20 --set radius=0.1; repeatable. "
+        "--set meter_sample=N measures only the first N examples of each batch on the yardstick (faster; the "
+        "others read nan)",
     )
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--split", default="test")
