@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sinkhorn_attacks import zoo
+from sinkhorn_attacks._util import atomic_write
 from sinkhorn_attacks.attacks.presets import from_preset
 from sinkhorn_attacks.data import load_dataset
 
@@ -112,9 +113,7 @@ def main() -> None:
     runs = json.loads(out.read_text()) if out.exists() else {}
     runs[f"{args.model}:{args.indices}"] = rec
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(runs, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(runs, indent=1) + "\n")
     keys = ("authors_code", "authors_code_float64_vs_float32", "authors_code_one_image_at_a_time",
             "authors_code_batch_vs_one_at_a_time", "published")  # fmt: skip
     for key in keys:

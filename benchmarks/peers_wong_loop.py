@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sinkhorn_attacks import zoo
+from sinkhorn_attacks._util import atomic_write
 from sinkhorn_attacks.attacks.presets import from_preset
 from sinkhorn_attacks.data import load_dataset
 
@@ -102,9 +103,7 @@ def main() -> None:
     runs = json.loads(out.read_text()) if out.exists() else {}
     runs[f"{args.model}:{args.indices}"] = rec
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(runs, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(runs, indent=1) + "\n")
     print(
         f"{args.model} [{args.indices}]: {rec['identical']}/{rec['n']} radii identical; "
         f"theirs {t_theirs:.0f} s, ours {t_ours:.0f} s"

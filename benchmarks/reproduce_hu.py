@@ -28,17 +28,11 @@ import numpy as np
 import torch
 
 from sinkhorn_attacks import zoo
+from sinkhorn_attacks._util import atomic_write
 from sinkhorn_attacks.attacks.presets import from_preset
 from sinkhorn_attacks.data import load_dataset
 
 TABLE1 = {20: 0.85, 50: 0.68, 100: 0.39, 200: 0.08}  # eps * 784 -> robust accuracy (Hu et al., Table 1)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _acc(r: np.ndarray, eps: float) -> float:
@@ -135,8 +129,8 @@ def main() -> None:
 
     def write() -> None:
         rec["summary"] = summarise(rec, published)
-        _atomic_write(out_json, json.dumps(rec, indent=1) + "\n")
-        _atomic_write(Path(args.out + ".md"), markdown(rec))
+        atomic_write(out_json, json.dumps(rec, indent=1) + "\n")
+        atomic_write(Path(args.out + ".md"), markdown(rec))
 
     while len(rec["radii"]) < args.n:
         lo = args.first + len(rec["radii"])

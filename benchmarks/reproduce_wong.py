@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sinkhorn_attacks import zoo
+from sinkhorn_attacks._util import atomic_write
 from sinkhorn_attacks.attacks.presets import from_preset
 
 BINARIZE_WONG = "wong2019-mnist-binarize@wong-protocol"  # attack_mnist.py --binarize: x = (x >= 0.5), plain net
@@ -35,13 +36,6 @@ MODELS = {
     BINARIZE_WONG: ("binarize, Wong's protocol (clean input binarized once, plain network attacked)", 0.14),
 }
 EPS = 1.0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _radii(res) -> torch.Tensor:
@@ -120,8 +114,8 @@ def _merge(runs: list[dict], out_json: Path) -> None:
     out["elapsed_s"] = max(r["elapsed_s"] for r in runs)  # the runs went in parallel
     out["budget_min"] = max(r["budget_min"] for r in runs)
     out["status"] = " / ".join(sorted({r["status"] for r in runs})) + f" ({len(runs)} processes in parallel)"
-    _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
-    _atomic_write(out_json.with_suffix(".md"), _markdown(out))
+    atomic_write(out_json, json.dumps(out, indent=1) + "\n")
+    atomic_write(out_json.with_suffix(".md"), _markdown(out))
 
 
 def main() -> None:
@@ -148,7 +142,7 @@ def main() -> None:
         return
     if args.render:
         out = json.loads(Path(args.out).read_text())
-        _atomic_write(Path(args.out).with_suffix(".md"), _markdown(out))
+        atomic_write(Path(args.out).with_suffix(".md"), _markdown(out))
         return
     torch.set_num_threads(args.threads)
     path = os.environ.get("SINKHORN_ATTACKS_DATA", "/work/shared/data/mnist_test.npz")
@@ -228,14 +222,14 @@ def main() -> None:
             rec["batch_times_s"].append(dt)
             rec["summary"] = _summary(rec)
             out["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
-            _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
-            _atomic_write(out_json.with_suffix(".md"), _markdown(out))
+            atomic_write(out_json, json.dumps(out, indent=1) + "\n")
+            atomic_write(out_json.with_suffix(".md"), _markdown(out))
             print(f"{name}: +{len(x)} images in {dt:.1f}s -> {rec['summary']}", flush=True)
         start += args.batch
     out["status"] = "finished (budget spent)" if done else "finished (all images)"
     out["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
-    _atomic_write(out_json, json.dumps(out, indent=1) + "\n")
-    _atomic_write(out_json.with_suffix(".md"), _markdown(out))
+    atomic_write(out_json, json.dumps(out, indent=1) + "\n")
+    atomic_write(out_json.with_suffix(".md"), _markdown(out))
 
 
 if __name__ == "__main__":
