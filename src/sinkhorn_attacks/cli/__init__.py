@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sinkhorn-attacks",
         description="Wasserstein / unbalanced-OT adversarial attacks with an exact OT budget meter. "
         "Images are (B, C, H, W) in [0, 1]; radii are in the units of the ground cost d^p on images "
-        "normalised to total mass 1 (p=1: W1, p=2: W2^2), pixel units, k x k window.",
+        "normalised to total mass 1 (p=1: W1, p=2: W2^2), pixel units, k x k window; every returned image is also "
+        "measured on the library's one yardstick (sinkhorn_attacks.ot.measure: W1-TV, 5x5, per unit clean mass).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():

@@ -193,7 +193,7 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
         default=0,
         help="meter the first n images of every cell with the exact OT meter (one ruler for all attacks)",
     )
-    a.add_argument("--meter-kernel", type=int, default=5, help="window of the common meter's cost (0: whole image)")
+    a.add_argument("--meter-kernel", type=int, default=5, help="window of the common yardstick (odd, default 5)")
     a.add_argument("--meter-p", type=float, default=1.0, help="exponent p of the common meter's cost d^p")
     a.add_argument(
         "--no-library-meter",

@@ -69,7 +69,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--clean-weight", type=float, default=0.0, help="loss = w * CE(clean) + (1 - w) * CE(adversarial)")
     g.add_argument(
-        "--meter-n", type=int, default=16, help="training examples per epoch metered with the exact OT meter (5x5, p=1)"
+        "--meter-n", type=int, default=16, help="training examples per epoch measured on the yardstick (W1-TV, 5x5)"
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=1)

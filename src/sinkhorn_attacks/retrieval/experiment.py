@@ -393,9 +393,9 @@ def run_attack(
     curve is complete) and records the embeddings after the iterations in ``record_steps`` through the
     attack's ``callback``. Cells already in ``out/parts/`` are loaded instead of recomputed. With
     ``time_budget_s`` no new cell starts once the budget is spent (the skipped cells are listed).
-    ``meter_images > 0`` meters the first that many images of every cell with ``ot.exact_ot`` and
-    ``LocalCost(meter_kernel, meter_p)``: one ruler for all attacks (including l_p ones), used by the
-    matched-radius table. The exact meter is an LP per channel; at 128 px it takes minutes per image on a CPU.
+    ``meter_images > 0`` measures the first that many images of every cell with the yardstick
+    ``ot.measure`` (``Yardstick(meter_kernel, meter_p)``): one ruler for all attacks (including l_p ones), used
+    by the matched-radius table.
     ``library_meter=False`` passes ``meter_cost=None`` so that the attacks do not meter every returned image
     themselves (their ``metered_radius`` is then ``nan``).
     """
@@ -420,16 +420,13 @@ def run_attack(
     meter = None
     meter_desc = None
     if meter_images > 0:
-        from sinkhorn_attacks.ot import LocalCost, exact_ot
+        from sinkhorn_attacks.ot import Yardstick, measure
 
-        cost = LocalCost(meter_kernel, meter_p)
-        meter_desc = (
-            f"exact_ot, LocalCost(kernel_size={meter_kernel}, p={meter_p}), first {meter_images} images "
-            "of each cell, images normalised to mass 1"
-        )
+        yardstick = Yardstick(meter_kernel, meter_p)
+        meter_desc = f"yardstick {yardstick.label} (ot.measure), first {meter_images} images of each cell"
 
         def meter(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return exact_ot(a, b, cost).value
+            return measure(a, b, yardstick).value
 
     cells: dict[str, dict] = {}
     skipped: list[str] = []

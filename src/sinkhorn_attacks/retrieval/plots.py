@@ -123,7 +123,7 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within one decade
             ax.grid(alpha=0.3)
             if r == 1:
-                ax.set_xlabel("metered radius (exact OT, mean over images)")
+                ax.set_xlabel("radius (yardstick, mean over images)")
             if k == 0:
                 ax.set_ylabel("recall (%)")
     axes[0, 0].legend(fontsize=7)

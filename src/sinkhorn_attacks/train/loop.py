@@ -468,10 +468,10 @@ def _train(
         }
         if info.is_main:
             if meter_x:
-                from ..ot import LocalCost, exact_ot
+                from ..ot import Yardstick, measure
 
                 mx, ma = torch.cat(meter_x), torch.cat(meter_a)
-                m = exact_ot(mx, ma, LocalCost(cfg.meter_kernel, cfg.meter_p)).value
+                m = measure(mx, ma, Yardstick(cfg.meter_kernel, cfg.meter_p)).value
                 row["metered_radius_mean"], row["metered_radius_median"], row["metered_n"] = _finite_stats(m)
             if test_x is not None and test_y is not None:
                 raw.eval()
