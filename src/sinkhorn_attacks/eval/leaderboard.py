@@ -40,12 +40,12 @@ import torch
 from torch import nn
 
 from .. import __version__ as LIBRARY_VERSION
-from .._util import FolderLock, UserError, suggest
+from .._util import FolderLock, UserError, atomic_write, suggest
 from .._util import pid_alive as _pid_alive
 from ..attacks.base import Attack
 from ..attacks.presets import from_preset, preset_names
 from ..ot.yardstick import Yardstick, measure
-from .io import read_json, save_npz, write_json
+from .io import read_json, write_json
 
 __all__ = [
     "BoardAttack",
@@ -269,6 +269,25 @@ def minimal_radii(
 
 
 # ------------------------------------------------------------------------------------------------ the run
+def grid_record(clean: torch.Tensor, adv: torch.Tensor, radius: list[float]) -> dict[str, Any]:
+    """Example images for the report as JSON: shape and 8-bit pixel values (enough to draw them)."""
+
+    def q(t: torch.Tensor) -> list[int]:
+        return (t.detach().cpu().double().clamp(0, 1) * 255).round().to(torch.uint8).flatten().tolist()
+
+    rad = [float(v) if math.isfinite(float(v)) else "inf" for v in radius]  # strict JSON has no inf
+    return {"shape": list(clean.shape), "clean": q(clean), "adv": q(adv), "min_radius": rad}
+
+
+def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(clean, adv, min_radius)`` of a :func:`grid_record` file, images as float arrays in [0, 1]."""
+    d = read_json(path)
+    shape = d["shape"]
+    clean = np.asarray(d["clean"], dtype=np.float64).reshape(shape) / 255
+    adv = np.asarray(d["adv"], dtype=np.float64).reshape(shape) / 255
+    return clean, adv, np.asarray([float(v) for v in d["min_radius"]])
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -357,10 +376,8 @@ def run_leaderboard(
             }
             if lo == cfg.first and cfg.grid_examples:
                 g = slice(0, min(cfg.grid_examples, hi - lo))
-                save_npz(
-                    path.with_suffix(".npz"), clean=images[sl][g].numpy(), adv=adv[g].numpy(),
-                    min_radius=np.asarray(r["min_radius"][g]),
-                )  # fmt: skip
+                grid = grid_record(images[sl][g], adv[g], r["min_radius"][g])
+                atomic_write(path.with_suffix(".grid.json"), json.dumps(grid, separators=(",", ":")))
             write_json(path, rec)
             if progress is not None:
                 progress(tag, 1, 1)

@@ -190,10 +190,10 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], grids_from: str | None = None) -> Path:
     """Write ``out_dir/index.html`` (self-contained: images inlined) and ``out_dir/leaderboard.md``.
 
-    ``grids_from``: the run folder whose ``units/<model>/<attack>/*.npz`` hold example images (default
+    ``grids_from``: the run folder whose ``units/<model>/<attack>/*.grid.json`` hold example images (default
     ``out_dir``)."""
     from .._util import atomic_write
-    from ..eval.leaderboard import _safe
+    from ..eval.leaderboard import _safe, read_grid
 
     out = Path(out_dir)
     src = Path(grids_from) if grids_from else out
@@ -281,11 +281,11 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
     for m in board["models"]:
         clean, rows = None, []
         for lab in m["attacks"]:
-            f = src / "units" / _safe(m["label"]) / _safe(lab) / f"{first:06d}.npz"
+            f = src / "units" / _safe(m["label"]) / _safe(lab) / f"{first:06d}.grid.json"
             if f.exists():
-                d = np.load(f)
-                clean = d["clean"] if clean is None else clean
-                rows.append((lab, d["adv"], d["min_radius"]))
+                c, a, r = read_grid(f)
+                clean = c if clean is None else clean
+                rows.append((lab, a, r))
         if clean is not None and rows:
             parts.append(f"<h3>{html.escape(m['label'])}</h3>" + _b64(_grid_png(clean, rows), f"examples {m['label']}"))
     parts.append(f"<script>{_SORT_JS}</script></body></html>")
