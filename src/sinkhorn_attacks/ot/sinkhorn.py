@@ -212,6 +212,16 @@ class SinkhornResult:
         return self.moved_mass / self.plan_mass.clamp_min(torch.finfo(self.plan_mass.dtype).tiny)
 
 
+def _retire(act: torch.Tensor, resid: torch.Tensor, tol: float, conv: torch.Tensor) -> torch.Tensor:
+    """The active set after one sweep: examples whose residual reached ``tol`` are marked converged and
+    leave the batch (shared by the KL and the TV / quadratic loops)."""
+    done = resid <= tol
+    if bool(done.any()):
+        conv[act[done]] = True
+        act = act[~done]
+    return act
+
+
 def _result(t, value: torch.Tensor, gap: torch.Tensor, f, g, iters, conv, resid) -> SinkhornResult:
     """The result object from the per-channel terms ``t`` (summed over channels here) and the per-image
     ``value`` and certified ``gap``."""
@@ -310,12 +320,9 @@ def uot_sinkhorn(
         f[act], g[act], ell_old[act] = fa, ga, ell
         resid[act] = r
         iters[act] = it
-        done = r <= tol
-        if bool(done.any()):
-            conv[act[done]] = True
-            act = act[~done]
-            if act.numel() == 0:
-                break
+        act = _retire(act, r, tol, conv)
+        if act.numel() == 0:
+            break
     terms = uot_terms(f, g, x, z, cost, eta, tau)
     if balanced:
         value = terms.transport + eta * terms.entropy
@@ -530,12 +537,9 @@ def _sinkhorn_divergence(
         f[act], g[act], f_next[act] = fa, ga, fn
         resid[act] = r
         iters[act] = it
-        done = r <= tol
-        if bool(done.any()):
-            conv[act[done]] = True
-            act = act[~done]
-            if act.numel() == 0:
-                break
+        act = _retire(act, r, tol, conv)
+        if act.numel() == 0:
+            break
     t = _divergence_terms(f, g, x, z, cost, eta, tau, div)
     value = t.transport + eta * t.entropy + tau * (t.kl_rows + t.kl_cols)
     return _result(t, value.sum(dim=1), t.gap.sum(dim=1), f, g, iters, conv, resid)
