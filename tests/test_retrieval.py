@@ -95,6 +95,14 @@ def ref_rank(scores, pos):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _gallery(make_attack, tower, data, obj, ei, et, idx, **kw):
+    """``attack_gallery`` on a retrieval dataset's own labels and loader."""
+    return attack_gallery(
+        make_attack, tower, lambda ii: data.load_images(ii), obj, ei, data.image_labels, et, data.caption_labels,
+        data.caption_image, idx, **kw,
+    )  # fmt: skip
+
+
 def test_cmpm_matches_direct_float64():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 7, generator=g, dtype=torch.float64) * 2
@@ -520,16 +528,13 @@ def test_gallery_attack_lowers_recall_with_standin(trained):
         )
 
     idx = np.arange(0, 24)
-    res = attack_gallery(
+    res = _gallery(
         make_attack,
         tower,
-        lambda ii: data.load_images(ii),
+        data,
         obj,
         ei,
-        data.image_labels,
         et,
-        data.caption_labels,
-        data.caption_image,
         idx,
         record_steps=[1, 2, 4],
         batch_size=10,
@@ -648,16 +653,13 @@ def test_library_attacks_plug_in(trained, preset, overrides):
         )
 
     idx = np.arange(4)
-    res = attack_gallery(
+    res = _gallery(
         make_attack,
         tower,
-        lambda ii: data.load_images(ii),
+        data,
         obj,
         ei,
-        data.image_labels,
         et,
-        data.caption_labels,
-        data.caption_image,
         idx,
         record_steps=[1, 3],
         batch_size=4,
