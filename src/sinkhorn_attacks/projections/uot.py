@@ -59,15 +59,17 @@ def solve_z(
     gam = torch.as_tensor(gamma, dtype=q.dtype, device=q.device)
     reach = torch.isfinite(q)
     qf = torch.where(reach, q, torch.zeros_like(q))
+    lq = lam_t * qf  # phi(u) = gam (e^u - w) + tau (1 - e^{lam q - lam u}); the loop reuses lam q, gam w
+    gw = gam * w
 
     def phi_dphi(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = torch.exp(lam_t * (qf - u))
-        eu = torch.exp(u)
-        return gam * (eu - w) + tau * (1 - s), gam * eu + tau * lam_t * s
+        s = torch.exp(torch.addcmul(lq, lam_t, u, value=-1.0)).mul_(tau)  # tau e^{lam (q - u)}
+        ge = torch.exp(u).mul_(gam)
+        return (ge - gw).add_(tau).sub_(s), ge.add_(s.mul_(lam_t))
 
     hi = torch.zeros_like(q)
     at_one, _ = phi_dphi(hi)
-    top = at_one <= 0
+    done = (at_one <= 0) | ~reach  # z = 1, or no source in reach: nothing to solve
     lo = torch.clamp(qf - torch.log1p(gam * (1 - w).clamp_min(0) / tau) / lam_t, max=0.0)
     if z0 is not None:
         u = torch.log(z0.clamp_min(torch.finfo(q.dtype).tiny)).clamp(lo, hi)
@@ -80,16 +82,16 @@ def solve_z(
         neg = p < 0
         lo = torch.where(neg, u, lo)
         hi = torch.where(neg, hi, u)
-        un = u - p / dp
-        bad = ~((un >= lo) & (un <= hi)) | ~torch.isfinite(un)
-        un = torch.where(bad, 0.5 * (lo + hi), un)
-        step = (un - u).abs()
+        un = u - p.div_(dp)
+        # outside the bracket (NaN and +-inf included: every comparison with NaN is False): bisect
+        un = torch.where((un >= lo) & (un <= hi), un, (lo + hi).mul_(0.5))
+        step = (un - u).abs_()
         u = un
         if finishing:
             break  # one more Newton step after |step| <= sqrt(eps): quadratic convergence -> rounding level
-        finishing = bool(((step <= loose * (1 + u.abs())) | top | ~reach).all())
+        finishing = bool(((step <= u.abs().add_(1.0).mul_(loose)) | done).all())
     z = torch.exp(u)
-    z = torch.where(top, torch.ones_like(z), z)
+    z = torch.where(at_one <= 0, torch.ones_like(z), z)
     z = torch.where(reach, z, (w - tau / gam).clamp(0, 1))
     return z
 
@@ -102,8 +104,8 @@ _FLOOR = 10.0  # a plain float32 solve stalled (3 x _STALL sweeps) below this mu
 
 def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     """``(1 - omega) old + omega new`` where both are finite, else ``new`` (infinite potentials are exact)."""
-    both = torch.isfinite(old) & torch.isfinite(new)
-    return torch.where(both, torch.lerp(old, new, omega), new)
+    out = torch.addcmul(old, omega, new - old)  # NaN exactly where old or new is infinite (inf - inf, inf * 0)
+    return torch.where(torch.isnan(out), new, out)
 
 
 _CHECK = 50  # sweeps between two progress checkpoints of the hopeless-case detector
