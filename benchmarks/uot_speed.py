@@ -5,7 +5,7 @@ imported side by side: the reference commit is checked out into a ``git worktree
 first on the child's ``PYTHONPATH``. Every child uses one thread and reports its CPU time
 (``time.process_time``), so results do not depend on other load on the machine.
 
-    python -m benchmarks.uot_speed --ref 86a3e63 --n-ab 100 --n-step 32 --steps 10 \\
+    python -m benchmarks.uot_speed --ref 86a3e63 --n-ab 100 --n-step 32 --step-steps 10 \\
         --out docs/benchmarks/uot_speed
 
 Measured (all on MNIST test images, Wong et al.'s adversarially trained model, meter off):
@@ -13,6 +13,8 @@ Measured (all on MNIST test images, Wong et al.'s adversarially trained model, m
   images, with the current code; the ratio uot / fair-wong.
 * ``ab``: the ``uot`` preset (default steps, early stop) on ``--n-ab`` images, current vs reference:
   CPU seconds, robust accuracy, inner sweeps per projection.
+* ``large``: CPU seconds per 128x128x3 image-step of the ``uot`` preset (``--n-large`` Flickr8k test images,
+  ``--large-steps`` steps, a seeded stand-in CNN), current vs reference.
 * ``pixels``: CPU seconds of one cold-start budgeted projection per pixel-channel at 28x28, 64x64x3,
   128x128x3 and 224x224x3 (about 150k pixel-channels per batch), relative to 28x28 (``_per_pixel``).
 """
@@ -29,6 +31,41 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _large_child(args: argparse.Namespace) -> None:
+    """``uot`` preset steps on 128x128x3 Flickr8k images (saved by the parent) through a seeded stand-in CNN."""
+    import torch
+
+    torch.set_num_threads(1)
+    import sinkhorn_attacks
+    from sinkhorn_attacks.attacks import from_preset
+
+    x = torch.load(args.images, weights_only=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 5, stride=4, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(128, 10),
+    ).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the model's own labels: every image starts correctly classified
+    atk = from_preset("uot", model, meter_cost=None, steps=args.steps, early_stop=False)
+    t0 = time.process_time()
+    res = atk(x, y)
+    cpu = time.process_time() - t0
+    out = {
+        "package": str(Path(sinkhorn_attacks.__file__).parent),
+        "images": int(x.shape[0]),
+        "size": "x".join(str(d) for d in x.shape[1:]),
+        "steps": args.steps,
+        "cpu_s": cpu,
+        "cpu_s_per_image_step": cpu / (x.shape[0] * args.steps),
+        "robust_accuracy": float(res.robust_accuracy),
+    }
+    print("RESULT " + json.dumps(out))
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -170,13 +207,35 @@ def _per_pixel(repeats: int = 1) -> dict:
     return {"rows": rows, "repeats": repeats}
 
 
-def _run(src: Path, preset: str, n: int, steps: int | None, no_early_stop: bool) -> dict:
+def _large(ref_src: Path | None, n: int, steps: int) -> dict:
+    """128x128x3 image-steps of the ``uot`` preset (the retrieval setting): current vs reference code."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from sinkhorn_attacks.data.captions import load_flickr8k_npz
+
+    data = load_flickr8k_npz(Path(os.environ["SINKHORN_ATTACKS_DATA"]) / "flickr8k_128.npz", "test")
+    arr = np.stack([np.asarray(data.images[i]) for i in range(n)])  # (n, H, W, 3) uint8
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0)
+    if x.shape[-1] != 128:
+        x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False).clamp(0, 1)
+    path = Path(tempfile.gettempdir()) / "uot_speed_large.pt"
+    torch.save(x.contiguous(), path)
+    extra = ["--large", "--images", str(path), "--steps", str(steps)]
+    new = _run(REPO / "src", "uot", n, None, False, extra)
+    old = _run(ref_src, "uot", n, None, False, extra) if ref_src is not None else None
+    return {"new": new, "ref": old, "speedup": (old["cpu_s"] / new["cpu_s"]) if old else None}
+
+
+def _run(src: Path, preset: str, n: int, steps: int | None, no_early_stop: bool, extra=()) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "benchmarks.uot_speed", "--child", "--preset", preset, "--n", str(n)]
     if steps:
         cmd += ["--steps", str(steps)]
     if no_early_stop:
         cmd += ["--no-early-stop"]
+    cmd += list(extra)
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -197,11 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-steps", type=int, default=10)
     ap.add_argument("--n-cert", type=int, default=24)
     ap.add_argument("--pixel-repeats", type=int, default=1)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab,cert,pixels")
+    ap.add_argument("--large", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--images", help=argparse.SUPPRESS)
+    ap.add_argument("--n-large", type=int, default=4, help="128x128x3 Flickr8k images for the large A/B")
+    ap.add_argument("--large-steps", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: step,ab,large,cert,pixels")
     ap.add_argument("--out", default="docs/benchmarks/uot_speed")
     args = ap.parse_args(argv)
     if args.child:
-        _child(args)
+        _large_child(args) if args.large else _child(args)
         return
     skip = set(filter(None, args.skip.split(",")))
     cur = REPO / "src"
@@ -233,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         old = _run(wt / "src", "uot", args.n_ab, None, False)
         report["ab"] = {"images": args.n_ab, "new": new, "ref": old, "speedup": old["cpu_s"] / new["cpu_s"]}
         print(json.dumps(report["ab"], indent=1))
+    if "large" not in skip:
+        report["large"] = _large(None if "ab" in skip else wt / "src", args.n_large, args.large_steps)
+        print(json.dumps(report["large"], indent=1))
     if "cert" not in skip:
         report["certificate"] = _certificate(args.n_cert)
         print(json.dumps({k: v for k, v in report["certificate"].items() if k != "ratios"}, indent=1))
@@ -280,6 +346,23 @@ def _markdown(r: dict) -> str:
             sws = f"{sw:.0f}" if sw is not None else "-"
             lines.append(f"| {name} | {v['cpu_s']:.1f} | {v['robust_accuracy']:.3f} | {sws} | {v['projections']} |")
         lines += ["", f"speed-up: **{a['speedup']:.2f}x**", ""]
+    lg = r.get("large")
+    if lg:
+        v = lg["new"]
+        lines += [
+            f"## 128x128x3 image-steps (the retrieval setting; {v['images']} Flickr8k test images, {v['steps']} steps)",
+            "",
+            "The `uot` preset through a seeded stand-in CNN (the projection, not the model, sets the cost).",
+            "",
+            "| code | CPU s | CPU s / image-step |",
+            "|---|---|---|",
+        ]
+        for name, v in (("current", lg["new"]), (f"reference {r['ref']}", lg.get("ref"))):
+            if v:
+                lines.append(f"| {name} | {v['cpu_s']:.1f} | {v['cpu_s_per_image_step']:.2f} |")
+        if lg.get("speedup"):
+            lines += ["", f"speed-up: **{lg['speedup']:.2f}x**"]
+        lines.append("")
     c = r.get("certificate")
     if c:
         lines += [

@@ -205,12 +205,18 @@ def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
     if power:
         kern = kern * table**power
     kern = kern.to(u.dtype).reshape(-1, k, k).expand(n, k, k)
-    support = (table > 0 if power else torch.ones_like(table)).to(u.dtype).expand(n, k, k)
     s = u.flatten(1).amax(1).reshape(n, 1, 1)
     s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
-    # the batch as channels of one grouped convolution (the fastest CPU layout for single-channel planes);
+    fin = torch.isfinite(u)
+    if bool(fin.all()) and (power == 0 or (r >= 1 and h * w > 1)):
+        # no -inf entry: every window holds mass (with power > 0 it has a neighbour besides its centre), so
+        # one convolution of the batch as channels (the fastest CPU layout for single-channel planes)
+        acc = F.conv2d(torch.exp(u - s).reshape(1, n, h, w), kern.reshape(n, 1, k, k), padding=r, groups=n)
+        acc = acc.reshape(n, h, w)
+        return torch.log(acc).add_(s), acc < _SCALING_MIN_SUM[u.dtype]
+    support = (table > 0 if power else torch.ones_like(table)).to(u.dtype).expand(n, k, k)
     # the window's mass indicator rides along as extra channels, so one call gives both sums
-    planes = torch.stack([torch.exp(u - s), torch.isfinite(u).to(u.dtype)], dim=1).reshape(1, 2 * n, h, w)
+    planes = torch.stack([torch.exp(u - s), fin.to(u.dtype)], dim=1).reshape(1, 2 * n, h, w)
     sums = F.conv2d(planes, torch.stack([kern, support], dim=1).reshape(2 * n, 1, k, k), padding=r, groups=2 * n)
     acc, mass = sums.reshape(n, 2, h, w).unbind(1)
     empty = mass < 0.5
