@@ -11,9 +11,12 @@ z_theirs| (raw units), the relative tolerance and the speed ratio; writes docs/b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -56,9 +59,11 @@ def main() -> None:
     N = x.flatten(1).sum(1).reshape(-1, 1, 1, 1)
     C = ps.wasserstein_cost(x, p=2, kernel_size=7)
     t0 = time.process_time()  # CPU time of this process: independent of other load on the machine
-    with torch.no_grad():
-        zt = ps.projected_sinkhorn(x / N, w / N, C, eps, lam, maxiters=iters) * N
+    log = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(log):  # verbose: their loop prints its last iteration
+        zt = ps.projected_sinkhorn(x / N, w / N, C, eps, lam, maxiters=iters, verbose=True) * N
     t_theirs = time.process_time() - t0
+    their_iters = [int(m) for m in re.findall(r"terminate at iteration (\d+)", log.getvalue())]
     t0 = time.process_time()
     r = sinkhorn_project(x, w, LocalCost(7, 2.0), eps, lam, max_iter=iters)
     t_ours = time.process_time() - t0
@@ -76,6 +81,10 @@ def main() -> None:
         "max_abs_diff": float(diff[ok].max()) if ok.any() else None,
         "max_rel_diff": float((diff[ok] / zt[ok].abs().max()).max()) if ok.any() else None,
         "ours_sweeps": int(r.iterations.max()),
+        "ours_sweeps_mean": float(r.iterations.double().mean()),
+        "theirs_iterations": their_iters[-1] if their_iters else None,  # batch-wide: all images run this many
+        "cpu_per_image_sweep_theirs_us": (1e6 * t_theirs / (args.n * their_iters[-1])) if their_iters else None,
+        "cpu_per_image_sweep_ours_us": 1e6 * t_ours / float(r.iterations.double().sum()),
         "ours_transport_max": float(r.transport.max()),
         "cpu_theirs_s": t_theirs,
         "cpu_ours_s": t_ours,
