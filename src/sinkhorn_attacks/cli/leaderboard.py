@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if total > 0:
             print(f"\r{tag}: done{' ' * 20}", file=sys.stderr, flush=True)
             state["tag"] = None
-        else:
+        elif sys.stderr.isatty():  # live step counter on a terminal only (a log file gets one line per unit)
             print(f"\r{tag}: step {step}", end="", file=sys.stderr, flush=True)
 
     args.resume_hint = f"rerun the same command to resume (finished units in {args.out}/units are kept)"
