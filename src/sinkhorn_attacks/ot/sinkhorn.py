@@ -26,6 +26,7 @@ import torch
 
 from .checks import check_cost, check_count, check_measure, check_positive, check_potential, check_same, check_tau
 from .cost import LocalCost
+from .engine import SweepOptions, default_tol, run_sweeps
 from .kernel import local_lse
 
 __all__ = [
@@ -42,11 +43,6 @@ __all__ = [
 ]
 
 DIVERGENCES = ("kl", "tv", "l2")
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """Default residual tolerance: ``1e-5`` in float32 (attack use), ``1e-10`` in float64 (references)."""
-    return 1e-5 if dtype == torch.float32 else 1e-10
 
 
 def _xlogy_diff(a: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -212,16 +208,6 @@ class SinkhornResult:
         return self.moved_mass / self.plan_mass.clamp_min(torch.finfo(self.plan_mass.dtype).tiny)
 
 
-def _retire(act: torch.Tensor, resid: torch.Tensor, tol: float, conv: torch.Tensor) -> torch.Tensor:
-    """The active set after one sweep: examples whose residual reached ``tol`` are marked converged and
-    leave the batch (shared by the KL and the TV / quadratic loops)."""
-    done = resid <= tol
-    if bool(done.any()):
-        conv[act[done]] = True
-        act = act[~done]
-    return act
-
-
 def _result(t, value: torch.Tensor, gap: torch.Tensor, f, g, iters, conv, resid) -> SinkhornResult:
     """The result object from the per-channel terms ``t`` (summed over channels here) and the per-image
     ``value`` and certified ``gap``."""
@@ -298,31 +284,23 @@ def uot_sinkhorn(
     lx, lz = torch.log(x), torch.log(z)
     f = torch.zeros_like(x) if f0 is None else f0.clone()
     g = torch.zeros_like(z) if g0 is None else g0.clone()
-    B = x.shape[0]
-    iters = torch.zeros(B, dtype=torch.long, device=x.device)
-    conv = torch.zeros(B, dtype=torch.bool, device=x.device)
-    resid = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
-    act = torch.arange(B, device=x.device)
     gl = torch.where(torch.isposinf(g), torch.zeros_like(g), g)
-    ell_old = local_lse(gl, cost, eta)
-    for it in range(1, int(max_iter) + 1):
-        xa, la, za = lx[act], ell_old[act] if act.numel() < B else ell_old, lz[act]
+    state = {"f": f, "g": g, "ell": local_lse(gl, cost, eta)}
+
+    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+        xa, la, za = ws["lx"], ws["ell"], ws["lz"]
         fa = row_potential(xa, la, ek)
         q = local_lse(row_lse_input(fa), cost, eta)
         ga = torch.where(torch.isneginf(za), za, ek * (za - q))
         ga = torch.where(torch.isneginf(q) & ~torch.isneginf(za), torch.full_like(ga, math.inf), ga)
-        gla = torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga)
-        ell = local_lse(gla, cost, eta)
+        ell = local_lse(torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga), cost, eta)
         same = (ell == la) | (torch.isneginf(xa))  # also both -inf (hole rows)
         diff = torch.where(same, torch.zeros_like(xa), (ell - la).abs())
-        diff = torch.nan_to_num(diff, nan=math.inf)
-        r = diff.amax(dim=(1, 2, 3))
-        f[act], g[act], ell_old[act] = fa, ga, ell
-        resid[act] = r
-        iters[act] = it
-        act = _retire(act, r, tol, conv)
-        if act.numel() == 0:
-            break
+        ws["f"], ws["g"], ws["ell"] = fa, ga, ell
+        return torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
+
+    log = run_sweeps(state, sweep, SweepOptions(tol, max_iter), out=("f", "g", "ell"), extra={"lx": lx, "lz": lz})
+    iters, conv, resid = log.iterations, log.converged, log.residual
     terms = uot_terms(f, g, x, z, cost, eta, tau)
     if balanced:
         value = terms.transport + eta * terms.entropy
@@ -521,25 +499,18 @@ def _sinkhorn_divergence(
         return t.clamp(-tau, tau) if div == "tv" else t
 
     f, g = start(f0), start(g0)
-    B = x.shape[0]
-    iters = torch.zeros(B, dtype=torch.long, device=x.device)
-    conv = torch.zeros(B, dtype=torch.bool, device=x.device)
-    resid = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
-    act = torch.arange(B, device=x.device)
-    f_next = marginal_prox(lx, x, local_lse(g, cost, eta), eta, tau, div)
-    for it in range(1, int(max_iter) + 1):
-        full = act.numel() == B
-        xa, lxa, za, lza = (x, lx, z, lz) if full else (x[act], lx[act], z[act], lz[act])
-        fa = f_next if full else f_next[act]
-        ga = marginal_prox(lza, za, local_lse(fa, cost, eta), eta, tau, div)
-        fn = marginal_prox(lxa, xa, local_lse(ga, cost, eta), eta, tau, div)
-        r = torch.nan_to_num((fn - fa).abs(), nan=math.inf).amax(dim=(1, 2, 3)) / eta
-        f[act], g[act], f_next[act] = fa, ga, fn
-        resid[act] = r
-        iters[act] = it
-        act = _retire(act, r, tol, conv)
-        if act.numel() == 0:
-            break
+    state = {"f": f, "g": g, "f_next": marginal_prox(lx, x, local_lse(g, cost, eta), eta, tau, div)}
+
+    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+        fa = ws["f_next"]
+        ga = marginal_prox(ws["lz"], ws["z"], local_lse(fa, cost, eta), eta, tau, div)
+        fn = marginal_prox(ws["lx"], ws["x"], local_lse(ga, cost, eta), eta, tau, div)
+        ws["f"], ws["g"], ws["f_next"] = fa, ga, fn
+        return torch.nan_to_num((fn - fa).abs(), nan=math.inf).amax(dim=(1, 2, 3)) / eta
+
+    extra = {"x": x, "lx": lx, "z": z, "lz": lz}
+    log = run_sweeps(state, sweep, SweepOptions(tol, max_iter), out=("f", "g", "f_next"), extra=extra)
+    iters, conv, resid = log.iterations, log.converged, log.residual
     t = _divergence_terms(f, g, x, z, cost, eta, tau, div)
     value = t.transport + eta * t.entropy + tau * (t.kl_rows + t.kl_cols)
     return _result(t, value.sum(dim=1), t.gap.sum(dim=1), f, g, iters, conv, resid)

@@ -39,6 +39,7 @@ import torch
 
 from ..ot.checks import check_cost, check_positive
 from ..ot.cost import LocalCost
+from ..ot.engine import Decision, SweepOptions, run_sweeps
 from ..ot.kernel import local_lse
 
 __all__ = [
@@ -190,11 +191,16 @@ def _solve(
     mass_tol: float | None,
     extra_iter: int,
 ):
-    """Shared block-coordinate loop of Wong (``box=None``) and Hu (``box`` = (B,) upper bound)."""
+    """Shared block-coordinate loop of Wong (``box=None``) and Hu (``box`` = (B,) upper bound).
+
+    One sweep: the alpha-step, the beta-step through Wright omega (and Hu's box), one Newton step on psi and
+    the objective of the stopping rule. An image is done when its objective is ``allclose`` to the previous
+    sweep's (numpy's rule, as in both authors' code); Wong's batch runs until every image is done
+    (``per_example=False``), Hu's images leave one by one, after his feasibility re-check.
+    """
     B = xn.shape[0]
     m = xn[0].numel()
     dt, dev = xn.dtype, xn.device
-    log_x = torch.log(xn)  # -inf on zero pixels
     if init is not None:
         la = init["log_u"].to(dt).clone()
         beta = init["beta"].to(dt).clone()
@@ -209,37 +215,34 @@ def _solve(
     if box is not None and phi is None:
         phi = torch.zeros_like(xn)
     log_lam = math.log(lam)
-    lw = lam * wn
-    obj_old = torch.full((B,), -math.inf, dtype=dt, device=dev)
-    lk_beta: torch.Tensor | None = None
-    z = wn.clone()  # lam z = omega(...) (or the box), kept from the sweep: no cancellation in w + beta / lam
-    converged = torch.zeros(B, dtype=torch.bool, device=dev)
-    iters = torch.zeros(B, dtype=torch.long, device=dev)
-    cap = max_iter + (extra_iter if (budget_tol is not None or mass_tol is not None) else 0)
-    i = 0
-    while True:
-        act = (~converged).nonzero().squeeze(1) if per_example else torch.arange(B, device=dev)
-        if act.numel() == 0:
-            break
-        full = act.numel() == B
+    state = {
+        "la": la,
+        "beta": beta,
+        "psi": psi,
+        "z": wn.clone(),  # lam z = omega(...) (or the box), kept from the sweep: no cancellation in w + beta / lam
+        "lkb": _lk(-beta, cost, psi),  # log(K * e^{-beta}), carried from one sweep to the next
+        "obj": torch.full((B,), -math.inf, dtype=dt, device=dev),
+    }
+    if phi is not None:
+        state["phi"] = phi
+    extra = {"log_x": torch.log(xn), "xn": xn, "wn": wn, "lw": lam * wn, "eps": eps}  # log x: -inf on zero pixels
+    if box is not None:
+        extra["box"] = box
 
-        def sel(t: torch.Tensor, _a: torch.Tensor = act, _full: bool = full) -> torch.Tensor:
-            return t if _full else t[_a]
-
-        la_a, beta_a, psi_a = sel(la), sel(beta), sel(psi)
+    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+        psi_a, wn_a, eps_a = ws["psi"], ws["wn"], ws["eps"]
         # alpha-step: e^{-alpha} = x / (K * e^{-beta})
-        lkb = _lk(-beta_a, cost, psi_a) if lk_beta is None else sel(lk_beta)  # cached from the last sweep
-        la_a = sel(log_x) - lkb
+        la_a = ws["log_x"] - ws["lkb"]
         la_a = torch.where(torch.isfinite(la_a), la_a, torch.full_like(la_a, -math.inf))
         # beta-step through Wright omega
         log_a = _lk(la_a, cost, psi_a)
-        lw_a = sel(lw)
+        lw_a = ws["lw"]
         om = wright_omega(log_lam + lw_a + log_a)  # = lam * z_j (unconstrained)
         beta1 = om - lw_a
         if box is not None:
-            u = _b4(sel(box))
-            beta0 = torch.log(_b4(1.0 / sel(box))) + log_a  # log(N a)
-            ph = lam * (sel(wn) - u) + beta0
+            u = _b4(ws["box"])
+            beta0 = torch.log(_b4(1.0 / ws["box"])) + log_a  # log(N a)
+            ph = lam * (wn_a - u) + beta0
             beta_a = torch.where(ph < 0, beta1, beta0)
             z_a = torch.where(ph < 0, om / lam, u.expand_as(om))  # phi > 0 puts z exactly on the box
             phi_a = ph.clamp_min(0.0)
@@ -251,10 +254,9 @@ def _solve(
         # psi Newton step
         m1 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 1)))
         m2 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 2)))
-        psi_a = _newton_psi(psi_a, m1 - sel(eps), -m2)
+        psi_a = _newton_psi(psi_a, m1 - eps_a, -m2)
         # objective for the stopping rule
         lkb = _lk(-beta_a, cost, psi_a)  # log(K * e^{-beta}) with the new psi (reused by the next alpha-step)
-        k_e = torch.exp(la_a + lkb)
         alpha_a = -la_a
         if stopping == "hu":
             # the quantity Hu's code watches: beta + phi where z uses beta - phi, and the kernel sum taken
@@ -262,9 +264,9 @@ def _solve(
             bpp = beta_a + phi_a if phi_a is not None else beta_a
             obj = (
                 -0.5 / lam * _bsum(bpp * bpp)
-                - psi_a * sel(eps)
-                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), sel(xn))
-                - _bsum(bpp.clamp(max=1e10) * sel(wn))
+                - psi_a * eps_a
+                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), ws["xn"])
+                - _bsum(bpp.clamp(max=1e10) * wn_a)
                 - _bsum(torch.exp(log_a - beta_a))
             )
             if phi_a is not None:
@@ -274,58 +276,53 @@ def _solve(
             ea = torch.exp(la_a)
             obj = (
                 -0.5 / lam * _bsum(ea * ea)
-                - psi_a * sel(eps)
-                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), sel(xn))
-                - _bsum(ea.clamp(max=1e10) * sel(wn))
+                - psi_a * eps_a
+                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), ws["xn"])
+                - _bsum(ea.clamp(max=1e10) * wn_a)
                 - _bsum(beta_a * torch.exp(lkb))
             )
         else:
             bp = beta_a - phi_a if phi_a is not None else beta_a
             obj = (
                 -0.5 / lam * _bsum(bp * bp)
-                - _bsum(bp * sel(wn))
-                - _xlogx_safe_dot(alpha_a, sel(xn))
-                - psi_a * sel(eps)
-                - _bsum(k_e)
+                - _bsum(bp * wn_a)
+                - _xlogx_safe_dot(alpha_a, ws["xn"])
+                - psi_a * eps_a
+                - _bsum(torch.exp(la_a + lkb))
             )
             if phi_a is not None:
-                obj = obj - _bsum(phi_a) * sel(box)
-        i += 1
-        o_old = sel(obj_old)
-        close = (obj - o_old).abs() <= atol + rtol * obj.abs()  # numpy allclose(old, new)
-        if full:
-            la, beta, psi, lk_beta, z = la_a, beta_a, psi_a, lkb, z_a
-            if phi_a is not None:
-                phi = phi_a
-            obj_old = obj
-        else:
-            la[act], beta[act], psi[act], z[act] = la_a, beta_a, psi_a, z_a
-            if lk_beta is None:
-                lk_beta = torch.zeros_like(la)
-            lk_beta[act] = lkb
-            if phi_a is not None:
-                phi[act] = phi_a
-            obj_old[act] = obj
-        iters[act] += 1
+                obj = obj - _bsum(phi_a) * ws["box"]
+        change = (obj - ws["obj"]).abs()
+        ws["close"] = change <= atol + rtol * obj.abs()  # numpy allclose(old, new)
+        ws.update(la=la_a, beta=beta_a, psi=psi_a, lkb=lkb, z=z_a, obj=obj)
+        if phi_a is not None:
+            ws["phi"] = phi_a
+        return change
+
+    def decide(ws, r, ok, it, idx) -> Decision:
         if not per_example:  # Wong: all examples run until every objective has settled
-            if i > max_iter or bool(close.all()):
-                converged[:] = bool(close.all())
-                break
-            continue
-        cand = close | (i > max_iter)
+            return Decision(ws["close"])
+        cand = ws["close"] | (it > max_iter)
         if (budget_tol is not None or mass_tol is not None) and bool(cand.any()):
             # Hu's feasibility re-check before an example may stop (with our hard cap ``cap``)
             bad = torch.zeros_like(cand)
             if budget_tol is not None:
-                bad |= (_moments(la_a, beta_a, cost, psi_a)[1] - sel(eps)) > budget_tol
+                bad |= (_moments(ws["la"], ws["beta"], cost, ws["psi"])[1] - ws["eps"]) > budget_tol
             if mass_tol is not None:
-                bad |= (_bsum(z_a) - 1).abs() > mass_tol
+                bad |= (_bsum(ws["z"]) - 1).abs() > mass_tol
             cand = cand & ~bad
-        converged[act] = cand
-        if i >= cap:
-            break
+        return Decision(cand)
+
+    if per_example:
+        cap = max_iter + (extra_iter if (budget_tol is not None or mass_tol is not None) else 0)
+        opts = SweepOptions(max_iter=cap)
+    else:  # Wong's loop stops once the counter exceeds max_iter
+        opts = SweepOptions(max_iter=max_iter + 1, retire="all")
+    out = ("la", "beta", "psi", "z", "lkb", "obj") + (("phi",) if phi is not None else ())
+    log = run_sweeps(state, sweep, opts, out=out, extra=extra, decide=decide)
+    la, beta, psi = state["la"], state["beta"], state["psi"]
     m0, m1, _ = _moments(la, beta, cost, psi)
-    return z, la, beta, psi, phi, iters, m1, m0, converged
+    return state["z"], la, beta, psi, state.get("phi"), log.iterations, m1, m0, log.converged
 
 
 def _check_int(v: object, name: str, lo: int) -> int:

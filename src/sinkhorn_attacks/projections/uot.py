@@ -28,6 +28,7 @@ import torch
 
 from ..ot.checks import check_cost, check_count, check_images, check_positive, check_potential, check_same
 from ..ot.cost import LocalCost
+from ..ot.engine import CHECK, Decision, SweepOptions, relaxed, run_sweeps
 from ..ot.kernel import local_lse
 from ..ot.sinkhorn import row_lse_input, row_potential, uot_sinkhorn, uot_terms
 
@@ -97,19 +98,6 @@ def solve_z(
 
 
 _RELAX = 1.8  # default over-relaxation of the potentials (1 = plain block-coordinate ascent)
-_DIVERGED = 4.0  # an image whose residual exceeds this multiple of its best gets its omega halved
-_STALL = 30  # an image whose residual has not dropped by 10% for this many sweeps continues with omega = 1
-_FLOOR = 10.0  # a plain float32 solve stalled (3 x _STALL sweeps) below this multiple of tol stops there
-
-
-def _relaxed(old: torch.Tensor, new: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
-    """``(1 - omega) old + omega new`` where both are finite, else ``new`` (infinite potentials are exact)."""
-    out = torch.addcmul(old, omega, new - old)  # NaN exactly where old or new is infinite (inf - inf, inf * 0)
-    return torch.where(torch.isnan(out), new, out)
-
-
-_CHECK = 50  # sweeps between two progress checkpoints of the hopeless-case detector
-_HOPELESS = 20.0  # stop an image whose projected sweeps to reach tol exceed this multiple of the budget left
 _T_MIN, _T_MAX = math.log(1e-12), math.log(1e12)  # range of log psi
 _DT_MAX = 2.0  # largest change of log psi in one multiplier update
 _GATE = 1e-2  # F is evaluated (and psi moved) only once the residual is below this (and 10% of |log(F/eps)|)
@@ -156,13 +144,10 @@ def _penalised_sweeps(
     ``f~, (g~, z)`` is applied as ``f <- f + omega (f~ - f)``, ``g <- g + omega (g~ - g)``; ``omega = 1`` is
     the plain ascent. Fixed points are unchanged. The residual is the sweep's change of ``LSE_C[g]`` on the
     support of x (for ``omega = 1`` it equals the first-order row residual ``max |log(a / a*)|``; for any
-    ``omega`` it vanishes exactly at a fixed point); an image whose residual grows past ``_DIVERGED`` times its
-    best gets its ``omega`` halved towards 1 (plain ascent converges from any finite point; a non-finite
-    iterate restarts from the initial potentials with ``omega = 1``); one that stalls (no 10% progress in
-    ``_STALL`` sweeps: in float32, over-relaxation amplifies rounding noise above ``tol``) continues plainly,
-    and a plain float32 solve stalled below ``_FLOOR * tol`` stops there (its residual is reported as is).
-    An image whose observed rate of progress could not reach ``tol`` within ``_HOPELESS`` times the sweeps
-    left (e.g. ``kappa`` within 1e-9 of 1) stops early, unconverged.
+    ``omega`` it vanishes exactly at a fixed point). The loop, its active set and the guards of the
+    relaxation (damping of diverging images, a restart from the initial potentials after a non-finite
+    iterate, plain sweeps after a stall, early stop of hopeless images) are
+    :func:`~sinkhorn_attacks.ot.engine.run_sweeps`.
 
     ``budget`` (budgeted projection, docs/math.md §2(b)): a dict with per-image ``eps`` (B,), ``t`` (B,)
     = log psi, ``rtol`` and ``max_updates``; ``eta`` and ``gamma`` are then the *base* values, and the sweeps
@@ -170,33 +155,14 @@ def _penalised_sweeps(
     ``log F`` against ``log psi``, safeguarded by a bracket), so the whole projection is one solve. An image
     stops when its residual is below ``tol`` and ``eps (1 - rtol) <= F <= eps``. The dict receives ``t``,
     ``F`` and the best feasible iterate seen (``best_*``) for images that do not converge.
-    Returns ``(f, g, z, iterations (B,), residual (B,), converged (B,))``. Converged images are written back
-    and leave the working set (contiguous copies of the unconverged images' tensors, so a sweep does no
-    gather/scatter).
+    Returns ``(f, g, z, iterations (B,), residual (B,), converged (B,))``.
     """
     B = lx.shape[0]
     dev, dt = lx.device, lx.dtype
-    iters = torch.zeros(B, dtype=torch.long, device=dev)
-    resid = torch.full((B,), math.inf, dtype=dt, device=dev)
-    conv = torch.zeros(B, dtype=torch.bool, device=dev)
-    idx = torch.arange(B, device=dev)
-    ws = {
-        "lx": lx,
-        "w": w,
-        "eta0": eta.expand(B, 1, 1, 1),
-        "gamma0": gamma.expand(B, 1, 1, 1),
-        "f": f.clone(),
-        "g": g.clone(),
-        "z": z.clone(),
-        "omega": torch.ones(B, 1, 1, 1, dtype=dt, device=dev),  # first sweep: plain update
-        "best": torch.full((B,), math.inf, dtype=dt, device=dev),
-        "stall": torch.zeros(B, dtype=torch.long, device=dev),
-        "ref": torch.full((B,), math.inf, dtype=dt, device=dev),  # residual at the last progress checkpoint
-        "ref_it": torch.zeros(B, dtype=torch.long, device=dev),
-    }
+    extra = {"lx": lx, "w": w, "eta0": eta.expand(B, 1, 1, 1), "gamma0": gamma.expand(B, 1, 1, 1)}
     if budget is not None:
         eps = budget["eps"]
-        ws.update(
+        extra.update(
             eps=eps,
             t=budget["t"].clone(),
             tp=torch.full((B,), math.nan, dtype=dt, device=dev),  # previous (log psi, log F) for the secant
@@ -216,6 +182,8 @@ def _penalised_sweeps(
             "t": budget["t"].clone(),
         }
         rtol, max_upd = float(budget["rtol"]), int(budget["max_updates"])
+        t_out = budget.setdefault("t_out", budget["t"].clone())
+        F_out = budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))
 
     def set_scale(d: dict[str, torch.Tensor]) -> None:
         """Per-image (eta, gamma) at the current psi, and the derived step sizes."""
@@ -228,94 +196,51 @@ def _penalised_sweeps(
         d["step"] = e * (tau / (tau + e))
         d["lam"] = e / (tau + e)
 
-    set_scale(ws)
-    ws["ell"] = local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, ws["eta"])
+    def ell_of(g_: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return local_lse(torch.where(torch.isposinf(g_), torch.zeros_like(g_), g_), cost, e)
+
+    set_scale(extra)
+    extra["ell"] = ell_of(g, extra["eta"])
     f0, g0, z0 = f.clone(), g.clone(), z.clone()
-    for it in range(1, max_iter + 1):
+
+    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
         lxa, sa, ea, om = ws["lx"], ws["step"], ws["eta"], ws["omega"]
-        fa = _relaxed(ws["f"], row_potential(lxa, ws["ell"], sa), om)
+        fa = relaxed(ws["f"], row_potential(lxa, ws["ell"], sa), om)
         q = local_lse(row_lse_input(fa), cost, ea)
         za = solve_z(q, ws["w"], ws["lam"], tau, ws["gamma"], ws["z"])
         g_new = sa * (torch.log(za) - q)
         g_new = torch.where(torch.isneginf(q), torch.full_like(g_new, math.inf), g_new)
         g_new = torch.where((za <= 0) & torch.isfinite(q), torch.full_like(g_new, -math.inf), g_new)
-        ga = _relaxed(ws["g"], g_new, om)
-        ell = local_lse(torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga), cost, ea)
+        ga = relaxed(ws["g"], g_new, om)
+        ell = ell_of(ga, ea)
         same = (ell == ws["ell"]) | torch.isneginf(lxa)  # also both -inf (hole rows)
         diff = torch.where(same, torch.zeros_like(lxa), (ell - ws["ell"]).abs())
-        r = torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
-        ws["f"], ws["g"], ws["z"], ws["ell"] = fa, ga, za, ell
-        if it == 1:
-            ws["omega"] = torch.full_like(om, float(relax))
-        iters[idx] = it
-        resid[idx] = r
-        best_r = ws["best"]
-        diverged = ~(r <= _DIVERGED * best_r)  # also NaN
-        # stalled: no 10% progress for _STALL sweeps (over-relaxation amplifies rounding noise near the floor)
-        ws["stall"] = torch.where(r < 0.9 * best_r, torch.zeros_like(ws["stall"]), ws["stall"] + 1)
-        plain = ws["omega"].reshape(-1) == 1.0
-        # plain float32 sweeps stuck at the rounding level (float64's floor is far below any usable tol)
-        at_floor = (ws["stall"] >= 3 * _STALL) & plain & (r <= _FLOOR * tol) & (lx.dtype == torch.float32)
-        stalled = (ws["stall"] >= _STALL) & ~plain
-        inner_ok = ((r <= tol) | at_floor) & ~diverged
-        # hopeless: at the rate seen since the last checkpoint, tol is out of reach within the budget left
-        chk = (it - ws["ref_it"]) >= _CHECK
-        rate = (r / ws["ref"]).clamp_min(1e-300) ** (1.0 / _CHECK)
-        need = torch.log(torch.as_tensor(tol, dtype=dt) / r.clamp_min(1e-300)) / torch.log(rate.clamp(max=1 - 1e-16))
-        hopeless = chk & ~inner_ok & (ws["ref_it"] > 0) & torch.isfinite(r) & (need > _HOPELESS * (max_iter - it))
-        ws["ref"] = torch.where(chk, r, ws["ref"])
-        ws["ref_it"] = torch.where(chk, torch.full_like(ws["ref_it"], it), ws["ref_it"])
-        if budget is None:
-            done = inner_ok
-        else:
-            done, upd_any = _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_upd, cost, tau)
-            if upd_any:
-                set_scale(ws)
-                moved = ws.pop("_moved")
-                if bool(moved.any()):  # LSE_C[g] at the new temperature for the next f-block
-                    gm = ws["g"][moved]
-                    gm = torch.where(torch.isposinf(gm), torch.zeros_like(gm), gm)
-                    ws["ell"][moved] = local_lse(gm, cost, ws["eta"][moved])
-                    ws["ref_it"][moved] = it  # progress is measured afresh after a change of psi
-                    ws["ref"][moved] = math.inf
-        flags = torch.stack([stalled.any(), diverged.any(), done.any(), hopeless.any()]).tolist()
-        any_stalled, any_diverged, any_done, any_hopeless = flags
-        if any_stalled:  # relaxed sweeps stuck: plain sweeps from here
-            ws["omega"][stalled] = 1.0
-            ws["stall"][stalled] = 0
-        ws["best"] = torch.minimum(best_r, r)
-        if any_diverged:  # damp omega towards 1 (plain ascent converges from any finite point)
-            om_d = 1.0 + 0.5 * (ws["omega"][diverged] - 1.0)
-            ws["omega"][diverged] = torch.where(om_d < 1.05, torch.ones_like(om_d), om_d)
-            ws["best"][diverged] = r[diverged]
-            bad = diverged & ~(torch.isfinite(r))
-            if bool(bad.any()):  # non-finite iterate: restart those images from their initial potentials
-                bi = idx[bad]
-                ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
-                gb = ws["g"][bad]
-                gb = torch.where(torch.isposinf(gb), torch.zeros_like(gb), gb)
-                ws["ell"][bad] = local_lse(gb, cost, ws["eta"][bad])
-                ws["omega"][bad] = 1.0
-                ws["best"][bad] = math.inf
-        if any_done or any_hopeless:
-            leave = done | hopeless
-            conv[idx[done]] = True
-            f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
-            if budget is not None:
-                budget.setdefault("t_out", budget["t"].clone())[idx] = ws["t"]
-                budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))[idx] = ws["F"]
-            keep = ~leave
-            idx = idx[keep]
-            if idx.numel() == 0:
-                break
-            ws = {k: (v[keep] if v.shape[0] == keep.shape[0] else v) for k, v in ws.items()}
-    if idx.numel():
-        f[idx], g[idx], z[idx] = ws["f"], ws["g"], ws["z"]
+        ws["f"], ws["g"], ws["z"], ws["ell"], ws["q"] = fa, ga, za, ell, q
+        return torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
+
+    def decide(ws, r, ok, it, idx) -> Decision:
+        args = (ws["f"], ws["g"], ws["z"], ws["q"], ws["ell"], r, ok, tol, rtol, max_upd, cost, tau)
+        done, moved = _budget_step(ws, best, idx, *args)
+        if not bool(moved.any()):
+            return Decision(done)
+        set_scale(ws)
+        ws["ell"][moved] = ell_of(ws["g"][moved], ws["eta"][moved])  # LSE_C[g] at the new temperature
+        return Decision(done, fresh=moved)
+
+    def restart(ws, bad, idx) -> None:  # non-finite iterate: back to the initial potentials
+        bi = idx[bad]
+        ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
+        ws["ell"][bad] = ell_of(ws["g"][bad], ws["eta"][bad])
+
+    def on_leave(ws, mask, idx) -> None:
+        t_out[idx[mask]], F_out[idx[mask]] = ws["t"][mask], ws["F"][mask]
+
+    state = {"f": f, "g": g, "z": z}
+    opts = SweepOptions(tol, max_iter, relax)
+    hooks = dict(decide=decide, on_leave=on_leave) if budget is not None else {}
+    log = run_sweeps(state, sweep, opts, out=("f", "g", "z"), extra=extra, guarded=True, restart=restart, **hooks)
+    iters, resid, conv = log.iterations, log.residual, log.converged
     if budget is not None:
-        t_out = budget.setdefault("t_out", budget["t"].clone())
-        F_out = budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))
-        if idx.numel():
-            t_out[idx], F_out[idx] = ws["t"], ws["F"]
         # unconverged images: fall back to the best feasible iterate seen (its F certifies the budget)
         fb = ~conv & torch.isfinite(best["F"])
         if bool(fb.any()):
@@ -325,7 +250,7 @@ def _penalised_sweeps(
 
 
 def _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_upd, cost, tau):
-    """Evaluate F where it is informative and move log psi; returns ``(done, any psi moved)``.
+    """Evaluate F where it is informative and move log psi; returns ``(done, psi moved)`` per image.
 
     F is evaluated for images whose residual is below half their last constraint violation ``|log(F/eps)|``
     (the plan is then accurate enough for the sign and size of the step). The step is a secant on
@@ -337,8 +262,7 @@ def _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_
     done = torch.zeros(n, dtype=torch.bool, device=r.device)
     moved = torch.zeros(n, dtype=torch.bool, device=r.device)
     if not bool(gate.any()):
-        ws["_moved"] = moved
-        return done, False
+        return done, moved
     sel = gate.nonzero().squeeze(1)
     Fv = _plan_functional(fa[sel], ga[sel], za[sel], q[sel], ell[sel], ws["lx"][sel], ws["eta"][sel], cost, tau)
     eps = ws["eps"][sel]
@@ -389,8 +313,7 @@ def _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_
         ws["nupd"][sel] += step_s.long()
         moved[sel] = step_s & (nt != t)
     done[sel] = done_s
-    ws["_moved"] = moved
-    return done, bool(moved.any())
+    return done, moved
 
 
 @dataclass
@@ -513,7 +436,7 @@ def uot_project(
     # kappa = tau/(tau+eta) so close to 1 that the sweeps cannot contract within any budget (a sweep
     # contracts by kappa^2): cap at two progress checkpoints; the result is flagged unconverged
     if 2 * eta / (tau + eta) * max_iter < 1e-3:
-        max_iter = min(max_iter, 2 * _CHECK)
+        max_iter = min(max_iter, 2 * CHECK)
     B = x.shape[0]
     lx = torch.log(x)
     st = state or {}
