@@ -17,6 +17,7 @@ from sinkhorn_attacks.ot import (
     scatter_window,
     uot_sinkhorn,
 )
+from sinkhorn_attacks.ot.kernel import empty_windows
 
 
 def _dense_lse(v, cost, eta, power=0):
@@ -52,6 +53,35 @@ def test_window_lse_equals_dense(k, p, shape, power):
     assert torch.equal(torch.isneginf(ours), torch.isneginf(ref))
     fin = torch.isfinite(ref)
     assert (ours[fin] - ref[fin]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eta", [1e-3, 0.05, 3.0])
+def test_known_empty_windows_give_the_same_operator(dtype, eta):
+    """``local_lse(..., empty=empty_windows(...))`` skips counting each window's finite entries; with sparse
+    supports (MNIST-like: most windows empty), spread potentials (underflow, float64 retry, log-domain
+    fallback) and batches large enough for float32's own path, it equals the counted form and the dense
+    reference."""
+    torch.manual_seed(3)
+    cost = LocalCost(5, 1.0)
+    v = (torch.randn(48, 1, 28, 28, dtype=torch.float64) * 3).to(dtype)
+    v[torch.rand(v.shape) < 0.8] = -math.inf
+    v[0] = -math.inf  # no mass at all
+    v[1, 0, 10:18, 10:18] = -math.inf  # a hole bigger than the window
+    v[2] *= 50  # a wide span
+    empty = empty_windows(v, cost)
+    ref = _dense_lse(v.double(), cost, eta)
+    assert torch.equal(empty, torch.isneginf(ref))
+    counted = local_lse(v, cost, eta)
+    known = local_lse(v, cost, eta, empty=empty)
+    assert torch.equal(torch.isneginf(known), torch.isneginf(counted))
+    fin = torch.isfinite(ref)
+    # float32: v / eta itself is rounded (|v / eta| up to ~1e4 at eta = 1e-3), hence the absolute slack
+    tol = dict(rtol=1e-5, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
+    assert torch.allclose(known[fin].double(), ref[fin], **tol)
+    assert torch.equal(known, counted)
+    with pytest.raises(ValueError, match="empty"):
+        local_lse(v, cost, eta, 1, empty=empty)
 
 
 @pytest.mark.parametrize("path", ["scaling", "streamed"])

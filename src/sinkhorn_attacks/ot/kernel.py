@@ -117,7 +117,14 @@ def _dense_lse(v: torch.Tensor, cost: LocalCost, eta, power: int) -> torch.Tenso
     return out.reshape(n, h, w)
 
 
-def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power: int = 0) -> torch.Tensor:
+def local_lse(
+    v: torch.Tensor,
+    cost: LocalCost,
+    eta: float | torch.Tensor,
+    power: int = 0,
+    *,
+    empty: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``log sum_{j in W(i)} c_ij**power * exp((v_j - c_ij)/eta)`` for every pixel ``i``.
 
     Args:
@@ -125,9 +132,14 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
         cost: the local ground cost.
         eta: entropic temperature (cost units), scalar or per-measure tensor broadcastable to ``v.shape[:-2]``.
         power: 0 for the plain kernel, 1 / 2 for the first / second cost moment.
+        empty: optional boolean mask shaped like ``v`` of the windows that hold no finite entry of ``v``
+            (exactly those; ``power = 0`` only), e.g. from :func:`empty_windows` of a fixed support: it spares
+            counting the finite entries of every window.
     Returns:
         tensor shaped like ``v`` (``-inf`` where the window holds no mass).
     """
+    if empty is not None and (power != 0 or empty.shape != v.shape):
+        raise ValueError("empty must be a mask shaped like v, for power = 0")
     vf, lead = _flat(v)
     e = _eta_like(eta, lead, v)
     n, h, w = vf.shape
@@ -137,7 +149,7 @@ def local_lse(v: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor, power
         return _dense_lse(vf, cost, e, power).reshape(v.shape)
     u = vf / e
     if _SCALING_FIRST and vf.dtype in (torch.float32, torch.float64):
-        out, redo = _scaling_any(u, cost, e, power)
+        out, redo = _scaling_any(u, cost, e, power, None if empty is None else empty.reshape(vf.shape))
     else:
         out, redo = torch.empty_like(vf), torch.ones_like(vf, dtype=torch.bool)
     if bool(redo.any()):
@@ -153,7 +165,12 @@ def _take(e, sel, dtype: torch.dtype | None = None):
     return e
 
 
-def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_windows(v: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """Mask of the pixels whose window holds no finite entry of ``v`` (for ``local_lse(..., empty=)``)."""
+    return torch.isneginf(local_lse(torch.where(torch.isfinite(v), 0.0, -math.inf).to(v.dtype), cost, 1.0))
+
+
+def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int, empty=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_scaling_lse` in the cheapest precision that holds the image's range of ``u``.
 
     A float32 image whose finite ``u`` spans more than ``_F32_SPAN`` may underflow float32's ``exp``: it is
@@ -163,12 +180,12 @@ def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
     Returns the result in ``u``'s dtype and the pixels left.
     """
     if u.dtype != torch.float32:
-        return _scaling_lse(u, cost, eta, power)
+        return _scaling_lse(u, cost, eta, power, empty)
     if u.numel() <= _SMALL_CALL:  # per-op overhead dominates: one float64 call, no range check, no retry
-        out, redo = _scaling_lse(u.double(), cost, _take(eta, slice(None), torch.float64), power)
+        out, redo = _scaling_lse(u.double(), cost, _take(eta, slice(None), torch.float64), power, empty)
         return out.to(u.dtype), redo
-    fin = torch.isfinite(u)
-    span = torch.where(fin, u, -math.inf).amax((1, 2)) - torch.where(fin, u, math.inf).amin((1, 2))
+    # span of the finite entries (u holds no +inf or NaN; amax passes over -inf unless all are -inf)
+    span = u.amax((1, 2)) - torch.where(torch.isneginf(u), math.inf, u).amin((1, 2))
     wide = span > _F32_SPAN
     out = torch.empty_like(u)
     redo = torch.zeros_like(u, dtype=torch.bool)
@@ -176,10 +193,12 @@ def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
         if not bool(group.any()):
             continue
         sel = slice(None) if bool(group.all()) else group
-        o, r = _scaling_lse(u[sel].to(dt), cost, _take(eta, sel, dt), power)
+        em = None if empty is None else empty[sel]
+        o, r = _scaling_lse(u[sel].to(dt), cost, _take(eta, sel, dt), power, em)
         if dt == torch.float32 and bool(r.any()):
             imgs = r.flatten(1).any(1)
-            o64, r64 = _scaling_lse(u[sel][imgs].double(), cost, _take(_take(eta, sel), imgs, torch.float64), power)
+            e64 = _take(_take(eta, sel), imgs, torch.float64)
+            o64, r64 = _scaling_lse(u[sel][imgs].double(), cost, e64, power, None if em is None else em[imgs])
             o[imgs] = torch.where(r[imgs], o64.to(o.dtype), o[imgs])
             r[imgs] = r[imgs] & r64
         out[sel] = o.to(u.dtype)
@@ -187,7 +206,7 @@ def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
     return out, redo
 
 
-def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int, empty=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaling form: ``log(K^(m) * exp(u - s)) + s``, ``u = v/eta``, ``K^(m)_d = c_d**m e^{-c_d/eta}`` (a convolution).
 
     ``s`` is each image's max of ``u``, so ``exp`` never overflows and one ``exp`` per pixel replaces one per
@@ -207,13 +226,15 @@ def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int) -> tuple[tor
     kern = kern.to(u.dtype).reshape(-1, k, k).expand(n, k, k)
     s = u.flatten(1).amax(1).reshape(n, 1, 1)
     s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
-    fin = torch.isfinite(u)
-    if bool(fin.all()) and (power == 0 or (r >= 1 and h * w > 1)):
-        # no -inf entry: every window holds mass (with power > 0 it has a neighbour besides its centre), so
-        # one convolution of the batch as channels (the fastest CPU layout for single-channel planes)
+    fin = torch.isfinite(u) if empty is None else None
+    if empty is not None or (bool(fin.all()) and (power == 0 or (r >= 1 and h * w > 1))):
+        # the empty windows are known (none when there is no -inf entry; with power > 0 a window has a
+        # neighbour besides its centre), so one convolution of the batch as channels (the fastest CPU
+        # layout for single-channel planes); an empty window sums to exactly 0 and gets log 0 = -inf
         acc = F.conv2d(torch.exp(u - s).reshape(1, n, h, w), kern.reshape(n, 1, k, k), padding=r, groups=n)
         acc = acc.reshape(n, h, w)
-        return torch.log(acc).add_(s), acc < _SCALING_MIN_SUM[u.dtype]
+        low = acc < _SCALING_MIN_SUM[u.dtype]
+        return torch.log(acc).add_(s), (low if empty is None else low & ~empty)
     support = (table > 0 if power else torch.ones_like(table)).to(u.dtype).expand(n, k, k)
     # the window's mass indicator rides along as extra channels, so one call gives both sums
     planes = torch.stack([torch.exp(u - s), fin.to(u.dtype)], dim=1).reshape(1, 2 * n, h, w)

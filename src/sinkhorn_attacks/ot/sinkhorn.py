@@ -27,7 +27,7 @@ import torch
 from .checks import check_cost, check_count, check_measure, check_positive, check_potential, check_same, check_tau
 from .cost import LocalCost
 from .engine import SweepOptions, default_tol, run_sweeps
-from .kernel import local_lse
+from .kernel import empty_windows, local_lse
 
 __all__ = [
     "uot_sinkhorn",
@@ -290,7 +290,8 @@ def uot_sinkhorn(
     def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
         xa, la, za = ws["lx"], ws["ell"], ws["lz"]
         fa = row_potential(xa, la, ek)
-        q = local_lse(row_lse_input(fa), cost, eta)
+        # without holes (f = +inf) the rows' -inf entries are the zero pixels of x: empty windows known
+        q = local_lse(row_lse_input(fa), cost, eta, empty=None if bool(torch.isposinf(fa).any()) else ws["empty"])
         ga = torch.where(torch.isneginf(za), za, ek * (za - q))
         ga = torch.where(torch.isneginf(q) & ~torch.isneginf(za), torch.full_like(ga, math.inf), ga)
         ell = local_lse(torch.where(torch.isposinf(ga), torch.zeros_like(ga), ga), cost, eta)
@@ -299,7 +300,8 @@ def uot_sinkhorn(
         ws["f"], ws["g"], ws["ell"] = fa, ga, ell
         return torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
 
-    log = run_sweeps(state, sweep, SweepOptions(tol, max_iter), out=("f", "g", "ell"), extra={"lx": lx, "lz": lz})
+    extra = {"lx": lx, "lz": lz, "empty": empty_windows(lx, cost)}
+    log = run_sweeps(state, sweep, SweepOptions(tol, max_iter), out=("f", "g", "ell"), extra=extra)
     iters, conv, resid = log.iterations, log.converged, log.residual
     terms = uot_terms(f, g, x, z, cost, eta, tau)
     if balanced:

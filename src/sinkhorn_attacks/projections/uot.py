@@ -29,7 +29,7 @@ import torch
 from ..ot.checks import check_cost, check_count, check_images, check_positive, check_potential, check_same
 from ..ot.cost import LocalCost
 from ..ot.engine import CHECK, Decision, SweepOptions, relaxed, run_sweeps
-from ..ot.kernel import local_lse
+from ..ot.kernel import empty_windows, local_lse
 from ..ot.sinkhorn import row_lse_input, row_potential, uot_sinkhorn, uot_terms
 
 __all__ = ["uot_project", "UOTProjection", "ProjectionResult", "solve_z"]
@@ -201,12 +201,15 @@ def _penalised_sweeps(
 
     set_scale(extra)
     extra["ell"] = ell_of(g, extra["eta"])
+    extra["empty_q"] = empty_windows(lx, cost)  # windows with no clean mass
     f0, g0, z0 = f.clone(), g.clone(), z.clone()
 
     def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
         lxa, sa, ea, om = ws["lx"], ws["step"], ws["eta"], ws["omega"]
         fa = relaxed(ws["f"], row_potential(lxa, ws["ell"], sa), om)
-        q = local_lse(row_lse_input(fa), cost, ea)
+        # without holes (f = +inf) the rows' -inf entries are the zero pixels of x: empty windows known
+        empty = None if bool(torch.isposinf(fa).any()) else ws["empty_q"]
+        q = local_lse(row_lse_input(fa), cost, ea, empty=empty)
         za = solve_z(q, ws["w"], ws["lam"], tau, ws["gamma"], ws["z"])
         g_new = sa * (torch.log(za) - q)
         g_new = torch.where(torch.isneginf(q), torch.full_like(g_new, math.inf), g_new)
