@@ -213,21 +213,22 @@ def load_val(n: int, path: str = DATA) -> tuple[torch.Tensor, torch.Tensor, list
     return xs, torch.from_numpy(d["y"][:n]).long(), [str(w) for w in d["wnids"]]
 
 
+def uot_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The UOT solver settings given on the command line (the rest are the ``uot`` preset's)."""
+    given = (
+        ("inner_max_iter", args.uot_inner_iter),
+        ("max_search", args.uot_max_search),
+        ("radius_rtol", args.uot_rtol),
+    )
+    return {k: v for k, v in given if v is not None}
+
+
 def attack_specs(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any], str]]:
     eps = args.linf_eps / 255
     return {
         "uot": (
             "uot",
-            {"radius": args.uot_radius}
-            | {
-                k: v
-                for k, v in (
-                    ("inner_max_iter", args.uot_inner_iter),
-                    ("max_search", args.uot_max_search),
-                    ("radius_rtol", args.uot_rtol),
-                )
-                if v is not None
-            },
+            {"radius": args.uot_radius} | uot_overrides(args),
             f"UOT ball (`uot` preset), radius {args.uot_radius}",
         ),
         "wong": (
@@ -538,15 +539,7 @@ def main() -> None:
         "meter_max": args.meter_max,
         "meter_note": "all of them" if args.meter_max < 0 else f"at most {args.meter_max} per batch and attack",
         "yardstick": Yardstick().label,
-        "uot_overrides": {
-            k: v
-            for k, v in (
-                ("inner_max_iter", args.uot_inner_iter),
-                ("max_search", args.uot_max_search),
-                ("radius_rtol", args.uot_rtol),
-            )
-            if v is not None
-        },
+        "uot_overrides": uot_overrides(args),
         "model": {
             "name": "efficientnet-lite0 (ImageNet-1k), 200 Tiny ImageNet logits",
             "input_size": args.input_size,
