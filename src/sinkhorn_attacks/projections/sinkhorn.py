@@ -40,7 +40,7 @@ import torch
 from ..ot.checks import check_cost, check_positive
 from ..ot.cost import LocalCost
 from ..ot.engine import Decision, SweepOptions, run_sweeps
-from ..ot.kernel import local_lse
+from ..ot.kernel import empty_windows, local_lse
 
 __all__ = [
     "wright_omega",
@@ -102,10 +102,11 @@ def _b4(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1, 1, 1)
 
 
-def _lk(v: torch.Tensor, cost: LocalCost, psi: torch.Tensor, power: int = 0) -> torch.Tensor:
-    """``log sum_j C_ij**power exp(v_j - psi C_ij - 1)`` for ``v`` (B, C, H, W), ``psi`` (B,)."""
+def _lk(v: torch.Tensor, cost: LocalCost, psi: torch.Tensor, power: int = 0, empty=None) -> torch.Tensor:
+    """``log sum_j C_ij**power exp(v_j - psi C_ij - 1)`` for ``v`` (B, C, H, W), ``psi`` (B,); ``empty``: the
+    windows known to hold no finite entry of ``v`` (see :func:`~sinkhorn_attacks.ot.kernel.local_lse`)."""
     p = _b4(psi.clamp_min(_PSI_FLOOR))
-    return local_lse(v / p, cost, eta=1.0 / p, power=power) - 1.0
+    return local_lse(v / p, cost, eta=1.0 / p, power=power, empty=empty) - 1.0
 
 
 def _bsum(t: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,9 @@ def _solve(
     }
     if phi is not None:
         state["phi"] = phi
-    extra = {"log_x": torch.log(xn), "xn": xn, "wn": wn, "lw": lam * wn, "eps": eps}  # log x: -inf on zero pixels
+    log_x = torch.log(xn)  # -inf on zero pixels
+    extra = {"log_x": log_x, "xn": xn, "wn": wn, "lw": lam * wn, "eps": eps}
+    extra.update(x_zero=torch.isneginf(log_x), empty_x=empty_windows(log_x, cost))
     if box is not None:
         extra["box"] = box
 
@@ -233,9 +236,12 @@ def _solve(
         psi_a, wn_a, eps_a = ws["psi"], ws["wn"], ws["eps"]
         # alpha-step: e^{-alpha} = x / (K * e^{-beta})
         la_a = ws["log_x"] - ws["lkb"]
-        la_a = torch.where(torch.isfinite(la_a), la_a, torch.full_like(la_a, -math.inf))
-        # beta-step through Wright omega
-        log_a = _lk(la_a, cost, psi_a)
+        fin = torch.isfinite(la_a)
+        la_a = torch.where(fin, la_a, torch.full_like(la_a, -math.inf))
+        # beta-step through Wright omega; alpha is -inf exactly on the zero pixels of x unless K e^{-beta} is
+        # not finite somewhere, so the empty windows are those of x
+        known = bool((fin | ws["x_zero"]).all())
+        log_a = _lk(la_a, cost, psi_a, empty=ws["empty_x"] if known else None)
         lw_a = ws["lw"]
         om = wright_omega(log_lam + lw_a + log_a)  # = lam * z_j (unconstrained)
         beta1 = om - lw_a
