@@ -96,9 +96,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, monkeypatch: p
     calls = {"n": 0}
     real = train_loop._compute_loss
 
-    def flaky(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def flaky(outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         calls["n"] += 1
-        loss = real(outputs, labels)
+        loss = real(outputs, labels, label_smoothing)
         return loss * float("nan") if calls["n"] == 4 else loss  # second step of epoch 2
 
     monkeypatch.setattr(train_loop, "_compute_loss", flaky)

@@ -9,11 +9,15 @@ attack's own nominal radius (units in ``res.units``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +56,23 @@ def _as_yardstick(meter: Yardstick | LocalCost | None) -> Yardstick | None:
     if isinstance(meter, LocalCost):
         return Yardstick(meter.kernel_size, meter.p)
     raise TypeError(f"yardstick must be a Yardstick (or None to switch measuring off), got {type(meter).__name__}")
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (``None``: leave the setting alone), restored afterwards.
+
+    Attacks default to one thread, like the command line: on a shared two-core machine the UOT projection ran
+    about 10x slower with two threads than with one (docs/training.md)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -146,6 +167,41 @@ class AttackResult:
         lines.append(f"{'nominal units':<{width}}  {fmt(s['units'] or None)}")
         return "\n".join(lines)
 
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``adversarial.npz`` (the returned images and every per-example field, extras included) and
+        ``summary.json`` (:meth:`summary`, the configuration and the yardstick) into ``directory``, each
+        atomically. Returns the directory. ``sinkhorn_attacks.report.plot_grid`` draws the npz as image grids
+        once the clean images are added (the ``attack --save-adv`` command does both)."""
+        import json
+
+        import numpy as np
+
+        from .._util import atomic_write
+
+        out = Path(directory)
+        arrays = {k: v.detach().cpu().numpy() for k, v in self._per_example().items()}
+        arrays["adv"] = self.adv.detach().cpu().numpy()
+        for k, v in self.extras.items():
+            if v.dim() == 1 and v.numel() == len(self):
+                arrays[f"extra_{k}"] = v.detach().cpu().numpy()
+        atomic_write(out / "adversarial.npz", lambda f: np.savez_compressed(f, **arrays))
+        meta = {"summary": self.summary(), "config": self.config, "units": self.units}
+        atomic_write(out / "summary.json", json.dumps(meta, indent=1, default=str) + "\n")
+        return out
+
+    def _per_example(self) -> dict[str, torch.Tensor]:
+        return {
+            "clean_correct": self.clean_correct,
+            "success": self.success,
+            "radius": self.radius,
+            "metered_radius": self.metered_radius,
+            "certified_radius": self.certified_radius,
+            "mass_change": self.mass_change,
+            "linf": self.linf,
+            "l2": self.l2,
+            "iterations": self.iterations,
+        }
+
     def to_rows(self) -> list[dict[str, Any]]:
         """Per-example rows (for CSV)."""
         rows = []
@@ -209,10 +265,11 @@ class Attack:
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         batch_size: int | None = None,
         meter_sample: int | None = None,
+        threads: int | None = 1,
     ) -> None:
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError("model must be an nn.Module or a callable mapping images to outputs")
-        for nm, v in (("batch_size", batch_size), ("meter_sample", meter_sample)):
+        for nm, v in (("batch_size", batch_size), ("meter_sample", meter_sample), ("threads", threads)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{nm} must be a positive integer or None, got {v!r}")
         self.meter_sample = meter_sample
@@ -224,6 +281,7 @@ class Attack:
         self.output_fn = output_fn or default_output
         self.callback = callback
         self.batch_size = batch_size
+        self.threads = threads
 
     @property
     def meter_cost(self) -> Yardstick | None:
@@ -304,6 +362,14 @@ class Attack:
                 )
         if self.targeted and target is None:
             raise ValueError("targeted attack: pass target=<class indices>")
+        if target is not None and not self.targeted:
+            raise ValueError(
+                "target= was given to an untargeted attack (it would be ignored): build the attack with "
+                "targeted=True, e.g. from_preset(name, model, targeted=True), or drop target="
+            )
+        if target is not None and bool((target == labels).any()):
+            i = int((target == labels).nonzero()[0])
+            raise ValueError(f"target equals the label for image {i} (class {int(labels[i])}): nothing to attack")
 
     def _check_outputs(self, out: torch.Tensor, B: int, labels: torch.Tensor, target: torch.Tensor | None) -> None:
         name = type(self.model).__name__
@@ -322,10 +388,15 @@ class Attack:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
         """Attack a batch. ``target`` (targeted mode) replaces the labels as the class to reach."""
         self._check_inputs(images, labels, target)
+        with _intra_op_threads(self.threads if images.device.type == "cpu" else None):
+            return self._call(images, labels, target)
+
+    def _call(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> AttackResult:
         goal = target if self.targeted else labels
         t0 = time.perf_counter()
         x = images.detach()
-        was_training = self.model.training if isinstance(self.model, nn.Module) else None
+        # every submodule's own mode is restored afterwards (a model may keep some parts in train mode)
+        modes = [(m, m.training) for m in self.model.modules()] if isinstance(self.model, nn.Module) else []
         if isinstance(self.model, nn.Module):
             self.model.eval()
         try:
@@ -368,10 +439,21 @@ class Attack:
                 cert[bad] = math.nan
                 extras["nonfinite_returned_clean"] = bad.double()
             with torch.no_grad():
-                success = self.is_success(self._forward(adv), goal)  # evaluated on exactly the returned images
+                out_adv = self._forward(adv)  # success is evaluated on exactly the returned images
+                success = self.is_success(out_adv, goal)
+                nonfinite = ~torch.isfinite(out_adv.flatten(1)).all(1)
+            if bool(nonfinite.any()):  # NaN / inf logits are no class: such an image is not counted as fooled
+                success = success & ~nonfinite
+                extras["nonfinite_logits"] = nonfinite.double()
+                warnings.warn(
+                    f"{self.name}: the model returned non-finite logits on {int(nonfinite.sum())} returned image(s); "
+                    "they are counted as not fooled (extras['nonfinite_logits'] marks them)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         finally:
-            if was_training:
-                self.model.train()
+            for module, mode in modes:
+                module.training = mode
         delta = (adv - x).flatten(1).double()
         t1 = time.perf_counter()
         metered = torch.full((B,), math.nan, dtype=torch.float64, device=x.device)

@@ -91,7 +91,7 @@ class PGDAttack(Attack):
         step_size: float = 0.1,
         radius: float = 0.1,
         steps: int = 40,
-        schedule: RadiusSchedule | None = None,
+        schedule: RadiusSchedule | str | dict[str, Any] | None = None,
         early_stop: bool = True,
         random_start: bool = False,
         restarts: int = 1,
@@ -114,6 +114,11 @@ class PGDAttack(Attack):
         self.step_size = float(step_size)
         self.radius = float(radius)
         self.steps = int(steps)
+        # a plain form for configuration files: "fixed", or {"kind": "multiply", "factor": 1.1, "every": 5}
+        if isinstance(schedule, str):
+            schedule = RadiusSchedule(schedule)
+        elif isinstance(schedule, dict):
+            schedule = RadiusSchedule(**schedule)
         self.schedule = schedule or RadiusSchedule("fixed")
         self.early_stop = early_stop
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:

@@ -14,6 +14,7 @@ Baseline presets (Wong, Hu, Wu, fair protocol) are registered by ``presets_basel
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,26 @@ def from_preset(name: str, model: nn.Module, **overrides: Any) -> Attack:
         if key in overrides:
             raise ValueError(f"preset {name!r}: give the budget as {key!r} or {alias!r}, not both")
         overrides[key] = overrides.pop(alias)
-    return factory(model, **overrides)
+    try:
+        return factory(model, **overrides)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        accepted = ", ".join(sorted(_accepted_keywords(factory(model)) | {alias}))
+        raise TypeError(f"preset {name!r}: {err}; accepted keywords: {accepted}") from None
+
+
+def _accepted_keywords(attack: Attack) -> set[str]:
+    """The keyword arguments of the attack's constructors (subclasses pass the rest on to their bases)."""
+    names: set[str] = set()
+    for cls in type(attack).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "model")):
+                names.add(p.name)
+    return names
 
 
 def _with(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

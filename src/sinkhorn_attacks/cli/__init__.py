@@ -55,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     from ._common import setup_threads
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv
+    if getattr(args, "help_if_bare", False) and argv == [args.command]:
+        args.parser.print_help()  # a command that would start a long run with every default shows its help
+        return 0
     prog = f"sinkhorn-attacks {args.command}"
     try:
         setup_threads(getattr(args, "threads", None))

@@ -33,6 +33,12 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "`torchrun --nproc_per_node N -m sinkhorn_attacks train ...`; --batch-size is the global batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--config",
+        metavar="RECIPE",
+        help="a bundled training recipe by name (" + ", ".join(_recipes()) + ") or a TOML file with a [train] "
+        "table of TrainConfig fields, or a run's config.json; options given on the command line override it",
+    )
     g = p.add_argument_group("data and model")
     g.add_argument(
         "--dataset",
@@ -45,7 +51,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument("--train-offset", type=int, default=0)
     g.add_argument("--eval-limit", type=int, default=0, help="test images evaluated after every epoch (0: none)")
     g.add_argument(
-        "--arch", default="mnist_cnn", help="zoo architecture (mnist_cnn, resnet18_cifar, resnet18_tiny, small_cnn)"
+        "--arch",
+        default="mnist_cnn",
+        help="zoo architecture (mnist_cnn, resnet9_cifar, resnet18_cifar, resnet18_tiny, small_cnn)",
     )
     g.add_argument("--init", help="start from these weights (state dict file, e.g. another run's model.pt)")
     g.add_argument("--arch-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE")
@@ -84,12 +92,21 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--schedule",
         default="constant",
-        choices=("constant", "cosine", "step", "multistep"),
-        help="learning-rate schedule, stepped once per epoch",
+        choices=("constant", "cosine", "step", "multistep", "onecycle"),
+        help="learning-rate schedule, stepped once per epoch (onecycle: after every batch, a linear rise from 0 to "
+        "--lr over the --warmup fraction of all steps, then a linear decay to 0)",
     )
+    g.add_argument("--warmup", type=float, default=0.25, help="onecycle: fraction of the steps spent rising")
     g.add_argument("--step-size", type=int, default=1, help="epochs between decays (schedule step)")
     g.add_argument("--milestones", type=int, nargs="*", default=[], help="epochs of decay (schedule multistep)")
     g.add_argument("--gamma", type=float, default=0.1, help="decay factor")
+    g.add_argument(
+        "--augment",
+        default="none",
+        choices=("none", "flip-crop"),
+        help="flip-crop: random horizontal flip and shift by up to 4 pixels (reflected border), before the attack",
+    )
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing in [0, 1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
     g = p.add_argument_group("run")
@@ -102,8 +119,44 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument("--no-plot", action="store_true", help="do not draw history.png")
     g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # testing: emulate a killed run
     add_threads(g)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p, help_if_bare=True)
     return p
+
+
+def _recipes() -> list[str]:
+    from ..train.recipes import bundled_recipes
+
+    return bundled_recipes()
+
+
+#: TrainConfig fields whose command-line option has another name (the rest: --field-name).
+_FIELD_TO_DEST = {
+    "init_weights": "init",
+    "arch_kwargs": "arch_arg",
+    "attack_overrides": "attack_arg",
+    "eval_attack_overrides": "eval_attack_arg",
+    "out_dir": "out",
+}
+
+
+def _apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """Re-parse the command line with the recipe's values as defaults, so that typed options win."""
+    from ..train.recipes import load_recipe
+
+    defaults: dict[str, Any] = {}
+    for key, value in load_recipe(args.config).items():
+        if key == "shuffle":
+            defaults["no_shuffle"] = not value
+        elif key == "plot":
+            defaults["no_plot"] = not value
+        elif key in _FIELD_TO_DEST and isinstance(value, dict):
+            defaults[_FIELD_TO_DEST[key]] = list(value.items())
+        else:
+            defaults[_FIELD_TO_DEST.get(key, key)] = value
+    parser: argparse.ArgumentParser = args.parser
+    parser.set_defaults(**defaults)
+    argv = list(args.argv)
+    return parser.parse_args(argv[argv.index("train") + 1 :])
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -134,6 +187,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         step_size=args.step_size,
         milestones=list(args.milestones),
         gamma=args.gamma,
+        warmup=args.warmup,
+        augment=args.augment,
+        label_smoothing=args.label_smoothing,
         seed=args.seed,
         meter_n=args.meter_n,
         sync_bn=args.sync_bn,
@@ -162,6 +218,8 @@ def _smoke(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import ConfigMismatchError, TrainingDiverged, train
 
+    if args.config:
+        args = _apply_recipe(args)
     _smoke(args)
     args.resume_hint = f"continue with the same options plus --resume (checkpoint in {args.out})"
     try:

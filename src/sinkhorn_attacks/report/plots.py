@@ -114,8 +114,11 @@ def plot_grid(npz_path: str | os.PathLike[str], path: str | os.PathLike[str]) ->
         axes[1, j].set_title(f"max|d|={lim:.2f}", fontsize=7)
         axes[2, j].imshow(a.squeeze(2) if a.shape[2] == 1 else a, cmap=cmap, vmin=0, vmax=1)
         r = float(d["metered_radius"][j])
-        mark = "fooled" if bool(d["success"][j]) else "robust"
-        axes[2, j].set_xlabel(f"p={int(d['pred_adv'][j])} {mark}\nW1={r:.3g}", fontsize=7)
+        if int(d["pred_clean"][j]) != int(d["label"][j]):
+            mark = "clean error"
+        else:
+            mark = "fooled" if bool(d["success"][j]) else "robust"
+        axes[2, j].set_xlabel(f"p={int(d['pred_adv'][j])} {mark}\nW1-TV={r:.3g}", fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

@@ -6,10 +6,19 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["TrainConfig", "ConfigMismatchError", "RUNTIME_FIELDS", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
+__all__ = [
+    "TrainConfig",
+    "ConfigMismatchError",
+    "RUNTIME_FIELDS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AMP_MODES",
+    "AUGMENTATIONS",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step", "multistep")
+SCHEDULES = ("constant", "cosine", "step", "multistep", "onecycle")
+AUGMENTATIONS = ("none", "flip-crop")
 AMP_MODES = ("off", "bf16", "fp16")
 
 #: Fields that describe *where / how* a run executes, not *what* it computes: they may differ on resume.
@@ -52,9 +61,12 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "constant"
+    warmup: float = 0.25  # onecycle: fraction of the steps over which the rate rises linearly from 0 to lr
     step_size: int = 1
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    augment: str = "none"  # flip-crop: random horizontal flip and translation by up to 4 px (reflected border)
+    label_smoothing: float = 0.0
     seed: int = 0
     meter_n: int = 16  # training examples metered exactly (first ones of each epoch) for the log
     meter_kernel: int = 5
@@ -74,6 +86,12 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError("warmup must be in [0, 1)")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -140,7 +140,18 @@ def _make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def _make_scheduler(
+    cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule; ``onecycle`` is stepped after every batch, the others after every epoch."""
+    if cfg.schedule == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        rise = max(1, round(cfg.warmup * total))
+
+        def factor(step: int) -> float:  # 0 -> 1 linearly over `rise` steps, then 1 -> 0 linearly at `total`
+            return (step + 1) / rise if step < rise else max(0.0, (total - step) / max(1, total - rise))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if cfg.schedule == "step":
@@ -161,9 +172,36 @@ def build_model(cfg: TrainConfig, sample: torch.Tensor, n_classes: int) -> nn.Mo
     return build(cfg.arch, **kwargs)
 
 
-def _compute_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _compute_loss(outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy (module-level so tests can inject a failure)."""
-    return F.cross_entropy(outputs.float(), labels)
+    return F.cross_entropy(outputs.float(), labels, label_smoothing=label_smoothing)
+
+
+def augment_flip_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and translation by up to ``pad`` pixels (reflected border) of each image.
+
+    ``x`` is ``(B, C, H, W)``; the randomness comes from ``generator`` (CPU), so a seeded run is reproducible.
+    """
+    b, c, h, w = x.shape
+    flip = torch.rand(b, generator=generator) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    x = torch.where(flip.to(x.device).view(b, 1, 1, 1), x.flip(-1), x)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = (dy[:, None] + torch.arange(h)).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.arange(w)).to(x.device)  # (B, W)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def _check_finite_weights(model: nn.Module, where: str) -> None:
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingDiverged(
+            f"non-finite weights after {where} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): stopped "
+            "without saving them; the last good checkpoint is unchanged. Lower --lr or check the data."
+        )
 
 
 def _make_attack(cfg: TrainConfig, model: nn.Module, overrides: dict[str, Any]) -> Any:
@@ -331,8 +369,14 @@ def _train(
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw = model
+    N = train_x.shape[0]
+    n_batches = N // cfg.batch_size
+    if cfg.max_steps_per_epoch is not None:
+        n_batches = min(n_batches, cfg.max_steps_per_epoch)
+    if n_batches < 1:
+        raise ValueError(f"{N} training examples are fewer than one batch of {cfg.batch_size}")
     opt = _make_optimizer(cfg, raw.parameters())
-    sched = _make_scheduler(cfg, opt)
+    sched = _make_scheduler(cfg, opt, n_batches)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -367,12 +411,6 @@ def _train(
         if amp != "off"
         else contextlib.nullcontext
     )
-    N = train_x.shape[0]
-    n_batches = N // cfg.batch_size
-    if cfg.max_steps_per_epoch is not None:
-        n_batches = min(n_batches, cfg.max_steps_per_epoch)
-    if n_batches < 1:
-        raise ValueError(f"{N} training examples are fewer than one batch of {cfg.batch_size}")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n").encode())
@@ -400,12 +438,22 @@ def _train(
         for b in range(n_batches):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
             x, y = train_x[idx].to(device), train_y[idx].to(device)
+            if cfg.augment == "flip-crop":
+                x = augment_flip_crop(x, torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 100_003 + b))
             xa = None
             if attack is not None:
                 t0 = time.perf_counter()
                 res = attack(x, y)
                 attack_time += time.perf_counter() - t0
                 xa = res.adv.detach()
+                moved = (xa != x).flatten(1).any(1) | ~res.clean_correct
+                if not bool(moved.all()):
+                    raise TrainingDiverged(
+                        f"the training attack {cfg.attack!r} returned {int((~moved).sum())} correctly classified "
+                        f"image(s) unchanged at epoch {epoch + 1}, step {b + 1}: stopped (its gradient may be zero "
+                        f"or non-finite); the last good checkpoint "
+                        f"({ck_path if ck_path.exists() else 'none written yet'}) is unchanged."
+                    )
                 sums[2] += float(res.clean_correct.sum())
                 sums[3] += float((res.clean_correct & ~res.success).sum())
                 sums[4] += y.shape[0]
@@ -423,13 +471,14 @@ def _train(
             with autocast():
                 outputs = model(inp)
             if xa is None:
-                loss = _compute_loss(outputs, y)
+                loss = _compute_loss(outputs, y, cfg.label_smoothing)
                 sums[2] += float((outputs.detach().argmax(1) == y).sum())
             elif cfg.clean_weight > 0:
                 oc, oa = outputs[: y.shape[0]], outputs[y.shape[0] :]
-                loss = w_clean * _compute_loss(oc, y) + (1 - w_clean) * _compute_loss(oa, y)
+                ls = cfg.label_smoothing
+                loss = w_clean * _compute_loss(oc, y, ls) + (1 - w_clean) * _compute_loss(oa, y, ls)
             else:
-                loss = _compute_loss(outputs, y)
+                loss = _compute_loss(outputs, y, cfg.label_smoothing)
             ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
             if info.distributed:
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)
@@ -443,11 +492,14 @@ def _train(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if cfg.schedule == "onecycle":
+                sched.step()
             sums[0] += float(loss.detach()) * y.shape[0]
             sums[1] += y.shape[0]
             if cfg.log_every and (b + 1) % cfg.log_every == 0:
                 _log(info, f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss.detach()):.4f}")
-        sched.step()
+        if cfg.schedule != "onecycle":
+            sched.step()
         if info.distributed:
             sums_d = sums.to(device)
             dist.all_reduce(sums_d)
@@ -490,6 +542,7 @@ def _train(
             dist.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
+        _check_finite_weights(raw, f"epoch {epoch + 1}")
         if info.is_main:
             atomic_torch_save(
                 {
