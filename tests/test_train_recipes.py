@@ -133,3 +133,30 @@ def test_resnet9_cifar_takes_unit_interval_images() -> None:
     assert out.shape == (2, 10)
     manual = net.net((x - net.preprocess.mean) / net.preprocess.std)
     assert torch.allclose(out, manual)
+
+
+def test_killed_inside_an_epoch_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(train_limit=96, epochs=2, attack="fgsm", attack_overrides={"radius": 0.1}, clean_weight=0.5,
+              augment="flip-crop", schedule="onecycle", meter_n=4, checkpoint_every=2)  # fmt: skip
+    full = train(_cfg(tmp_path / "full", **kw), verbose=False)
+    real = train_loop._compute_loss
+    calls = {"n": 0}
+
+    def killed(*args: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 19:  # two losses a step, 6 steps an epoch: epoch 2, step 4 (after the step-2 checkpoint)
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_loop, "_compute_loss", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "part", **kw), verbose=False)
+    ck = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 1 and ck["step"] == 2
+    monkeypatch.setattr(train_loop, "_compute_loss", real)
+    resumed = train(_cfg(tmp_path / "part", **kw), resume=True, verbose=False)
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in full.history]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in resumed.history]

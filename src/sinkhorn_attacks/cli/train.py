@@ -115,7 +115,15 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     add_device(g)
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision (GPU only)")
     g.add_argument("--eval-batch-size", type=int, default=256)
-    g.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: per epoch only)")
+    g.add_argument(
+        "--log-every", type=int, default=0, help="print the loss and the time left every N steps (0: per epoch only)"
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="also write the resumable checkpoint every N steps inside an epoch (0: after each epoch only)",
+    )
     g.add_argument("--no-plot", action="store_true", help="do not draw history.png")
     g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # testing: emulate a killed run
     add_threads(g)
@@ -199,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         amp=args.amp,
         eval_batch_size=args.eval_batch_size,
         log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
         plot=not args.no_plot,
     )
 

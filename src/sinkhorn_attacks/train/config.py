@@ -22,7 +22,9 @@ AUGMENTATIONS = ("none", "flip-crop")
 AMP_MODES = ("off", "bf16", "fp16")
 
 #: Fields that describe *where / how* a run executes, not *what* it computes: they may differ on resume.
-RUNTIME_FIELDS = frozenset({"out_dir", "data_dir", "device", "amp", "eval_batch_size", "log_every", "plot"})
+RUNTIME_FIELDS = frozenset(
+    {"out_dir", "data_dir", "device", "amp", "eval_batch_size", "log_every", "plot", "checkpoint_every"}
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -79,6 +81,7 @@ class TrainConfig:
     amp: str = "off"
     eval_batch_size: int = 256
     log_every: int = 0
+    checkpoint_every: int = 0  # also checkpoint after every this many steps inside an epoch (0: per epoch only)
     plot: bool = True  # write history.png every epoch (matplotlib)
 
     def __post_init__(self) -> None:

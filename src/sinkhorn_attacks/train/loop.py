@@ -55,6 +55,7 @@ HISTORY_FIELDS = (
     "test_adv_acc",
     "attack_time_s",
     "epoch_time_s",
+    "epoch_cpu_time_s",
     "steps",
 )
 
@@ -379,7 +380,7 @@ def _train(
     sched = _make_scheduler(cfg, opt, n_batches)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, start_step, partial = 0, 0, None
     if ck is not None:
         raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -387,14 +388,20 @@ def _train(
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         history = list(ck["history"])
-        start_epoch = int(ck["epoch"])
+        start_epoch, start_step = int(ck["epoch"]), int(ck.get("step", 0))
+        partial = ck.get("partial")
+        if start_step and partial is not None and len(partial["sums"]) != W:
+            raise ValueError(
+                f"{ck_path} was written inside epoch {start_epoch + 1} by {len(partial['sums'])} process(es); resume "
+                f"it with that many (now {W})"
+            )
         rngs = ck["rng"]
         if len(rngs) == W:
             set_rng_state(rngs[rank])
         else:
             _log(info, f"checkpoint has RNG state for {len(rngs)} processes, now {W}: reseeding")
             torch.manual_seed(cfg.seed + 7919 * (start_epoch + 1) + rank)
-        _log(info, f"resumed {ck_path} after epoch {start_epoch}")
+        _log(info, f"resumed {ck_path} after epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
     else:
         torch.manual_seed(cfg.seed + 1 + rank)
     if info.distributed:
@@ -425,7 +432,7 @@ def _train(
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
-        t_epoch = time.perf_counter()
+        t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
         if cfg.shuffle:
             perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         else:
@@ -435,7 +442,14 @@ def _train(
         meter_x: list[torch.Tensor] = []
         meter_a: list[torch.Tensor] = []
         attack_time = 0.0
-        for b in range(n_batches):
+        first_step = 0
+        if epoch == start_epoch and start_step and partial is not None:  # resume inside this epoch
+            first_step, lr, attack_time = start_step, partial["lr"], partial["attack_time"]
+            sums = partial["sums"][rank].clone()
+            meter_x, meter_a = list(partial["meter_x"]), list(partial["meter_a"])
+            t_epoch -= partial["time"]
+            cpu_epoch -= partial["cpu"]
+        for b in range(first_step, n_batches):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
             x, y = train_x[idx].to(device), train_y[idx].to(device)
             if cfg.augment == "flip-crop":
@@ -497,7 +511,24 @@ def _train(
             sums[0] += float(loss.detach()) * y.shape[0]
             sums[1] += y.shape[0]
             if cfg.log_every and (b + 1) % cfg.log_every == 0:
-                _log(info, f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss.detach()):.4f}")
+                spent = time.perf_counter() - t_epoch
+                eta = spent / (b + 1) * (n_batches - b - 1)
+                _log(
+                    info,
+                    f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss.detach()):.4f} "
+                    f"({spent:.0f} s, about {eta:.0f} s left in this epoch)",
+                )
+            if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < n_batches:
+                _check_finite_weights(raw, f"epoch {epoch + 1}, step {b + 1}")
+                state = {
+                    "lr": lr,
+                    "attack_time": attack_time,
+                    "time": time.perf_counter() - t_epoch,
+                    "cpu": time.process_time() - cpu_epoch,
+                    "meter_x": meter_x,
+                    "meter_a": meter_a,
+                }
+                _save_checkpoint(ck_path, cfg, raw, opt, sched, scaler, history, info, epoch, b + 1, sums, state)
         if cfg.schedule != "onecycle":
             sched.step()
         if info.distributed:
@@ -536,29 +567,11 @@ def _train(
                         correct += int((r.clean_correct & ~r.success).sum())
                     row["test_adv_acc"] = correct / test_x.shape[0]
         row["epoch_time_s"] = time.perf_counter() - t_epoch
+        row["epoch_cpu_time_s"] = time.process_time() - cpu_epoch  # this process's CPU time (all its threads)
         history.append(row)
-        rngs: list[Any] = [None] * W
-        if info.distributed:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
         _check_finite_weights(raw, f"epoch {epoch + 1}")
+        _save_checkpoint(ck_path, cfg, raw, opt, sched, scaler, history, info, epoch + 1)
         if info.is_main:
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config_json": cfg.to_json(),
-                    "epoch": epoch + 1,
-                    "model": raw.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                    "rng": rngs,
-                    "history": history,
-                    "world_size": W,
-                },
-                ck_path,
-            )
             _write_history(out, history, cfg.plot)
             if verbose:
                 _log(info, _format_row(row))
@@ -571,6 +584,48 @@ def _train(
         atomic_torch_save({k: v.detach().cpu() for k, v in raw.state_dict().items()}, out / "model.pt")
         files = {k: str(out / k) for k in ("checkpoint.pt", "model.pt", "history.csv", "history.json", "history.png")}
     return TrainResult(cfg, history, raw, out, start_epoch, files)
+
+
+def _save_checkpoint(
+    path: Path,
+    cfg: TrainConfig,
+    raw: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    history: list[dict[str, Any]],
+    info: DistInfo,
+    epochs_done: int,
+    step: int = 0,
+    sums: torch.Tensor | None = None,
+    partial: dict[str, Any] | None = None,
+) -> None:
+    """Write the resumable state atomically (main process): after ``epochs_done`` epochs and, inside the next
+    epoch, ``step`` steps with that epoch's running ``sums`` (every rank's) and ``partial`` bookkeeping."""
+    per_rank: list[Any] = [None] * info.world_size
+    mine = (rng_state(), None if sums is None else sums.clone())
+    if info.distributed:
+        dist.all_gather_object(per_rank, mine)
+    else:
+        per_rank = [mine]
+    if not info.is_main:
+        return
+    ck: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "config_json": cfg.to_json(),
+        "epoch": epochs_done,
+        "step": step,
+        "model": raw.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": [r for r, _ in per_rank],
+        "history": history,
+        "world_size": info.world_size,
+    }
+    if step:
+        ck["partial"] = {**(partial or {}), "sums": [s for _, s in per_rank]}
+    atomic_torch_save(ck, path)
 
 
 def _format_row(row: dict[str, Any]) -> str:
