@@ -106,3 +106,34 @@ def test_save_writes_npz_and_summary(tmp_path: Path) -> None:
     assert np.array_equal(d["adv"], res.adv.numpy()) and np.array_equal(d["success"], res.success.numpy())
     meta = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert meta["summary"]["robust_accuracy"] == pytest.approx(res.robust_accuracy)
+
+
+def test_sweep_on_a_search_preset_holds_each_radius() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = _batch()
+    search = from_preset("linf-pgd", model, steps=6, schedule={"kind": "multiply", "factor": 2.0, "every": 1})
+    results = search.sweep(x, y, [0.01, 0.05])
+    for r, res in zip([0.01, 0.05], results):
+        assert float(res.linf.max()) <= r + 1e-6  # never beyond the radius it was asked for
+        assert res.config["schedule"]["kind"] == "fixed"
+    assert search.schedule.kind == "multiply"  # the attack itself is unchanged
+
+
+def test_attack_cli_bare_checkpoint_needs_arch_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sinkhorn_attacks.cli import main
+    from sinkhorn_attacks.zoo import small_cnn
+
+    opaque = tmp_path / "opaque.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).state_dict(), opaque)
+    out = tmp_path / "run"
+    common = ["--dataset", "digits", "--limit", "4", "--quiet", "--preset", "fgsm", "--out", str(out)]
+    assert main(["attack", str(opaque), *common]) == 2
+    assert "pass --arch" in capsys.readouterr().err and not out.exists()  # refused: nothing written
+    assert main(["attack", str(opaque), "--arch", "nope", *common]) == 2
+    assert "unknown; known: mnist_cnn" in capsys.readouterr().err and not out.exists()
+    cnn = tmp_path / "cnn.pt"
+    torch.save(small_cnn(1, 10, 8).state_dict(), cnn)
+    assert main(["attack", str(cnn), "--arch", "small_cnn", *common]) == 0

@@ -323,7 +323,12 @@ class Attack:
     def sweep(
         self, images: torch.Tensor, labels: torch.Tensor, radii: Sequence[float], target: torch.Tensor | None = None
     ) -> list[AttackResult]:
-        """One result per nominal radius (Foolbox's list of epsilons): the attack run with each budget."""
+        """One result per nominal radius (Foolbox's list of epsilons): the attack run with each budget held fixed.
+
+        ``radii`` are in the attack's own units (``self.units``); each result also reports the yardstick
+        radius of its returned images (``metered_radius``), the one unit every result shares. A minimal-radius
+        search (a growing radius schedule) is run at each radius with its schedule fixed, so that no returned
+        image exceeds the radius it was asked for."""
         key = "radius" if hasattr(self, "radius") else "eps"
         if not hasattr(self, key):
             raise TypeError(f"{type(self).__name__} has no radius to sweep")
@@ -331,6 +336,9 @@ class Attack:
         for r in radii:
             atk = copy.copy(self)
             setattr(atk, key, float(r))
+            schedule = getattr(atk, "schedule", None)
+            if schedule is not None and getattr(schedule, "kind", "fixed") != "fixed":
+                atk.schedule = type(schedule)("fixed")
             out.append(atk(images, labels, target))
         return out
 

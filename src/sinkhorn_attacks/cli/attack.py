@@ -39,6 +39,11 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
+    p.add_argument(
+        "--arch",
+        help="architecture of a bare checkpoint file (mnist_cnn, resnet9_cifar, resnet18_cifar, resnet18_tiny, "
+        "small_cnn); default: inferred from its keys, checked before any work",
+    )
     p.add_argument("--out", default="runs/attack")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             offset=args.offset,
             data_dir=args.data_dir,
             models_dir=args.models_dir,
+            arch=args.arch,
             out=args.out,
             seed=args.seed,
             batch_size=batch,

@@ -48,6 +48,11 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, help="first example (default 0)")
     p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
+    p.add_argument(
+        "--arch",
+        help="architecture of a bare checkpoint file (mnist_cnn, resnet9_cifar, resnet18_cifar, resnet18_tiny, "
+        "small_cnn); default: inferred from its keys, checked before any work",
+    )
     p.add_argument("--out", help="output folder (default runs/evaluate)")
     p.add_argument("--seed", type=int, help="base seed (each work unit derives its own)")
     p.add_argument("--batch-size", type=int, help="examples per work unit (default 50)")
@@ -78,7 +83,20 @@ def build_config(args: argparse.Namespace):
     if args.attacks:
         d["attacks"] = [AttackSpec(a) for a in args.attacks]
         d["worst_case"], d["cascade_attacks"] = None, []
-    for k in ("dataset", "split", "limit", "offset", "data_dir", "models_dir", "out", "seed", "batch_size", "device"):
+    keys = (
+        "dataset",
+        "split",
+        "limit",
+        "offset",
+        "data_dir",
+        "models_dir",
+        "out",
+        "seed",
+        "batch_size",
+        "device",
+        "arch",
+    )
+    for k in keys:
         v = getattr(args, k)
         if v is not None:
             d[k] = v

@@ -100,6 +100,7 @@ class EvalConfig:
     radius_points: int = 50
     worst_case: list[str] | None = None  # labels in cascade order; None = all attacks
     cascade_attacks: list[AttackSpec] = field(default_factory=list)  # worst-case-only attacks
+    arch: str | None = None  # architecture of the models given as bare checkpoint files (None: inferred)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -137,6 +138,8 @@ class EvalConfig:
         d = self.to_dict()
         for k in ("out", "device", "data_dir", "models_dir") + (() if with_limit else ("limit",)):
             d.pop(k)
+        if d["arch"] is None:  # runs from before the field existed keep their fingerprint
+            d.pop("arch")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -391,6 +394,14 @@ def preflight(cfg: EvalConfig, *, check_models: bool = True, check_data: bool = 
                 elif not Path(name).expanduser().is_file():
                     hint = suggest(name, zoo.REGISTRY)
                     problems.append(f"model {name!r}: not a zoo name{hint} nor an existing checkpoint file")
+                elif cfg.arch is not None:
+                    if cfg.arch not in zoo.ARCHITECTURES:
+                        problems.append(f"--arch {cfg.arch!r}: unknown; known: {', '.join(zoo.ARCHITECTURES)}")
+                elif zoo.infer_arch(zoo.load_state_dict_any(Path(name).expanduser())) is None:
+                    problems.append(
+                        f"model {name}: cannot infer its architecture from the checkpoint's keys; pass --arch "
+                        f"(one of {', '.join(zoo.ARCHITECTURES)})"
+                    )
             except (FileNotFoundError, ValueError) as err:
                 problems.append(f"model {name}: {str(err).splitlines()[0]}")
     if problems:

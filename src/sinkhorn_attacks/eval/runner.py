@@ -244,7 +244,8 @@ def _default_model_loader(cfg: EvalConfig) -> Callable[[str], nn.Module]:
     def load(name: str) -> nn.Module:
         from .. import zoo
 
-        return zoo.load(name, models_dir=cfg.models_dir, device=resolve_device(cfg.device))
+        arch = cfg.arch if name not in zoo.REGISTRY else None
+        return zoo.load(name, models_dir=cfg.models_dir, device=resolve_device(cfg.device), arch=arch)
 
     return load
 
@@ -273,6 +274,8 @@ def run_evaluation(
     Returns the content of ``results.json``.
     """
     out = Path(cfg.out)
+    if models is None or data is None:  # before anything is written: a refused run leaves no trace on disk
+        preflight(cfg, check_models=models is None, check_data=data is None)
     (out / "units").mkdir(parents=True, exist_ok=True)
     with FolderLock(out, ".lock", what="evaluate run"):  # one writer per output folder
         handler = _setup_log(out)
@@ -346,8 +349,6 @@ def _run(cfg, out, models, data, after_unit, progress, fresh, keep_adversarial=F
                 )
         state = old
         log.info("resuming: %d units already done", len(state["done"]))
-    if models is None or data is None:
-        preflight(cfg, check_models=models is None, check_data=data is None)
     write_json(out / "config.json", {"fingerprint": fp, **cfg.to_dict()})
 
     if data is None:

@@ -151,6 +151,9 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, i
         if width == 64:
             return "resnet18_cifar", {"num_classes": classes}
         return "resnet18_tiny", {"num_classes": classes, "width": width}
+    stem, head = state_dict.get("net.stem.0.weight"), state_dict.get("net.linear.weight")
+    if stem is not None and head is not None and stem.ndim == 4 and head.ndim == 2:  # resnet9_cifar
+        return "resnet9_cifar", {"num_classes": int(head.shape[0]), "width": int(stem.shape[0])}
     w2, w5, w7 = (state_dict.get(f"{i}.weight") for i in (2, 5, 7))
     if (
         w0 is not None

@@ -343,6 +343,39 @@ _ENTRIES = [
     ),
 ]
 
+
+def _ours_cifar10(variant: str, sha256: str, size: int, accuracy: float, trained: str) -> ZooEntry:
+    """A CIFAR-10 ResNet-9 trained by this library's bundled recipe ``cifar10_<variant>`` (weights shipped in
+    float16 with the package; docs/results/cifar10 holds its card)."""
+    recipe = "cifar10_" + variant.replace("-", "_")
+    return ZooEntry(
+        name=f"sinkhorn-attacks-cifar10-{variant}",
+        arch="resnet9_cifar",
+        dataset="cifar10",
+        filename=f"sinkhorn_attacks_{recipe}.pt",
+        upstream_names=(),
+        urls=(),
+        sha256=sha256,
+        git_sha1=None,
+        size=size,
+        description=f"CIFAR-10 ResNet-9 (width 24, 0.93 M parameters), {trained}",
+        paper="sinkhorn-attacks (this library)",
+        accuracy_measured=accuracy,
+        notes=f"ships with the package (zoo/weights, float16), no download; recipe: sinkhorn-attacks train --config "
+        f"{recipe}; card: docs/results/cifar10",
+    )
+
+
+_ENTRIES += [
+    _ours_cifar10(
+        "clean",
+        "640e765734806b75afc013d1fce762fb8172a477ef59d867c31288c398b83098",
+        1871888,
+        74.35,
+        "standard training on the 20,000 training images of the data folder",
+    ),
+]
+
 REGISTRY: Registry[ZooEntry] = Registry("model", [(e.name, e) for e in _ENTRIES])  # duplicate names raise
 
 

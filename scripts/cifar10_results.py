@@ -1,0 +1,145 @@
+"""Combine the CIFAR-10 evaluation runs into docs/results/cifar10/: results.json, the figures and the tables.
+
+Each model of the thesis_cifar10 config is evaluated into its own folder (so that models can run in parallel
+as their training finishes):
+
+    sinkhorn-attacks evaluate --config thesis_cifar10 --models sinkhorn-attacks-cifar10-<variant> \\
+        --out runs/thesis_cifar10/<variant>
+
+This script reads those folders (``results.json``, ``curves.json``) and ``docs/results/cifar10/models.json``
+(scripts/cifar10_zoo.py), and writes ``results.json`` (per model and attack: robust accuracy after every PGD
+iteration, median yardstick radius of the returned images, worst case at fixed yardstick radii),
+``acc_vs_iteration.png`` and the generated blocks of ``README.md`` (between ``<!-- cards -->`` /
+``<!-- curves -->`` markers and their ``<!-- end -->``).
+
+    python scripts/cifar10_results.py [--runs runs/thesis_cifar10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sinkhorn_attacks._util import atomic_write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results" / "cifar10"
+VARIANTS = ["clean", "uot", "uot-robust", "wong", "hu", "linf"]
+SHOW_ITERS = [0, 1, 2, 5, 10, 25, 50, 75]
+
+
+def _num(v: object) -> float | None:
+    return None if v in (None, "inf", "nan") else float(v)  # type: ignore[arg-type]
+
+
+def collect(runs: Path) -> dict:
+    cards = json.loads((OUT / "models.json").read_text())
+    out: dict = {"models": {}, "attacks": None, "radii": None, "n_images": None}
+    for v in VARIANTS:
+        folder = runs / v
+        if not (folder / "results.json").is_file():
+            continue
+        res = json.loads((folder / "results.json").read_text())
+        curves = json.loads((folder / "curves.json").read_text())
+        name = f"sinkhorn-attacks-cifar10-{v}"
+        out["attacks"] = out["attacks"] or [
+            {"label": a["label"], "preset": a["preset"], "params": a["params"]} for a in res["config"]["attacks"]
+        ]
+        out["radii"] = curves["radii"]
+        out["n_images"] = res["n_examples"]
+        per_attack = {}
+        for label, s in res["summary"][name].items():
+            per_attack[label] = {
+                "n": s["n"],
+                "clean_accuracy": s["clean_accuracy"],
+                "robust_accuracy": s["robust_accuracy"],
+                "median_yardstick_radius": _num(s.get("median_metered_radius")),
+                "robust_vs_iteration": curves["iteration"].get(f"{name}|{label}"),
+                "robust_at_yardstick_radii": curves["at_radii"].get(f"{name}|{label}"),
+            }
+        out["models"][v] = {"zoo_name": name, "card": cards.get(v), "attacks": per_attack}
+    return out
+
+
+def plot(data: dict, path: Path) -> None:
+    labels = [a["label"] for a in data["attacks"]]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), sharey=True)
+    for ax, label in zip(axes, labels):
+        for v, m in data["models"].items():
+            a = m["attacks"].get(label)
+            if not a or not a["robust_vs_iteration"]:
+                continue
+            r = a["median_yardstick_radius"]
+            ax.plot(a["robust_vs_iteration"], label=f"{v} (yardstick {r:.3f})" if r is not None else v)
+        ax.set_title(label)
+        ax.set_xlabel("PGD iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="model (median radius)", title_fontsize=7, loc="upper right")
+    axes[0].set_ylabel("robust accuracy")
+    fig.suptitle(f"CIFAR-10, first {data['n_images']} test images: robust accuracy vs PGD iteration", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cards_table(data: dict) -> str:
+    radii = data["radii"]
+    head = ("| zoo name | training attack | clean acc. (10,000 test images) | "
+            + " | ".join(f"robust @ {r:g}" for r in radii) + " | CPU time | wall time |")  # fmt: skip
+    lines = [head, "|---" * (5 + len(radii)) + "|"]
+    for v, m in data["models"].items():
+        c = m["card"] or {}
+        wc = m["attacks"].get("worst-case", {}).get("robust_at_yardstick_radii") or []
+        cpu = c.get("cpu_time_s")
+        lines.append(
+            f"| `{m['zoo_name']}` | {c.get('attack', '?')} {json.dumps(c.get('attack_overrides', {}))} | "
+            f"{100 * c.get('clean_accuracy_full_test', float('nan')):.2f} % | "
+            + " | ".join(f"{100 * x:.0f} %" for x in wc)
+            + f" | {'-' if cpu is None else f'{cpu / 60:.0f} min'} | {c.get('wall_time_s', 0) / 60:.0f} min |"
+        )
+    return "\n".join(lines)
+
+
+def curves_table(data: dict) -> str:
+    lines = ["| model | attack | " + " | ".join(f"it {i}" for i in SHOW_ITERS) + " | median yardstick radius |",
+             "|---|---|" + "---|" * (len(SHOW_ITERS) + 1)]  # fmt: skip
+    for v, m in data["models"].items():
+        for label, a in m["attacks"].items():
+            curve = a["robust_vs_iteration"] or []
+            cells = [f"{100 * curve[i]:.0f}" if i < len(curve) else "-" for i in SHOW_ITERS]
+            r = a["median_yardstick_radius"]
+            lines.append(f"| {v} | {label} | " + " | ".join(cells) + f" | {'-' if r is None else f'{r:.4f}'} |")
+    return "\n".join(lines)
+
+
+def write_blocks(readme: Path, blocks: dict[str, str]) -> None:
+    text = readme.read_text()
+    for key, body in blocks.items():
+        text, n = re.subn(rf"<!-- {key} -->.*?<!-- end -->", f"<!-- {key} -->\n{body}\n<!-- end -->", text, flags=re.S)
+        if n != 1:
+            raise SystemExit(f"{readme}: expected one <!-- {key} --> ... <!-- end --> block, found {n}")
+    atomic_write(readme, text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs/thesis_cifar10")
+    args = ap.parse_args()
+    data = collect(Path(args.runs))
+    if not data["models"]:
+        raise SystemExit(f"no finished evaluation folder under {args.runs}")
+    atomic_write(OUT / "results.json", json.dumps(data, indent=1) + "\n")
+    plot(data, OUT / "acc_vs_iteration.png")
+    write_blocks(OUT / "README.md", {"cards": cards_table(data), "curves": curves_table(data)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

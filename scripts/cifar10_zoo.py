@@ -1,0 +1,101 @@
+"""Ship the CIFAR-10 models trained by the bundled recipes: weights into the package, model cards as JSON.
+
+For every finished run folder ``runs/cifar10-<variant>/`` (``model.pt``, ``config.json``, ``history.json``)
+this writes the weights in float16 to ``src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_cifar10_<variant>.pt``
+(1.9 MB each; loading casts them back to float32), measures the clean accuracy of exactly those weights on
+the full CIFAR-10 test split (10,000 images), and writes ``docs/results/cifar10/models.json``: recipe, seed,
+epochs, training images, wall and CPU time, sha256 and size of the shipped file, clean accuracy. The zoo's
+registry pins each file by the sha256 printed here.
+
+    python scripts/cifar10_zoo.py [--runs runs] [--variants clean uot ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sinkhorn_attacks._util import atomic_write
+from sinkhorn_attacks.data import load_dataset
+from sinkhorn_attacks.zoo import build
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "src" / "sinkhorn_attacks" / "zoo" / "weights"
+RECIPES = {"clean": "cifar10_clean", "uot": "cifar10_uot", "uot-robust": "cifar10_uot_robust",
+           "wong": "cifar10_wong", "hu": "cifar10_hu", "linf": "cifar10_linf"}  # fmt: skip
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    correct = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    return correct / len(x)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs", help="folder holding the cifar10-<variant> run folders")
+    ap.add_argument("--variants", nargs="*", default=list(RECIPES))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "cifar10" / "models.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    test = load_dataset("cifar10", "test")
+    out_path = Path(args.out)
+    cards = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    for variant in args.variants:
+        run = Path(args.runs) / f"cifar10-{variant}"
+        if not (run / "model.pt").is_file():
+            print(f"{variant}: {run}/model.pt missing, skipped", file=sys.stderr)
+            continue
+        cfg = json.loads((run / "config.json").read_text())
+        history = json.loads((run / "history.json").read_text())
+        sd = torch.load(run / "model.pt", weights_only=True)
+        half = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+        buf = io.BytesIO()
+        torch.save(half, buf)
+        data = buf.getvalue()
+        name = f"sinkhorn_attacks_cifar10_{variant.replace('-', '_')}.pt"
+        atomic_write(WEIGHTS / name, data)
+        net = build(cfg["arch"], **cfg["arch_kwargs"])
+        net.load_state_dict(torch.load(WEIGHTS / name, weights_only=True))
+        t0 = time.process_time()
+        acc = accuracy(net, test.images, test.labels)
+        cards[variant] = {
+            "zoo_name": f"sinkhorn-attacks-cifar10-{variant}",
+            "file": name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "recipe": RECIPES[variant],
+            "command": f"sinkhorn-attacks train --config {RECIPES[variant]}",
+            "arch": cfg["arch"],
+            "parameters": sum(v.numel() for k, v in sd.items() if v.is_floating_point() and "running" not in k),
+            "seed": cfg["seed"],
+            "epochs": cfg["epochs"],
+            "train_images": history[-1]["steps"] * cfg["batch_size"],
+            "attack": cfg["attack"],
+            "attack_overrides": cfg["attack_overrides"],
+            "wall_time_s": round(sum(r["epoch_time_s"] for r in history), 1),
+            "cpu_time_s": (
+                round(sum(r["epoch_cpu_time_s"] for r in history), 1)
+                if all("epoch_cpu_time_s" in r for r in history)
+                else None
+            ),
+            "threads": 1,
+            "clean_accuracy_full_test": acc,
+            "test_images": len(test),
+        }
+        print(f"{variant}: clean {acc:.4f} on {len(test)} ({time.process_time() - t0:.0f} CPU s), "
+              f"sha256 {cards[variant]['sha256']} size {len(data)}")  # fmt: skip
+    atomic_write(out_path, json.dumps(cards, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
