@@ -94,7 +94,7 @@ def cards_table(data: dict) -> str:
     head = ("| zoo name | training attack | clean acc. (10,000 test images) | "
             + " | ".join(f"robust @ {r:g}" for r in radii) + " | CPU time | wall time |")  # fmt: skip
     lines = [head, "|---" * (5 + len(radii)) + "|"]
-    for v, m in data["models"].items():
+    for m in data["models"].values():
         c = m["card"] or {}
         wc = m["attacks"].get("worst-case", {}).get("robust_at_yardstick_radii") or []
         cpu = c.get("cpu_time_s")
