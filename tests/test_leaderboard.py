@@ -95,11 +95,24 @@ def test_board_worst_case_intervals_resume_and_growth(digits_setup, tmp_path) ->
     again = run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
     assert len(calls) == n_calls
     assert again["models"][0]["per_example_worst"] == m["per_example_worst"]
-    # a larger n reuses the finished batches and adds new ones
+    # a larger n reuses the finished batches and adds new ones; n = 7 leaves a partial last batch (6..6) that
+    # n = 8 recomputes in full (6..7)
+    assert (
+        run_leaderboard(load_board_config(_config(path, n=7)), out, load_model=load, images=x, labels=y)["models"][0][
+            "n"
+        ]
+        == 7
+    )
     big = load_board_config(_config(path, n=8))
     grown = run_leaderboard(big, out, load_model=load, images=x, labels=y)
     assert grown["models"][0]["n"] == 8
     assert grown["models"][0]["per_example_worst"][:6] == m["per_example_worst"]
+    # a smaller n whose batch would cut a finished unit is refused, changes nothing and deletes nothing
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    with pytest.raises(UserError, match="run with that n") as refused:
+        run_leaderboard(load_board_config(_config(path, n=2)), out, load_model=load, images=x, labels=y)
+    assert "delete" not in str(refused.value)
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
     # another configuration in the same folder is refused; a corrupt unit names its file
     other = _config(path)
     other["board"]["line_search"] = 0

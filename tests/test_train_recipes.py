@@ -160,3 +160,16 @@ def test_killed_inside_an_epoch_resumes_to_the_same_weights(tmp_path: Path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in full.history]
     assert strip == [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in resumed.history]
+
+
+def test_a_finished_run_extends_with_more_epochs(tmp_path: Path) -> None:
+    short = train(_cfg(tmp_path / "ext", epochs=1), verbose=False)
+    assert len(short.history) == 1 and (tmp_path / "ext" / "model.pt").is_file()
+    longer = train(_cfg(tmp_path / "ext", epochs=3), resume=True, verbose=False)
+    straight = train(_cfg(tmp_path / "straight", epochs=3), verbose=False)
+    assert longer.start_epoch == 1 and len(longer.history) == 3
+    a = torch.load(tmp_path / "ext" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # constant rate: the same as a 3-epoch run
+    with pytest.raises(ValueError, match="another configuration.*lr"):
+        train(_cfg(tmp_path / "ext", epochs=4, lr=0.2), resume=True, verbose=False)

@@ -29,7 +29,13 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="TOML config: a path or a bundled name (leaderboard_mnist)")
     p.add_argument("--out", required=True, help="output folder (units, leaderboard.json, index.html)")
-    p.add_argument("--n", type=int, help="number of test images (overrides [board] n)")
+    p.add_argument(
+        "--num-images",
+        "--n",
+        dest="n",
+        type=int,
+        help="number of test images (overrides [board] n); --num-images is the spelling torchrun passes through",
+    )
     p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
     p.add_argument("--fresh", action="store_true", help="delete finished units and start over")

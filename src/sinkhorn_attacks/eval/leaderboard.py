@@ -301,15 +301,25 @@ def _digest(obj: Any) -> str:
 
 
 def _check_unit(path: Path, n_expected: int, digest: str) -> dict[str, Any] | None:
-    """A finished unit, or ``None`` if absent; a corrupt or foreign unit is a :class:`UserError`."""
+    """A finished unit, or ``None`` if absent or to be recomputed (a partial last batch of a run with a smaller
+    ``n``); a corrupt or foreign unit, or one holding more images than this run's batch, is a
+    :class:`UserError`."""
     if not path.exists():
         return None
     try:
         u = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is corrupt ({err}); delete it (it will be recomputed) or rerun with --fresh") from err
-    if u.get("config") != digest or len(u.get("min_radius", [])) != n_expected:
-        raise UserError(f"{path} belongs to another configuration or is incomplete; delete it or rerun with --fresh")
+    if u.get("config") != digest:
+        raise UserError(f"{path} belongs to another configuration; use another --out (or --fresh to discard it)")
+    have = len(u.get("min_radius", []))
+    if have < n_expected:
+        return None  # the partial last batch of a smaller n: recomputed with the full batch
+    if have > n_expected:
+        raise UserError(
+            f"{path} holds {have} finished images of this board but this run's batch covers {n_expected}: the folder "
+            "holds a run with a larger n; run with that n (or larger) to keep its finished units, or use another --out"
+        )
     return u
 
 
@@ -340,17 +350,22 @@ def run_leaderboard(
                 raise UserError(
                     f"{out} holds a leaderboard of another configuration; use another --out or --fresh to start over"
                 )
-        if rank == 0:
-            write_json(cfg_path, {"digest": digest, "n": cfg.n, **cfg.identity()})
         batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
         units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
         mine = [u for i, u in enumerate(units) if i % world == rank]
+        # every existing unit is checked before anything is written: a refused run changes nothing on disk
+        finished = {
+            (m.label, a.label, lo)
+            for m, a, lo in mine
+            if _check_unit(_unit_path(out, m.label, a.label, lo), min(lo + cfg.batch, cfg.first + cfg.n) - lo, digest)
+        }
+        if rank == 0:
+            write_json(cfg_path, {"digest": digest, "n": cfg.n, **cfg.identity()})
         models: dict[str, nn.Module] = {}
         for k, (m, a, lo) in enumerate(mine):
             hi = min(lo + cfg.batch, cfg.first + cfg.n)
             path = _unit_path(out, m.label, a.label, lo)
-            # a unit of a smaller n ends early: only batches fully inside the new range are reused
-            if _check_unit(path, hi - lo, digest) is not None:
+            if (m.label, a.label, lo) in finished:
                 continue
             if m.label not in models:
                 models[m.label] = load_model(m)

@@ -336,7 +336,17 @@ def _train(
                 f"{ck_path} exists: pass --resume to continue that run, or choose another --out directory"
             )
         ck = load_checkpoint(ck_path)
-        cfg.check_same_run(TrainConfig.from_json(ck["config_json"]), source=str(ck_path))
+        written = TrainConfig.from_json(ck["config_json"])
+        if cfg.epochs > written.epochs:  # extending a run: everything but the number of epochs must match
+            cfg.check_same_run(TrainConfig.from_dict({**written.to_dict(), "epochs": cfg.epochs}), str(ck_path))
+            if cfg.schedule in ("cosine", "onecycle") and info.is_main:
+                warnings.warn(
+                    f"extending the run from {written.epochs} to {cfg.epochs} epochs: the {cfg.schedule} schedule "
+                    "is laid out anew for the new length, so the rate jumps where the old run stopped",
+                    stacklevel=2,
+                )
+        else:
+            cfg.check_same_run(written, source=str(ck_path))
         if ck["epoch"] > cfg.epochs:
             raise ValueError(
                 f"{ck_path}: records {ck['epoch']} finished epochs but the run has epochs={cfg.epochs}; the checkpoint "
@@ -385,6 +395,8 @@ def _train(
         raw.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = cfg.epochs  # an extended run: the cosine spans the new length
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         history = list(ck["history"])
