@@ -166,7 +166,7 @@ def test_a_finished_run_extends_with_more_epochs(tmp_path: Path) -> None:
     short = train(_cfg(tmp_path / "ext", epochs=1), verbose=False)
     assert len(short.history) == 1 and (tmp_path / "ext" / "model.pt").is_file()
     longer = train(_cfg(tmp_path / "ext", epochs=3), resume=True, verbose=False)
-    straight = train(_cfg(tmp_path / "straight", epochs=3), verbose=False)
+    train(_cfg(tmp_path / "straight", epochs=3), verbose=False)
     assert longer.start_epoch == 1 and len(longer.history) == 3
     a = torch.load(tmp_path / "ext" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
