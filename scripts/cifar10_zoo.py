@@ -3,9 +3,9 @@
 For every finished run folder ``runs/cifar10-<variant>/`` (``model.pt``, ``config.json``, ``history.json``)
 this writes the weights in float16 to ``src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_cifar10_<variant>.pt``
 (1.9 MB each; loading casts them back to float32), measures the clean accuracy of exactly those weights on
-the full CIFAR-10 test split (10,000 images), and writes ``docs/results/cifar10/models.json``: recipe, seed,
-epochs, training images, wall and CPU time, sha256 and size of the shipped file, clean accuracy. The zoo's
-registry pins each file by the sha256 printed here.
+the full CIFAR-10 test split (10,000 images), and records the card (recipe, seed, epochs, training images,
+wall and CPU time, sha256 and size of the shipped file, clean accuracy) in ``zoo/weights/cifar10.json``,
+which the zoo's registry reads (the sha256 pins the file), and in ``docs/results/cifar10/models.json``.
 
     python scripts/cifar10_zoo.py [--runs runs] [--variants clean uot ...]
 """
@@ -13,6 +13,7 @@ registry pins each file by the sha256 printed here.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
@@ -28,6 +29,11 @@ from sinkhorn_attacks.zoo import build
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "sinkhorn_attacks" / "zoo" / "weights"
+TRAINED = {"clean": "standard training", "uot": "fine-tuned against the UOT attack (thesis 'normal': steps 0.1)",
+           "uot-robust": "fine-tuned against the UOT attack (thesis 'robust': steps 0.4)",
+           "wong": "fine-tuned against Wong et al.'s projected Sinkhorn attack",
+           "hu": "fine-tuned against Hu et al.'s improved Wasserstein attack",
+           "linf": "fine-tuned against l_inf PGD (8/255)"}  # fmt: skip
 RECIPES = {"clean": "cifar10_clean", "uot": "cifar10_uot", "uot-robust": "cifar10_uot_robust",
            "wong": "cifar10_wong", "hu": "cifar10_hu", "linf": "cifar10_linf"}  # fmt: skip
 
@@ -47,7 +53,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     test = load_dataset("cifar10", "test")
-    out_path = Path(args.out)
+    out_path, manifest = Path(args.out), WEIGHTS / "cifar10.json"
+    lock = open(WEIGHTS / ".cifar10.lock", "w")  # noqa: SIM115 - two training lanes may export at once
+    fcntl.flock(lock, fcntl.LOCK_EX)
     cards = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for variant in args.variants:
         run = Path(args.runs) / f"cifar10-{variant}"
@@ -88,12 +96,15 @@ def main() -> int:
                 else None
             ),
             "threads": 1,
+            "trained": TRAINED[variant],
             "clean_accuracy_full_test": acc,
             "test_images": len(test),
         }
         print(f"{variant}: clean {acc:.4f} on {len(test)} ({time.process_time() - t0:.0f} CPU s), "
               f"sha256 {cards[variant]['sha256']} size {len(data)}")  # fmt: skip
     atomic_write(out_path, json.dumps(cards, indent=1, sort_keys=True) + "\n")
+    atomic_write(manifest, json.dumps(cards, indent=1, sort_keys=True) + "\n")
+    lock.close()
     return 0
 
 

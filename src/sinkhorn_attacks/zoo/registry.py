@@ -16,6 +16,7 @@ Search order for a registry name (first hit wins):
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,37 +345,34 @@ _ENTRIES = [
 ]
 
 
-def _ours_cifar10(variant: str, sha256: str, size: int, accuracy: float, trained: str) -> ZooEntry:
-    """A CIFAR-10 ResNet-9 trained by this library's bundled recipe ``cifar10_<variant>`` (weights shipped in
-    float16 with the package; docs/results/cifar10 holds its card)."""
-    recipe = "cifar10_" + variant.replace("-", "_")
+def _ours_cifar10(variant: str, card: dict) -> ZooEntry:
+    """A CIFAR-10 ResNet-9 trained by this library's bundled recipe (weights shipped in float16 with the
+    package). ``card`` is its row of ``zoo/weights/cifar10.json``, written by ``scripts/cifar10_zoo.py`` with
+    the weights; docs/results/cifar10 holds the full card."""
     return ZooEntry(
         name=f"sinkhorn-attacks-cifar10-{variant}",
         arch="resnet9_cifar",
         dataset="cifar10",
-        filename=f"sinkhorn_attacks_{recipe}.pt",
+        filename=card["file"],
         upstream_names=(),
         urls=(),
-        sha256=sha256,
+        sha256=card["sha256"],
         git_sha1=None,
-        size=size,
-        description=f"CIFAR-10 ResNet-9 (width 24, 0.93 M parameters), {trained}",
+        size=card["size"],
+        description=f"CIFAR-10 ResNet-9 (width 24, 0.93 M parameters), {card['trained']}",
         paper="sinkhorn-attacks (this library)",
-        accuracy_measured=accuracy,
-        notes=f"ships with the package (zoo/weights, float16), no download; recipe: sinkhorn-attacks train --config "
-        f"{recipe}; card: docs/results/cifar10",
+        accuracy_measured=round(100 * card["clean_accuracy_full_test"], 2),
+        notes=f"ships with the package (zoo/weights, float16), no download; recipe: {card['command']}; "
+        "card: docs/results/cifar10",
     )
 
 
-_ENTRIES += [
-    _ours_cifar10(
-        "clean",
-        "640e765734806b75afc013d1fce762fb8172a477ef59d867c31288c398b83098",
-        1871888,
-        74.35,
-        "standard training on the 20,000 training images of the data folder",
-    ),
-]
+def _bundled_cards() -> dict:
+    path = Path(__file__).parent / "weights" / "cifar10.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+_ENTRIES += [_ours_cifar10(variant, card) for variant, card in sorted(_bundled_cards().items())]
 
 REGISTRY: Registry[ZooEntry] = Registry("model", [(e.name, e) for e in _ENTRIES])  # duplicate names raise
 
