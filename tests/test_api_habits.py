@@ -137,3 +137,21 @@ def test_attack_cli_bare_checkpoint_needs_arch_before_any_work(
     cnn = tmp_path / "cnn.pt"
     torch.save(small_cnn(1, 10, 8).state_dict(), cnn)
     assert main(["attack", str(cnn), "--arch", "small_cnn", *common]) == 0
+
+
+def test_an_unconverged_projection_warns_once_per_call_site_not_per_batch() -> None:
+    import warnings
+
+    from sinkhorn_attacks.ot import LocalCost
+    from sinkhorn_attacks.projections import uot_project
+
+    cost = LocalCost(kernel_size=5, p=1.0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("default")  # Python's own rule: one message per text and call site
+        for seed in range(4):  # four batches, different images, different counts of unconverged ones
+            g = torch.Generator().manual_seed(seed)
+            x = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64)
+            w = (x + 0.3 * torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)).clamp(0, 1)
+            r = uot_project(x, w, cost, 0.05, 10.0, 1.0, radius=0.05, max_iter=2, tol=1e-12)
+            assert not bool(r.converged.all())
+    assert len([m for m in rec if "did not converge" in str(m.message)]) == 1
