@@ -34,6 +34,7 @@ from .models import (
     ResNet,
     build,
     mnist_cnn,
+    resnet9_cifar,
     resnet18_cifar,
     resnet18_tiny,
     small_cnn,
@@ -126,6 +127,15 @@ def load(
     return model.to(device).eval()
 
 
+def load_model(name: str, **kwargs) -> nn.Module:
+    """RobustBench-style spelling of :func:`load` for a registry name: prints the model's card (what it is,
+    its measured clean accuracy, whether and where it is available offline) once to stderr, then loads it."""
+    import sys
+
+    print(info(name).describe(), file=sys.stderr)
+    return load(name, **kwargs)
+
+
 __all__ = [
     "ARCHITECTURES",
     "CIFAR10_MEAN",
@@ -145,11 +155,13 @@ __all__ = [
     "infer_arch",
     "info",
     "load",
+    "load_model",
     "load_state_dict_any",
     "load_weights",
     "locate",
     "mnist_cnn",
     "names",
+    "resnet9_cifar",
     "resnet18_cifar",
     "resnet18_tiny",
     "small_cnn",

@@ -133,7 +133,15 @@ class ZooEntry:
         ]
         if self.notes:
             rows.append(("notes", self.notes))
+        rows.append(("available offline", self.offline_path() or "no: downloaded (checksum-checked) on first use"))
         return "\n".join(f"{k + ':':<22} {v}" for k, v in rows)
+
+    def offline_path(self) -> str | None:
+        """Where a verified copy is found without the network (package, models folder or cache), else None."""
+        try:
+            return str(locate(self.name, download=False))
+        except (FileNotFoundError, ValueError, ChecksumError):
+            return None
 
 
 def _mnist(
