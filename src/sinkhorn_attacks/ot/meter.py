@@ -450,6 +450,15 @@ def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
     return MeterResult(value=torch.tensor(vals, dtype=torch.float64), mass_change=torch.tensor(dm))
 
 
+def _kl_uot_objective(plan: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, tau: float) -> float:
+    """``<P,C> + tau KL(P1|a) + tau KL(P^T1|b)`` (generalised KL: ``sum p log(p/q) - p + q``)."""
+
+    def kl(p: np.ndarray, q: np.ndarray) -> float:
+        return float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0.0) - p + q))
+
+    return float((plan * c).sum()) + tau * (kl(plan.sum(1), a) + kl(plan.sum(0), b))
+
+
 def exact_uot(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -463,10 +472,16 @@ def exact_uot(
 
     Solved per channel with POT's majorisation-minimisation solver (``ot.unbalanced.mm_unbalanced``,
     KL divergence, no entropy) on the dense cost; meant for small images (it is O(n^2) per iteration).
-    Returns ``(B,)`` float64, summed over channels.
+    Every MM step lowers the objective, so the solver is run twice, from POT's default start and from the
+    exact balanced plan between ``x`` and ``z`` rescaled to the mass of ``x`` (whose objective is the
+    balanced cost plus the KL price of the rescaling), and the lower value is returned: for large ``tau``,
+    where MM steps are tiny, the result never exceeds that balanced bound. Returns ``(B,)`` float64, summed
+    over channels.
     """
     import ot
 
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     check_measure(x, "x")
     check_measure(z, "z")
     check_same(x, z, "x", "z")
@@ -487,14 +502,15 @@ def exact_uot(
             if not sa.any() or not sb.any():
                 tot += tau * (a.sum() + b.sum())
                 continue
-            plan = ot.unbalanced.mm_unbalanced(
-                a[sa], b[sb], c[np.ix_(sa, sb)], reg_m=tau, div="kl", numItermax=max_iter, stopThr=tol
-            )
-            pa, pb = plan.sum(1), plan.sum(0)
-
-            def kl(p, q):
-                return float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0.0) - p + q))
-
-            tot += float((plan * c[np.ix_(sa, sb)]).sum()) + tau * (kl(pa, a[sa]) + kl(pb, b[sb]))
+            aa, bb, cc = a[sa], b[sb], c[np.ix_(sa, sb)]
+            balanced = ot.emd(aa, bb * (aa.sum() / bb.sum()), cc, numItermax=10_000_000)
+            values = []
+            for start in (None, balanced):
+                plan = ot.unbalanced.mm_unbalanced(
+                    aa, bb, cc, reg_m=tau, div="kl", G0=start, numItermax=max_iter, stopThr=tol
+                )
+                values.append(_kl_uot_objective(plan, aa, bb, cc, tau))
+            values.append(_kl_uot_objective(balanced, aa, bb, cc, tau))
+            tot += min(values)
         out.append(tot)
     return torch.tensor(out, dtype=torch.float64)
