@@ -56,3 +56,23 @@ def test_exact_uot_refuses_a_non_positive_iteration_cap() -> None:
     for bad in (0, -5, 1.5, True):
         with pytest.raises(ValueError, match="max_iter"):
             exact_uot(x, x, LocalCost(None, 1.0), 1.0, max_iter=bad)
+
+
+def test_measure_survives_tiny_masses_and_scales_exactly() -> None:
+    """Masses near 1e-170 once crashed the process inside the LP solver: run in a child process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from sinkhorn_attacks.ot import Yardstick, measure\n"
+        "torch.manual_seed(0)\n"
+        "x, z = torch.rand(2, 1, 8, 8, dtype=torch.float64), torch.rand(2, 1, 8, 8, dtype=torch.float64)\n"
+        "ref = measure(x, z, Yardstick(normalisation='none')).value\n"
+        "for s in (1e-120, 1e-170, 1e-250, 1e-300):\n"
+        "    v = measure(x * s, z * s, Yardstick(normalisation='none')).value / s\n"
+        "    assert torch.allclose(v, ref, rtol=1e-9), (s, v, ref)\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

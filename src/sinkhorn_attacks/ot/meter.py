@@ -37,6 +37,7 @@ _CUT_ROUNDS = 2  # solves with capacities only where needed before all are impos
 _CAP_BELOW = 0.05  # pixels holding less than this fraction of the mean mass are capacitated from the start
 _CUT_TOL = 1e-7  # through-flow slack, in units of the mean pixel mass (HiGHS's feasibility tolerance)
 _SUPPORT_EPS = 0.0
+_TINY_MASS = 1e-100  # below this total mass a pair is solved rescaled (see tv_pair)
 
 
 @dataclass
@@ -277,6 +278,12 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
     sp, sq = np.flatnonzero(pf > _SUPPORT_EPS), np.flatnonzero(qf > _SUPPORT_EPS)
     if np.array_equal(pf, qf):  # D = 0 exactly (the solvers would leave round-off)
         return TVPair(0.0, 0.0, mp)
+    if 0.0 < max(mp, mq) < _TINY_MASS:
+        # D is positively homogeneous: solve at unit scale (a power of two, so exactly) and scale back; masses
+        # near 1e-170 underflow inside the network simplex (products of masses), which then crashes
+        k = 2.0 ** -math.floor(math.log2(max(mp, mq)))
+        r = tv_pair(p * k, q * k, cost, price)
+        return TVPair(r.raw / k, r.lower / k, r.transported / k)
     if sp.size == 0 or sq.size == 0:  # nothing to match: destroy all of one, create all of the other
         return TVPair(price * (mp + mq), price * (mp + mq), 0.0)
     # mass with no partner inside its window can only be destroyed / created: settle it up front
