@@ -155,3 +155,21 @@ def test_an_unconverged_projection_warns_once_per_call_site_not_per_batch() -> N
             r = uot_project(x, w, cost, 0.05, 10.0, 1.0, radius=0.05, max_iter=2, tol=1e-12)
             assert not bool(r.converged.all())
     assert len([m for m in rec if "did not converge" in str(m.message)]) == 1
+
+
+@pytest.mark.parametrize(
+    "preset", ["uot", "linf-pgd", "hu2020-mnist", "wong2019-mnist", "wu2020-fw-mnist", "wu2020-pgd-mnist"]
+)
+def test_every_attack_family_honours_output_fn(preset: str) -> None:
+    class TupleOut(nn.Module):  # e.g. a model returning (logits, features)
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+            return self.lin(x.flatten(1)), "aux"
+
+    torch.manual_seed(0)
+    x, y = _batch()
+    res = from_preset(preset, TupleOut(), steps=2, output_fn=lambda out: out[0])(x, y)
+    assert res.success.shape == (4,)

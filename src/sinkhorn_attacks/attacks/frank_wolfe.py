@@ -29,6 +29,7 @@ Radii reported by the attack classes (``eps`` normalised by ``||x||_1``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,7 +55,9 @@ _W1_5X5 = LocalCost(5, 1.0)  # Wu's ground cost: Euclidean (W1), 5x5 window
 _GRAD_GUARD = 1e-35
 
 
-def _coupling_grad(model: nn.Module, pi: torch.Tensor, y: torch.Tensor, cost: LocalCost, objective=None):
+def _coupling_grad(
+    model: Callable[[torch.Tensor], torch.Tensor], pi: torch.Tensor, y: torch.Tensor, cost: LocalCost, objective=None
+):
     img = column_marginal(pi, cost).detach().requires_grad_(True)
     out = model(img.clamp(0, 1))
     loss = F.cross_entropy(out, y, reduction="sum") if objective is None else objective(out, y).sum()
@@ -90,7 +93,7 @@ def coupling_radii(adv: torch.Tensor, pi: torch.Tensor, x: torch.Tensor, cost: L
 
 
 def wu_frank_wolfe(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
     cost: LocalCost,
@@ -120,7 +123,7 @@ def wu_frank_wolfe(
 
 
 def wu_pgd(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
     cost: LocalCost,
@@ -217,7 +220,7 @@ class WuFrankWolfe(_WuBase):
 
     def _run(self, x, y):
         return wu_frank_wolfe(
-            self.model, x, y, self.cost, self.eps, self.steps, gamma=self.gamma, dual_max_iter=self.dual_max_iter,
+            self._forward, x, y, self.cost, self.eps, self.steps, gamma=self.gamma, dual_max_iter=self.dual_max_iter,
             postprocess=self.postprocess, post_iterations=self.post_iterations, check_zero=self.check_zero,
             objective=self.objective,
         )  # fmt: skip
@@ -238,7 +241,7 @@ class WuPGD(_WuBase):
 
     def _run(self, x, y):
         return wu_pgd(
-            self.model, x, y, self.cost, self.eps, self.steps, lr=self.lr, dual_max_iter=self.dual_max_iter,
+            self._forward, x, y, self.cost, self.eps, self.steps, lr=self.lr, dual_max_iter=self.dual_max_iter,
             postprocess=self.postprocess, post_iterations=self.post_iterations, check_zero=self.check_zero,
             objective=self.objective,
         )  # fmt: skip
