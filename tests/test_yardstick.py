@@ -340,3 +340,17 @@ def test_input_validation():
         measure(x, x, LocalCost(5))
     ok = (x + 1e-7).clamp(max=1.0 + 1e-7)  # within the tolerance of [0, 1]
     assert bool(torch.isfinite(measure(x, ok).value).all())
+
+
+def test_the_yardstick_is_not_a_metric_across_windows() -> None:
+    """docs/math.md section 4 (c) 5: unit pixels at columns 0, 2, 3 of a row break the triangle inequality."""
+
+    def pixel(col: int) -> torch.Tensor:
+        x = torch.zeros(1, 1, 5, 8, dtype=torch.float64)
+        x[0, 0, 2, col] = 1.0
+        return x
+
+    ys = Yardstick(normalisation="none")
+    a, b, c = (float(measure(pixel(i), pixel(j), ys).value) for i, j in ((0, 2), (2, 3), (0, 3)))
+    assert a == pytest.approx(2.0) and b == pytest.approx(1.0)
+    assert c == pytest.approx(4 * 2**0.5) and c > a + b
