@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from sinkhorn_attacks.report.leaderboard import head_to_head
+from sinkhorn_attacks.report.leaderboard import signed_points, head_to_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def board_block() -> str:
         "|---|" + "---|" * len(peers),
     ]
     for mod in dict.fromkeys(r["model"] for r in rows):
-        lines.append(f"| {mod} | " + " | ".join(f"{cell[(mod, p)]:+.1f}" for p in peers) + " |")
+        lines.append(f"| {mod} | " + " | ".join(signed_points(cell[(mod, p)]) for p in peers) + " |")
     stronger = {p: [m for m in dict.fromkeys(r["model"] for r in rows) if cell[(m, p)] < 0] for p in peers}
     never = [p for p in peers if not stronger[p]]
     lines += [

@@ -70,7 +70,9 @@ def _head_to_head_markdown(board: dict[str, Any], attack: str) -> list[str]:
     for mod in models:
         lines.append(
             f"| {mod} | "
-            + " | ".join(f"{cell[(mod, p)]['mean_difference_points']:+.1f}" if (mod, p) in cell else "-" for p in peers)
+            + " | ".join(
+                signed_points(cell[(mod, p)]["mean_difference_points"]) if (mod, p) in cell else "-" for p in peers
+            )
             + " |"
         )
     return lines
@@ -187,6 +189,12 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 """
 
 
+def signed_points(v: float) -> str:
+    """``+1.5`` / ``-0.3``; a value that rounds to zero reads ``0.0`` (never ``-0.0``)."""
+    r = round(v, 1)
+    return "0.0" if r == 0 else f"{r:+.1f}"
+
+
 def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], grids_from: str | None = None) -> Path:
     """Write ``out_dir/index.html`` (self-contained: images inlined) and ``out_dir/leaderboard.md``.
 
@@ -201,12 +209,23 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
     radii = board["radii"]
     steps = board["line_search"]
     shortened = f", shortened by {steps} bisection steps towards the clean image" if steps else ""
+    dataset = f"{board['dataset']['name'].upper() if len(board['dataset']['name']) <= 5 else board['dataset']['name']}"
+    mid = radii[len(radii) // 2]  # rows ranked by worst-case robust accuracy at the middle radius
+    ranked = sorted(
+        board["models"],
+        key=lambda m: -next((row["robust_accuracy"] for row in m["robust_accuracy"] if row["radius"] == mid), 0.0),
+    )
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Wasserstein robustness leaderboard</title>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Wasserstein robustness leaderboard: "
+        f"{html.escape(dataset)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{cursor:pointer;"
         "background:#f3f3f3}td.l,th.l{text-align:left}small{color:#555}img{max-width:100%}</style></head><body>",
-        "<h1>Wasserstein robustness leaderboard</h1>",
+        f"<h1>Wasserstein robustness leaderboard: {html.escape(dataset)} ({html.escape(board['dataset']['split'])} "
+        f"images)</h1>",
+        f"<p><b>Unit in one line:</b> r is the cost of turning the clean image into the attacked one, per unit of "
+        f"clean mass: r = 0.1 is moving 10 % of the image's mass by one pixel, or creating "
+        f"{100 * 0.1 / float(ys.get('price') or 2 * 2**0.5):.1f} % new mass.</p>",
         f"<p><b>Yardstick:</b> {html.escape(ys['describe'])}.</p>",
         f"<p>Dataset {html.escape(board['dataset']['name'])} / {html.escape(board['dataset']['split'])}, images from "
         f"{board['dataset']['first']}. Robust accuracy at radius r: the fraction of examples whose smallest fooling "
@@ -214,13 +233,15 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
         f"the yardstick value of the first fooling image the attack returned"
         f"{shortened}"
         f". Library {html.escape(str(board['library_version']))}, torch {html.escape(board['torch_version'])}, "
-        f"{html.escape(board['created'])}. Click a column to sort.</p>",
-        "<table class='sortable'><thead><tr><th class='l'>model</th><th>n</th><th>clean %</th>"
+        f"{html.escape(board['created'])}. Rows are ranked by robust accuracy at r = {mid:g}; click a column to "
+        "sort.</p>",
+        "<table class='sortable'><thead><tr><th>rank</th><th class='l'>model</th><th>n</th><th>clean %</th>"
         + "".join(f"<th>r = {r:g}</th>" for r in radii)
         + "<th>CPU s</th></tr></thead><tbody>",
     ]
-    for m in board["models"]:
+    for rank, m in enumerate(ranked, 1):
         cells = [
+            f"<td data-v='{rank}'>{rank}</td>",
             f"<td class='l'>{html.escape(m['label'])}</td>",
             f"<td data-v='{m['n']}'>{m['n']}</td>",
             f"<td data-v='{m['clean_accuracy']}'>{_pct(m['clean_accuracy'])}</td>",
@@ -267,7 +288,9 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
         )
         for mod in dict.fromkeys(r["model"] for r in h2h):
             cells = "".join(
-                f"<td data-v='{cell[(mod, p)]}'>{cell[(mod, p)]:+.1f}</td>" if (mod, p) in cell else "<td>-</td>"
+                f"<td data-v='{cell[(mod, p)]}'>{signed_points(cell[(mod, p)])}</td>"
+                if (mod, p) in cell
+                else "<td>-</td>"
                 for p in peers
             )
             parts.append(f"<tr><td class='l'>{html.escape(mod)}</td>{cells}</tr>")
