@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from sinkhorn_attacks.report.leaderboard import signed_points, head_to_head
+from sinkhorn_attacks.report.leaderboard import head_to_head, signed_points
 
 ROOT = Path(__file__).resolve().parents[1]
 
