@@ -1,6 +1,6 @@
 """Write the README's result blocks from the committed result files (so the README says what they say).
 
-python scripts/readme_results.py        # rewrites the <!-- hu:... --> and <!-- board:... --> blocks
+python scripts/readme_results.py   # rewrites the <!-- hu:... -->, <!-- board:... --> and <!-- cifar10:... --> blocks
 """
 
 from __future__ import annotations
@@ -74,6 +74,33 @@ def board_block() -> str:
     return "\n".join(lines)
 
 
+def cifar10_block() -> str:
+    """The CIFAR-10 models trained here: clean accuracy and worst-case robust accuracy on the yardstick."""
+    path = ROOT / "docs/results/cifar10/results.json"
+    if not path.is_file():
+        return "(no CIFAR-10 evaluation committed yet)"
+    data = json.loads(path.read_text())
+    radii = data["radii"]
+    labels = [a["label"] for a in data["attacks"]]
+    lines = [
+        f"Worst case over the {len(labels)} attacks ({', '.join(labels)}; each at one fixed radius, 75 steps) on "
+        f"the first {data['n_images']} test images, robust accuracy (%) at yardstick radius r; clean accuracy on "
+        "all 10,000 test images:",
+        "",
+        "| model | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
+        "|---|---|" + "---|" * len(radii),
+    ]
+    for m in data["models"].values():
+        wc = m["attacks"].get("worst-case", {}).get("robust_at_yardstick_radii") or []
+        clean = (m["card"] or {}).get("clean_accuracy_full_test")
+        lines.append(
+            f"| `{m['zoo_name']}` | {'-' if clean is None else f'{100 * clean:.1f}'} | "
+            + " | ".join(f"{100 * x:.0f}" for x in wc)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def board_readme() -> str:
     """docs/leaderboard/README.md: how the committed board was produced, and its size and cost per model."""
     board = json.loads((ROOT / "docs/leaderboard/leaderboard.json").read_text())
@@ -111,8 +138,8 @@ def main() -> None:
     (ROOT / "docs/leaderboard/README.md").write_text(board_readme(), encoding="utf-8")
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
-    for tag, block in (("hu", hu_block()), ("board", board_block())):
-        sep = "\n" if tag == "board" else ""
+    for tag, block in (("hu", hu_block()), ("board", board_block()), ("cifar10", cifar10_block())):
+        sep = "\n" if tag in ("board", "cifar10") else ""
         new = f"<!-- {tag}:start -->{sep}{block}{sep}<!-- {tag}:end -->"
         text, n = re.subn(rf"<!-- {tag}:start -->.*?<!-- {tag}:end -->", lambda _m, t=new: t, text, flags=re.S)
         if n != 1:
