@@ -9,8 +9,8 @@ as their training finishes):
 This script reads those folders (``results.json``, ``curves.json``) and ``docs/results/cifar10/models.json``
 (scripts/cifar10_zoo.py), and writes ``results.json`` (per model and attack: robust accuracy after every PGD
 iteration, median yardstick radius of the returned images, worst case at fixed yardstick radii),
-``acc_vs_iteration.png`` and the generated blocks of ``README.md`` (between ``<!-- cards -->`` /
-``<!-- curves -->`` markers and their ``<!-- end -->``).
+``acc_vs_iteration.png`` and the generated blocks of ``README.md`` (between the ``<!-- cards -->``,
+``<!-- curves -->`` and ``<!-- claims -->`` markers and their ``<!-- end -->``).
 
     python scripts/cifar10_results.py [--runs runs/thesis_cifar10]
 """
@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sinkhorn_attacks._util import atomic_write  # noqa: E402
 
@@ -40,7 +41,7 @@ def _num(v: object) -> float | None:
 
 
 def collect(runs: Path) -> dict:
-    cards = json.loads((OUT / "models.json").read_text())
+    cards = json.loads((OUT / "models.json").read_text()) if (OUT / "models.json").is_file() else {}
     out: dict = {"models": {}, "attacks": None, "radii": None, "n_images": None}
     for v in VARIANTS:
         folder = runs / v
@@ -70,7 +71,7 @@ def collect(runs: Path) -> dict:
 
 def plot(data: dict, path: Path) -> None:
     labels = [a["label"] for a in data["attacks"]]
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 4.8), sharey=True)
     for ax, label in zip(axes, labels):
         for v, m in data["models"].items():
             a = m["attacks"].get(label)
@@ -80,8 +81,17 @@ def plot(data: dict, path: Path) -> None:
             ax.plot(a["robust_vs_iteration"], label=f"{v} (yardstick {r:.3f})" if r is not None else v)
         ax.set_title(label)
         ax.set_xlabel("PGD iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, title="model (median radius)", title_fontsize=7, loc="upper right")
+        ax.legend(
+            fontsize=7,
+            title="model (median yardstick radius)",
+            title_fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=2,
+            frameon=False,
+        )  # below the axes, clear of the curves
     axes[0].set_ylabel("robust accuracy")
     fig.suptitle(f"CIFAR-10, first {data['n_images']} test images: robust accuracy vs PGD iteration", fontsize=10)
     fig.tight_layout()
@@ -119,6 +129,72 @@ def curves_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _final(data: dict, variant: str, attack: str) -> float | None:
+    a = data["models"].get(variant, {}).get("attacks", {}).get(attack)
+    return None if not a or not a["robust_vs_iteration"] else a["robust_vs_iteration"][-1]
+
+
+def claims_table(data: dict) -> str:
+    """The thesis's CIFAR-10 claims (its Figures 4.6-4.10), each checked on the final iterate."""
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f} %"
+
+    def ranking(attack: str) -> list[tuple[str, float]]:
+        rows = [(v, _final(data, v, attack)) for v in data["models"]]
+        return sorted(((v, r) for v, r in rows if r is not None), key=lambda t: -t[1])
+
+    def listing(rank: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{v} {pct(r)}" for v, r in rank)
+
+    lines = ["| thesis claim | measured (robust accuracy at iteration 75) | holds? |", "|---|---|---|"]
+    uot = ranking("uot")
+    ours = {"uot", "uot-robust"}
+    if uot:
+        best_other = max((r for v, r in uot if v not in ours), default=None)
+        worst_ours = min((r for v, r in uot if v in ours), default=None)
+        holds = None if best_other is None or worst_ours is None else worst_ours > best_other
+        lines.append(
+            "| Fig. 4.9: under the UOT attack both UOT-trained models are more robust than every other model | "
+            f"{listing(uot)} | {'-' if holds is None else ('yes' if holds else 'no')} |"
+        )
+    for attack in ("wong2019", "hu2020"):
+        rank = ranking(attack)
+        if len(rank) >= 2:
+            top = [v for v, _ in rank]
+            holds = top[0] == "wong" and top[1] == "uot-robust"
+            lines.append(
+                f"| Fig. 4.10: under the {attack} attack the Wong-trained model is the most robust and the UOT "
+                f"'robust' model second | {listing(rank)} | {'yes' if holds else 'no'} |"
+            )
+    cards = {v: (m["card"] or {}).get("clean_accuracy_full_test") for v, m in data["models"].items()}
+    n_r, r_r = _final(data, "uot", "uot"), _final(data, "uot-robust", "uot")
+    if None not in (n_r, r_r, cards.get("uot"), cards.get("uot-robust")):
+        holds = r_r > n_r and cards["uot-robust"] < cards["uot"]
+        lines.append(
+            "| The 'robust' UOT model (steps 0.4) is more robust under the UOT attack than the 'normal' one (0.1), "
+            f"with lower clean accuracy | robust {pct(r_r)} vs normal {pct(n_r)}; clean {pct(cards['uot-robust'])} "
+            f"vs {pct(cards['uot'])} | {'yes' if holds else 'no'} |"
+        )
+    clean = data["models"].get("clean", {}).get("attacks", {})
+    if clean:
+        drops = ", ".join(
+            f"{a}: {pct(c['robust_vs_iteration'][0])} to {pct(c['robust_vs_iteration'][-1])}"
+            for a, c in clean.items()
+            if a != "worst-case" and c["robust_vs_iteration"]
+        )
+        fooled = all(
+            c["robust_vs_iteration"][-1] < 0.5 * c["robust_vs_iteration"][0]
+            for a, c in clean.items()
+            if a != "worst-case" and c["robust_vs_iteration"]
+        )
+        lines.append(
+            "| Figs. 4.6-4.8: each attack drives the standard model's accuracy down as the iterations grow | "
+            f"{drops} | {'yes' if fooled else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def write_blocks(readme: Path, blocks: dict[str, str]) -> None:
     text = readme.read_text()
     for key, body in blocks.items():
@@ -137,7 +213,8 @@ def main() -> int:
         raise SystemExit(f"no finished evaluation folder under {args.runs}")
     atomic_write(OUT / "results.json", json.dumps(data, indent=1) + "\n")
     plot(data, OUT / "acc_vs_iteration.png")
-    write_blocks(OUT / "README.md", {"cards": cards_table(data), "curves": curves_table(data)})
+    blocks = {"cards": cards_table(data), "curves": curves_table(data), "claims": claims_table(data)}
+    write_blocks(OUT / "README.md", blocks)
     return 0
 
 

@@ -272,7 +272,11 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     ys = [r.get("metered_radius_mean") for r in history]
     a2.plot(ep, [math.nan if v is None else v for v in ys], marker="o", color="C3")
     a2.set_xlabel("epoch")
-    a2.set_ylabel("metered radius (mean, exact OT)")
+    a2.set_ylabel("yardstick radius (mean, W1-TV)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     a2.set_title("training examples", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
