@@ -84,7 +84,9 @@ def test_attack_that_changes_nothing_stops_the_run(tmp_path: Path, monkeypatch: 
         return atk
 
     monkeypatch.setattr(train_loop, "_make_attack", lazy)
-    with pytest.raises(TrainingDiverged, match=r"returned \d+ correctly classified image\(s\) unchanged at epoch 1"):
+    with pytest.raises(
+        TrainingDiverged, match=r"returned all \d+ correctly classified images of the batch unchanged at epoch 1"
+    ):
         train(cfg, verbose=False)
 
 

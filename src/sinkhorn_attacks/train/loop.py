@@ -476,12 +476,12 @@ def _train(
                 res = attack(x, y)
                 attack_time += time.perf_counter() - t0
                 xa = res.adv.detach()
-                moved = (xa != x).flatten(1).any(1) | ~res.clean_correct
-                if not bool(moved.all()):
+                moved = (xa != x).flatten(1).any(1)
+                if bool(res.clean_correct.any()) and not bool(moved[res.clean_correct].any()):
                     raise TrainingDiverged(
-                        f"the training attack {cfg.attack!r} returned {int((~moved).sum())} correctly classified "
-                        f"image(s) unchanged at epoch {epoch + 1}, step {b + 1}: stopped (its gradient may be zero "
-                        f"or non-finite); the last good checkpoint "
+                        f"the training attack {cfg.attack!r} returned all {int(res.clean_correct.sum())} correctly "
+                        f"classified images of the batch unchanged at epoch {epoch + 1}, step {b + 1}: stopped (its "
+                        f"gradient may be zero or non-finite); the last good checkpoint "
                         f"({ck_path if ck_path.exists() else 'none written yet'}) is unchanged."
                     )
                 sums[2] += float(res.clean_correct.sum())
