@@ -26,6 +26,9 @@ def _train(args: argparse.Namespace) -> int:
         load_dataset(args.data, args.eval_split)
     from sinkhorn_attacks.retrieval.train import TrainConfig
 
+    smoke = smoke_limit()
+    if smoke:  # smoke run (tests of the documented commands): a few images per split, one epoch
+        args.epochs, args.batch_size = 1, min(args.batch_size, 8 * smoke)
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -45,6 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         train=cfg,
         cache_dir=args.cache_dir,
         backbone_kwargs={"image": {"input_size": args.model_input_size}} if args.model_input_size else {},
+        limit=8 * smoke if smoke else None,
     )
     s = run_train(run)
     from sinkhorn_attacks.retrieval.experiment import format_metrics

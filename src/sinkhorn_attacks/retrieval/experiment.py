@@ -129,6 +129,7 @@ class TrainRun:
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_dir: str | None = None
     backbone_kwargs: dict = field(default_factory=dict)
+    limit: int | None = None  # only the first `limit` images of each split (and their captions)
 
 
 def _backbones(image: str, text: str, kwargs: dict | None = None):
@@ -153,6 +154,8 @@ def run_train(run: TrainRun, log: Log | None = print) -> dict:
     ib, tb = _backbones(run.image_backbone, run.text_backbone, run.backbone_kwargs)
     tr = load_dataset(run.data, "train")
     ev = load_dataset(run.data, run.eval_split)
+    if run.limit is not None:
+        tr, ev = (d.subset(range(min(run.limit, d.n_images))) for d in (tr, ev))
     t0 = time.time()
     fi, ft = _features(ib, tb, tr, run.image_size, run.cache_dir, log)
     fi_e, ft_e = _features(ib, tb, ev, run.image_size, run.cache_dir, log)

@@ -317,6 +317,202 @@ def train(
             dist.destroy_process_group()
 
 
+@dataclass
+class _Epoch:
+    """The running bookkeeping of one epoch (what a checkpoint inside the epoch must carry)."""
+
+    lr: float
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(5, dtype=torch.float64))  # see _SUMS
+    meter_x: list[torch.Tensor] = field(default_factory=list)
+    meter_a: list[torch.Tensor] = field(default_factory=list)
+    attack_time: float = 0.0
+    t0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=time.process_time)
+
+    def partial(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "attack_time": self.attack_time,
+            "time": time.perf_counter() - self.t0,
+            "cpu": time.process_time() - self.cpu0,
+            "meter_x": self.meter_x,
+            "meter_a": self.meter_a,
+        }
+
+    @classmethod
+    def resumed(cls, partial: dict[str, Any], rank: int) -> _Epoch:
+        return cls(
+            lr=partial["lr"],
+            sums=partial["sums"][rank].clone(),
+            meter_x=list(partial["meter_x"]),
+            meter_a=list(partial["meter_a"]),
+            attack_time=partial["attack_time"],
+            t0=time.perf_counter() - partial["time"],
+            cpu0=time.process_time() - partial["cpu"],
+        )
+
+
+#: _Epoch.sums: loss * n, n, clean correct, adversarial correct, adversarial n
+_SUMS = ("loss", "n", "clean_correct", "adv_correct", "adv_n")
+
+
+def _open_checkpoint(cfg: TrainConfig, ck_path: Path, resume: bool, info: DistInfo) -> dict[str, Any] | None:
+    """The checkpoint to resume (checked against ``cfg``; a larger ``epochs`` extends a run), or None."""
+    if not ck_path.exists():
+        if resume:
+            _log(info, f"--resume: no checkpoint in {ck_path.parent}, starting a fresh run")
+        return None
+    if not resume:
+        raise FileExistsError(
+            f"{ck_path} exists: pass --resume to continue that run, or choose another --out directory"
+        )
+    ck = load_checkpoint(ck_path)
+    written = TrainConfig.from_json(ck["config_json"])
+    if cfg.epochs > written.epochs:  # extending a run: everything but the number of epochs must match
+        cfg.check_same_run(TrainConfig.from_dict({**written.to_dict(), "epochs": cfg.epochs}), str(ck_path))
+        if cfg.schedule in ("cosine", "onecycle") and info.is_main:
+            warnings.warn(
+                f"extending the run from {written.epochs} to {cfg.epochs} epochs: the {cfg.schedule} schedule "
+                "is laid out anew for the new length, so the rate jumps where the old run stopped",
+                stacklevel=3,
+            )
+    else:
+        cfg.check_same_run(written, source=str(ck_path))
+    if ck["epoch"] > cfg.epochs:
+        raise ValueError(
+            f"{ck_path}: records {ck['epoch']} finished epochs but the run has epochs={cfg.epochs}; the checkpoint "
+            "is not of this run: choose another --out directory"
+        )
+    return ck
+
+
+def _restore(
+    ck: dict[str, Any], cfg: TrainConfig, raw: nn.Module, opt: Any, sched: Any, scaler: Any, info: DistInfo, src: Path
+) -> tuple[list[dict[str, Any]], int, int, dict[str, Any] | None]:
+    """Load a checkpoint's states; returns its history, finished epochs, steps done in the next, bookkeeping."""
+    raw.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        sched.T_max = cfg.epochs  # an extended run: the cosine spans the new length
+    if ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    epoch, step, partial = int(ck["epoch"]), int(ck.get("step", 0)), ck.get("partial")
+    W = info.world_size
+    if step and partial is not None and len(partial["sums"]) != W:
+        raise ValueError(
+            f"{src} was written inside epoch {epoch + 1} by {len(partial['sums'])} process(es); resume it with "
+            f"that many (now {W})"
+        )
+    if len(ck["rng"]) == W:
+        set_rng_state(ck["rng"][info.rank])
+    else:
+        _log(info, f"checkpoint has RNG state for {len(ck['rng'])} processes, now {W}: reseeding")
+        torch.manual_seed(cfg.seed + 7919 * (epoch + 1) + info.rank)
+    _log(info, f"resumed {src} after epoch {epoch}" + (f", step {step}" if step else ""))
+    return list(ck["history"]), epoch, step, partial
+
+
+def _adversarial(
+    attack: Any, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, st: _Epoch, main: bool, where: str, ck: Path
+) -> torch.Tensor:
+    """The training attack's images for one batch, with its bookkeeping; stops a run whose attack moves none."""
+    t0 = time.perf_counter()
+    res = attack(x, y)
+    st.attack_time += time.perf_counter() - t0
+    xa = res.adv.detach()
+    moved = (xa != x).flatten(1).any(1)
+    if bool(res.clean_correct.any()) and not bool(moved[res.clean_correct].any()):
+        raise TrainingDiverged(
+            f"the training attack {cfg.attack!r} returned all {int(res.clean_correct.sum())} correctly classified "
+            f"images of the batch unchanged at {where}: stopped (its gradient may be zero or non-finite); the last "
+            f"good checkpoint ({ck if ck.exists() else 'none written yet'}) is unchanged."
+        )
+    st.sums[2] += float(res.clean_correct.sum())
+    st.sums[3] += float((res.clean_correct & ~res.success).sum())
+    st.sums[4] += y.shape[0]
+    have = sum(t.shape[0] for t in st.meter_x)
+    if main and have < cfg.meter_n:
+        st.meter_x.append(x[: cfg.meter_n - have].detach().cpu())
+        st.meter_a.append(xa[: cfg.meter_n - have].cpu())
+    return xa
+
+
+def _batch_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, xa: torch.Tensor | None, cfg: TrainConfig, autocast, st: _Epoch
+) -> torch.Tensor:
+    """``w CE(clean) + (1 - w) CE(adversarial)`` (plain CE without an attack), in train mode."""
+    model.train()
+    ls = cfg.label_smoothing
+    if xa is None:
+        with autocast():
+            outputs = model(x)
+        st.sums[2] += float((outputs.detach().argmax(1) == y).sum())
+        return _compute_loss(outputs, y, ls)
+    if cfg.clean_weight > 0:
+        with autocast():
+            outputs = model(torch.cat([x, xa]))
+        oc, oa = outputs[: y.shape[0]], outputs[y.shape[0] :]
+        return cfg.clean_weight * _compute_loss(oc, y, ls) + (1 - cfg.clean_weight) * _compute_loss(oa, y, ls)
+    with autocast():
+        outputs = model(xa)
+    return _compute_loss(outputs, y, ls)
+
+
+def _epoch_row(
+    cfg: TrainConfig,
+    st: _Epoch,
+    epoch: int,
+    n_batches: int,
+    info: DistInfo,
+    device: torch.device,
+    raw: nn.Module,
+    test: tuple[torch.Tensor | None, torch.Tensor | None],
+    eval_attack: Any,
+) -> dict[str, Any]:
+    """The history row of a finished epoch: training sums (over every rank), metered radii, test accuracy."""
+    sums = st.sums
+    if info.distributed:
+        sums_d = sums.to(device)
+        dist.all_reduce(sums_d)
+        sums = sums_d.cpu()
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "lr": st.lr,
+        "loss": float(sums[0] / sums[1]),
+        "train_clean_acc": float(sums[2] / sums[1]),
+        "train_adv_acc": float(sums[3] / sums[4]) if sums[4] > 0 else None,
+        "metered_radius_mean": None,
+        "metered_radius_median": None,
+        "metered_n": 0,
+        "test_clean_acc": None,
+        "test_adv_acc": None,
+        "attack_time_s": st.attack_time,
+        "steps": n_batches,
+    }
+    test_x, test_y = test
+    if info.is_main:
+        if st.meter_x:
+            from ..ot import Yardstick, measure
+
+            mx, ma = torch.cat(st.meter_x), torch.cat(st.meter_a)
+            m = measure(mx, ma, Yardstick(cfg.meter_kernel, cfg.meter_p)).value
+            row["metered_radius_mean"], row["metered_radius_median"], row["metered_n"] = _finite_stats(m)
+        if test_x is not None and test_y is not None:
+            raw.eval()
+            row["test_clean_acc"] = _accuracy(raw, test_x, test_y, device, cfg.eval_batch_size)
+            if eval_attack is not None:
+                correct = 0
+                for i in range(0, test_x.shape[0], cfg.eval_batch_size):
+                    sl = slice(i, i + cfg.eval_batch_size)
+                    r = eval_attack(test_x[sl].to(device), test_y[sl].to(device))
+                    correct += int((r.clean_correct & ~r.success).sum())
+                row["test_adv_acc"] = correct / test_x.shape[0]
+    row["epoch_time_s"] = time.perf_counter() - st.t0
+    row["epoch_cpu_time_s"] = time.process_time() - st.cpu0  # this process's CPU time (all its threads)
+    return row
+
+
 def _train(
     cfg: TrainConfig,
     info: DistInfo,
@@ -332,33 +528,7 @@ def _train(
     if cfg.batch_size % W:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {W}")
     local_bs = cfg.batch_size // W
-
-    ck: dict[str, Any] | None = None
-    if ck_path.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{ck_path} exists: pass --resume to continue that run, or choose another --out directory"
-            )
-        ck = load_checkpoint(ck_path)
-        written = TrainConfig.from_json(ck["config_json"])
-        if cfg.epochs > written.epochs:  # extending a run: everything but the number of epochs must match
-            cfg.check_same_run(TrainConfig.from_dict({**written.to_dict(), "epochs": cfg.epochs}), str(ck_path))
-            if cfg.schedule in ("cosine", "onecycle") and info.is_main:
-                warnings.warn(
-                    f"extending the run from {written.epochs} to {cfg.epochs} epochs: the {cfg.schedule} schedule "
-                    "is laid out anew for the new length, so the rate jumps where the old run stopped",
-                    stacklevel=2,
-                )
-        else:
-            cfg.check_same_run(written, source=str(ck_path))
-        if ck["epoch"] > cfg.epochs:
-            raise ValueError(
-                f"{ck_path}: records {ck['epoch']} finished epochs but the run has epochs={cfg.epochs}; the checkpoint "
-                "is not of this run: choose another --out directory"
-            )
-    elif resume:
-        _log(info, f"--resume: no checkpoint in {out}, starting a fresh run")
-
+    ck = _open_checkpoint(cfg, ck_path, resume, info)
     amp = cfg.amp
     if amp != "off" and device.type != "cuda":
         if info.is_main:
@@ -372,10 +542,9 @@ def _train(
     )
     if test_x is not None and cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
-    n_classes = int(train_y.max()) + 1
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, train_x[:1], n_classes)
+    model = build_model(cfg, train_x[:1], int(train_y.max()) + 1)
     if cfg.init_weights:
         from ..zoo import load_state_dict_any, load_weights
 
@@ -396,28 +565,7 @@ def _train(
     history: list[dict[str, Any]] = []
     start_epoch, start_step, partial = 0, 0, None
     if ck is not None:
-        raw.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-            sched.T_max = cfg.epochs  # an extended run: the cosine spans the new length
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        history = list(ck["history"])
-        start_epoch, start_step = int(ck["epoch"]), int(ck.get("step", 0))
-        partial = ck.get("partial")
-        if start_step and partial is not None and len(partial["sums"]) != W:
-            raise ValueError(
-                f"{ck_path} was written inside epoch {start_epoch + 1} by {len(partial['sums'])} process(es); resume "
-                f"it with that many (now {W})"
-            )
-        rngs = ck["rng"]
-        if len(rngs) == W:
-            set_rng_state(rngs[rank])
-        else:
-            _log(info, f"checkpoint has RNG state for {len(rngs)} processes, now {W}: reseeding")
-            torch.manual_seed(cfg.seed + 7919 * (start_epoch + 1) + rank)
-        _log(info, f"resumed {ck_path} after epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
+        history, start_epoch, start_step, partial = _restore(ck, cfg, raw, opt, sched, scaler, info, ck_path)
     else:
         torch.manual_seed(cfg.seed + 1 + rank)
     if info.distributed:
@@ -448,75 +596,31 @@ def _train(
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
-        t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
         if cfg.shuffle:
             perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         else:
             perm = torch.arange(N)
-        lr = float(opt.param_groups[0]["lr"])
-        sums = torch.zeros(5, dtype=torch.float64)  # loss*n, n, clean correct, adv correct, adv n
-        meter_x: list[torch.Tensor] = []
-        meter_a: list[torch.Tensor] = []
-        attack_time = 0.0
         first_step = 0
         if epoch == start_epoch and start_step and partial is not None:  # resume inside this epoch
-            first_step, lr, attack_time = start_step, partial["lr"], partial["attack_time"]
-            sums = partial["sums"][rank].clone()
-            meter_x, meter_a = list(partial["meter_x"]), list(partial["meter_a"])
-            t_epoch -= partial["time"]
-            cpu_epoch -= partial["cpu"]
+            st, first_step = _Epoch.resumed(partial, rank), start_step
+        else:
+            st = _Epoch(lr=float(opt.param_groups[0]["lr"]))
         for b in range(first_step, n_batches):
+            where = f"epoch {epoch + 1}, step {b + 1}"
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
             x, y = train_x[idx].to(device), train_y[idx].to(device)
             if cfg.augment == "flip-crop":
                 x = augment_flip_crop(x, torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 100_003 + b))
-            xa = None
-            if attack is not None:
-                t0 = time.perf_counter()
-                res = attack(x, y)
-                attack_time += time.perf_counter() - t0
-                xa = res.adv.detach()
-                moved = (xa != x).flatten(1).any(1)
-                if bool(res.clean_correct.any()) and not bool(moved[res.clean_correct].any()):
-                    raise TrainingDiverged(
-                        f"the training attack {cfg.attack!r} returned all {int(res.clean_correct.sum())} correctly "
-                        f"classified images of the batch unchanged at epoch {epoch + 1}, step {b + 1}: stopped (its "
-                        f"gradient may be zero or non-finite); the last good checkpoint "
-                        f"({ck_path if ck_path.exists() else 'none written yet'}) is unchanged."
-                    )
-                sums[2] += float(res.clean_correct.sum())
-                sums[3] += float((res.clean_correct & ~res.success).sum())
-                sums[4] += y.shape[0]
-                have = sum(t.shape[0] for t in meter_x)
-                if info.is_main and have < cfg.meter_n:
-                    meter_x.append(x[: cfg.meter_n - have].detach().cpu())
-                    meter_a.append(xa[: cfg.meter_n - have].cpu())
-            model.train()
-            if xa is None:
-                inp, w_clean = x, 1.0
-            elif cfg.clean_weight > 0:
-                inp, w_clean = torch.cat([x, xa]), cfg.clean_weight
-            else:
-                inp, w_clean = xa, 0.0
-            with autocast():
-                outputs = model(inp)
-            if xa is None:
-                loss = _compute_loss(outputs, y, cfg.label_smoothing)
-                sums[2] += float((outputs.detach().argmax(1) == y).sum())
-            elif cfg.clean_weight > 0:
-                oc, oa = outputs[: y.shape[0]], outputs[y.shape[0] :]
-                ls = cfg.label_smoothing
-                loss = w_clean * _compute_loss(oc, y, ls) + (1 - w_clean) * _compute_loss(oa, y, ls)
-            else:
-                loss = _compute_loss(outputs, y, cfg.label_smoothing)
+            xa = None if attack is None else _adversarial(attack, x, y, cfg, st, info.is_main, where, ck_path)
+            loss = _batch_loss(model, x, y, xa, cfg, autocast, st)
             ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
             if info.distributed:
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)
             if float(ok) < 1:
                 raise TrainingDiverged(
-                    f"non-finite training loss at epoch {epoch + 1}, step {b + 1}: stopped; the last good "
-                    f"checkpoint ({ck_path if ck_path.exists() else 'none written yet'}) is unchanged. "
-                    "Lower --lr or check the data."
+                    f"non-finite training loss at {where}: stopped; the last good checkpoint "
+                    f"({ck_path if ck_path.exists() else 'none written yet'}) is unchanged. Lower --lr or check the "
+                    "data."
                 )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -524,66 +628,21 @@ def _train(
             scaler.update()
             if cfg.schedule == "onecycle":
                 sched.step()
-            sums[0] += float(loss.detach()) * y.shape[0]
-            sums[1] += y.shape[0]
+            st.sums[0] += float(loss.detach()) * y.shape[0]
+            st.sums[1] += y.shape[0]
             if cfg.log_every and (b + 1) % cfg.log_every == 0:
-                spent = time.perf_counter() - t_epoch
-                eta = spent / (b + 1) * (n_batches - b - 1)
-                _log(
-                    info,
-                    f"  epoch {epoch + 1} step {b + 1}/{n_batches} loss {float(loss.detach()):.4f} "
-                    f"({spent:.0f} s, about {eta:.0f} s left in this epoch)",
-                )
+                spent = time.perf_counter() - st.t0
+                left = spent / (b + 1) * (n_batches - b - 1)  # spent counts the steps before a resume too
+                _log(info, f"  {where}/{n_batches} loss {float(loss.detach()):.4f} ({spent:.0f} s, about {left:.0f} s "
+                     "left in this epoch)")  # fmt: skip
             if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < n_batches:
-                _check_finite_weights(raw, f"epoch {epoch + 1}, step {b + 1}")
-                state = {
-                    "lr": lr,
-                    "attack_time": attack_time,
-                    "time": time.perf_counter() - t_epoch,
-                    "cpu": time.process_time() - cpu_epoch,
-                    "meter_x": meter_x,
-                    "meter_a": meter_a,
-                }
-                _save_checkpoint(ck_path, cfg, raw, opt, sched, scaler, history, info, epoch, b + 1, sums, state)
+                _check_finite_weights(raw, where)
+                _save_checkpoint(
+                    ck_path, cfg, raw, opt, sched, scaler, history, info, epoch, b + 1, st.sums, st.partial()
+                )
         if cfg.schedule != "onecycle":
             sched.step()
-        if info.distributed:
-            sums_d = sums.to(device)
-            dist.all_reduce(sums_d)
-            sums = sums_d.cpu()
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "loss": float(sums[0] / sums[1]),
-            "train_clean_acc": float(sums[2] / sums[1]),
-            "train_adv_acc": float(sums[3] / sums[4]) if sums[4] > 0 else None,
-            "metered_radius_mean": None,
-            "metered_radius_median": None,
-            "metered_n": 0,
-            "test_clean_acc": None,
-            "test_adv_acc": None,
-            "attack_time_s": attack_time,
-            "steps": n_batches,
-        }
-        if info.is_main:
-            if meter_x:
-                from ..ot import Yardstick, measure
-
-                mx, ma = torch.cat(meter_x), torch.cat(meter_a)
-                m = measure(mx, ma, Yardstick(cfg.meter_kernel, cfg.meter_p)).value
-                row["metered_radius_mean"], row["metered_radius_median"], row["metered_n"] = _finite_stats(m)
-            if test_x is not None and test_y is not None:
-                raw.eval()
-                row["test_clean_acc"] = _accuracy(raw, test_x, test_y, device, cfg.eval_batch_size)
-                if eval_attack is not None:
-                    correct = 0
-                    for i in range(0, test_x.shape[0], cfg.eval_batch_size):
-                        sl = slice(i, i + cfg.eval_batch_size)
-                        r = eval_attack(test_x[sl].to(device), test_y[sl].to(device))
-                        correct += int((r.clean_correct & ~r.success).sum())
-                    row["test_adv_acc"] = correct / test_x.shape[0]
-        row["epoch_time_s"] = time.perf_counter() - t_epoch
-        row["epoch_cpu_time_s"] = time.process_time() - cpu_epoch  # this process's CPU time (all its threads)
+        row = _epoch_row(cfg, st, epoch, n_batches, info, device, raw, (test_x, test_y), eval_attack)
         history.append(row)
         _check_finite_weights(raw, f"epoch {epoch + 1}")
         _save_checkpoint(ck_path, cfg, raw, opt, sched, scaler, history, info, epoch + 1)
