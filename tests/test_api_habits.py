@@ -173,3 +173,15 @@ def test_every_attack_family_honours_output_fn(preset: str) -> None:
     x, y = _batch()
     res = from_preset(preset, TupleOut(), steps=2, output_fn=lambda out: out[0])(x, y)
     assert res.success.shape == (4,)
+
+
+def test_progress_bar_counts_steps_and_keeps_the_users_callback(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[int] = []
+    x, y = _batch()
+    atk = from_preset(
+        "linf-pgd", _model(), steps=3, early_stop=False, progress=True, callback=lambda t, c, d: seen.append(t)
+    )
+    atk(x, y)
+    assert seen == [1, 2, 3] and atk.callback is not None
+    err = capsys.readouterr().err
+    assert "linf-pgd on 4 images" in err and "3/3" in err

@@ -246,6 +246,9 @@ class Attack:
         batch_size: attack in chunks of this many examples.
         meter_sample: measure only the first this many examples of each call (the others read NaN); the
             yardstick's definition is unchanged, only fewer images are measured.
+        threads: torch intra-op threads while the attack runs on CPU (default 1, like the command line;
+            ``None`` leaves the process's setting alone).
+        progress: show a progress bar of the attack steps on stderr (with the images fooled so far).
     """
 
     name = "attack"
@@ -266,6 +269,7 @@ class Attack:
         batch_size: int | None = None,
         meter_sample: int | None = None,
         threads: int | None = 1,
+        progress: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError("model must be an nn.Module or a callable mapping images to outputs")
@@ -282,6 +286,7 @@ class Attack:
         self.callback = callback
         self.batch_size = batch_size
         self.threads = threads
+        self.progress = progress
 
     @property
     def meter_cost(self) -> Yardstick | None:
@@ -396,8 +401,33 @@ class Attack:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
         """Attack a batch. ``target`` (targeted mode) replaces the labels as the class to reach."""
         self._check_inputs(images, labels, target)
-        with _intra_op_threads(self.threads if images.device.type == "cpu" else None):
+        with _intra_op_threads(self.threads if images.device.type == "cpu" else None), self._progress_bar(images):
             return self._call(images, labels, target)
+
+    @contextlib.contextmanager
+    def _progress_bar(self, images: torch.Tensor) -> Iterator[None]:
+        """With ``progress``: a bar over the attack's steps, fed through ``callback`` (chained, not replaced)."""
+        if not self.progress:
+            yield
+            return
+        from tqdm.auto import tqdm
+
+        user = self.callback
+        bar = tqdm(total=getattr(self, "steps", None), desc=f"{self.name} on {images.shape[0]} images", unit="step")
+
+        def tick(step: int, cur: torch.Tensor, done: torch.Tensor) -> None:
+            bar.n = step  # steps count from 1
+            bar.set_postfix(fooled=int(done.sum()), refresh=False)
+            bar.refresh()
+            if user is not None:
+                user(step, cur, done)
+
+        self.callback = tick
+        try:
+            yield
+        finally:
+            self.callback = user
+            bar.close()
 
     def _call(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> AttackResult:
         goal = target if self.targeted else labels
