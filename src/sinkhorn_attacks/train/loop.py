@@ -322,7 +322,8 @@ class _Epoch:
     """The running bookkeeping of one epoch (what a checkpoint inside the epoch must carry)."""
 
     lr: float
-    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(5, dtype=torch.float64))  # see _SUMS
+    # loss * n, n, clean correct, adversarial correct, adversarial n (this rank's examples)
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(5, dtype=torch.float64))
     meter_x: list[torch.Tensor] = field(default_factory=list)
     meter_a: list[torch.Tensor] = field(default_factory=list)
     attack_time: float = 0.0
@@ -350,10 +351,6 @@ class _Epoch:
             t0=time.perf_counter() - partial["time"],
             cpu0=time.process_time() - partial["cpu"],
         )
-
-
-#: _Epoch.sums: loss * n, n, clean correct, adversarial correct, adversarial n
-_SUMS = ("loss", "n", "clean_correct", "adv_correct", "adv_n")
 
 
 def _open_checkpoint(cfg: TrainConfig, ck_path: Path, resume: bool, info: DistInfo) -> dict[str, Any] | None:
