@@ -429,6 +429,23 @@ class Attack:
             self.callback = user
             bar.close()
 
+    @torch.no_grad()
+    def _success_on(self, adv: torch.Tensor, goal: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Success evaluated on exactly the returned images; NaN / inf logits are no class, so such an image
+        is not counted as fooled (``extras["nonfinite_logits"]`` marks it, with a warning)."""
+        out_adv = self._forward(adv)
+        success = self.is_success(out_adv, goal)
+        nonfinite = ~torch.isfinite(out_adv.flatten(1)).all(1)
+        if bool(nonfinite.any()):
+            extras["nonfinite_logits"] = nonfinite.double()
+            warnings.warn(
+                f"{self.name}: the model returned non-finite logits on {int(nonfinite.sum())} returned image(s); "
+                "they are counted as not fooled (extras['nonfinite_logits'] marks them)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return success & ~nonfinite
+
     def _call(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> AttackResult:
         goal = target if self.targeted else labels
         t0 = time.perf_counter()
@@ -476,19 +493,7 @@ class Attack:
                 adv[bad] = x[bad]
                 cert[bad] = math.nan
                 extras["nonfinite_returned_clean"] = bad.double()
-            with torch.no_grad():
-                out_adv = self._forward(adv)  # success is evaluated on exactly the returned images
-                success = self.is_success(out_adv, goal)
-                nonfinite = ~torch.isfinite(out_adv.flatten(1)).all(1)
-            if bool(nonfinite.any()):  # NaN / inf logits are no class: such an image is not counted as fooled
-                success = success & ~nonfinite
-                extras["nonfinite_logits"] = nonfinite.double()
-                warnings.warn(
-                    f"{self.name}: the model returned non-finite logits on {int(nonfinite.sum())} returned image(s); "
-                    "they are counted as not fooled (extras['nonfinite_logits'] marks them)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            success = self._success_on(adv, goal, extras)
         finally:
             for module, mode in modes:
                 module.training = mode

@@ -39,6 +39,16 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help="a bundled training recipe by name (" + ", ".join(_recipes()) + ") or a TOML file with a [train] "
         "table of TrainConfig fields, or a run's config.json; options given on the command line override it",
     )
+    _data_arguments(p)
+    _attack_arguments(p)
+    _optimisation_arguments(p)
+    _run_arguments(p)
+    p.set_defaults(func=cmd_train, parser=p, help_if_bare=True)
+    return p
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the group "data and model"."""
     g = p.add_argument_group("data and model")
     g.add_argument(
         "--dataset",
@@ -57,6 +67,10 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--init", help="start from these weights (state dict file, e.g. another run's model.pt)")
     g.add_argument("--arch-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE")
+
+
+def _attack_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the group "adversarial examples"."""
     g = p.add_argument_group("adversarial examples")
     g.add_argument("--attack", default="none", help="attack preset making the training examples, or none")
     g.add_argument(
@@ -79,6 +93,10 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--meter-n", type=int, default=16, help="training examples per epoch measured on the yardstick (W1-TV, 5x5)"
     )
+
+
+def _optimisation_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the group "optimisation"."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=1)
     g.add_argument("--batch-size", type=int, default=64, help="global batch (split equally across processes)")
@@ -109,6 +127,10 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing in [0, 1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across processes")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the group "run"."""
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="output folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -127,8 +149,6 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     g.add_argument("--no-plot", action="store_true", help="do not draw history.png")
     g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)  # testing: emulate a killed run
     add_threads(g)
-    p.set_defaults(func=cmd_train, parser=p, help_if_bare=True)
-    return p
 
 
 def _recipes() -> list[str]:
