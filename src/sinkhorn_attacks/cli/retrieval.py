@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from ._common import add_threads, smoke_limit, user_errors
 
@@ -122,14 +123,30 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     )
     acts = p.add_subparsers(dest="action", metavar="ACTION")
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--cache-dir",
-            default=None,
-            help="feature cache folder (default $SINKHORN_ATTACKS_CACHE/retrieval or ~/.cache/...)",
-        )
-        add_threads(q)
+    _train_parser(acts)
+    _evaluate_parser(acts)
+    _attack_parser(acts)
 
+    def _help(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_help)
+    return p
+
+
+def _common(q: argparse.ArgumentParser) -> None:
+    """Options every action takes."""
+    q.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache folder (default $SINKHORN_ATTACKS_CACHE/retrieval or ~/.cache/...)",
+    )
+    add_threads(q)
+
+
+def _train_parser(acts: Any) -> None:
+    """The ``train`` action."""
     t = acts.add_parser("train", help="train 512-d projection heads with CMPM+CMPC on frozen backbones")
     t.add_argument(
         "--data",
@@ -161,17 +178,23 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     t.add_argument("--embed-dim", type=int, default=512)
     t.add_argument("--no-cmpc", action="store_true", help="train with CMPM only")
     t.add_argument("--seed", type=int, default=0)
-    common(t)
+    _common(t)
     t.set_defaults(func=_train)
 
+
+def _evaluate_parser(acts: Any) -> None:
+    """The ``evaluate`` action."""
     e = acts.add_parser("evaluate", help="clean R@1/5/10 both ways")
     e.add_argument("--heads", required=True, help="heads.pt from `retrieval train`")
     e.add_argument("--data", default=None, help="dataset spec (default: the one the heads were trained on)")
     e.add_argument("--split", default="test")
     e.add_argument("--out", default=None, help="folder for evaluate.json")
-    common(e)
+    _common(e)
     e.set_defaults(func=_evaluate)
 
+
+def _attack_parser(acts: Any) -> None:
+    """The ``attack`` action."""
     a = acts.add_parser("attack", help="R@K vs attack iterations and vs metered radius")
     a.add_argument("--heads", required=True)
     a.add_argument("--data", default=None)
@@ -204,12 +227,5 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
         action="store_true",
         help="pass meter_cost=None: the attacks do not meter every image (slow at 128 px)",
     )
-    common(a)
+    _common(a)
     a.set_defaults(func=_attack)
-
-    def _help(_args: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
-
-    p.set_defaults(func=_help)
-    return p
