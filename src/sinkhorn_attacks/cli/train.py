@@ -59,11 +59,15 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     g.add_argument("--train-limit", type=int, help="use only this many training examples")
     g.add_argument("--train-offset", type=int, default=0)
+    g.add_argument(
+        "--train-stride", type=int, default=1, help="use every k-th training image from the offset (default 1)"
+    )
     g.add_argument("--eval-limit", type=int, default=0, help="test images evaluated after every epoch (0: none)")
     g.add_argument(
         "--arch",
         default="mnist_cnn",
-        help="zoo architecture (mnist_cnn, resnet9_cifar, resnet18_cifar, resnet18_tiny, small_cnn)",
+        help="zoo architecture (mnist_cnn, resnet9_cifar, resnet18_cifar, resnet18_tiny, lite0_tinyimagenet, "
+        "small_cnn)",
     )
     g.add_argument("--init", help="start from these weights (state dict file, e.g. another run's model.pt)")
     g.add_argument("--arch-arg", action="append", type=_kv, default=[], metavar="KEY=VALUE")
@@ -197,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         init_weights=args.init,
         train_limit=args.train_limit,
         train_offset=args.train_offset,
+        train_stride=args.train_stride,
         eval_limit=args.eval_limit,
         attack=args.attack,
         attack_overrides=dict(args.attack_arg),

@@ -48,6 +48,7 @@ class TrainConfig:
     init_weights: str | None = None  # start from these weights (a state dict file, e.g. another run's model.pt)
     train_limit: int | None = None
     train_offset: int = 0
+    train_stride: int = 1  # every k-th training image from train_offset (a class-sorted set spread evenly)
     eval_limit: int = 0  # test images evaluated (clean + attacked) after every epoch; 0 = skip
     attack: str = "none"
     attack_overrides: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"unknown amp mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.train_stride < 1:
+            raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
         if not 0.0 <= self.clean_weight <= 1.0:
             raise ValueError("clean_weight must be in [0, 1]")
         if self.attack in ("", "None", None):

@@ -535,7 +535,9 @@ def _train(
     train_x, train_y, test_x, test_y = (
         data
         if data is not None
-        else load_train_test(cfg.dataset, cfg.data_dir, cfg.train_limit, cfg.train_offset, cfg.eval_limit)
+        else load_train_test(
+            cfg.dataset, cfg.data_dir, cfg.train_limit, cfg.train_offset, cfg.eval_limit, cfg.train_stride
+        )
     )
     if test_x is not None and cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]

@@ -9,6 +9,8 @@
 * :func:`resnet18_tiny`: the same design for 64 x 64 Tiny ImageNet (200 classes), narrower by default.
 * :func:`resnet9_cifar`: a narrow ResNet-9 (Page 2018, the DAWNBench CIFAR-10 network) with the CIFAR-10
   normalisation inside, so that it takes [0, 1] images; the architecture of this library's CIFAR-10 models.
+* ``lite0_tinyimagenet``: EfficientNet-Lite0 (ImageNet-1k weights from an optional package) as a 200-way
+  Tiny ImageNet classifier on 64 x 64 images (:mod:`sinkhorn_attacks.zoo.efficientnet`).
 * :func:`small_cnn`: a tiny CNN for the 8 x 8 scikit-learn digits (the offline demo).
 * :class:`Binarize` and :class:`Normalize`: input transforms; :class:`Preprocessed` chains one in front of a
   network.
@@ -250,11 +252,17 @@ def small_cnn(in_ch: int = 1, n_classes: int = 10, size: int = 8) -> nn.Sequenti
     )
 
 
+def _lite0_tinyimagenet(input_size: int = 160, trainable: str = "top") -> nn.Module:
+    from .efficientnet import lite0_tinyimagenet  # needs the optional EfficientNet packages
+
+    return lite0_tinyimagenet(input_size, trainable)
+
+
 #: Architecture names accepted by ``zoo.load(path, arch=...)`` and :func:`build`.
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
     "architecture",
     [("mnist_cnn", mnist_cnn), ("resnet18_cifar", resnet18_cifar), ("resnet18_tiny", resnet18_tiny),
-     ("resnet9_cifar", resnet9_cifar), ("small_cnn", small_cnn)],
+     ("resnet9_cifar", resnet9_cifar), ("small_cnn", small_cnn), ("lite0_tinyimagenet", _lite0_tinyimagenet)],
 )  # fmt: skip
 
 
