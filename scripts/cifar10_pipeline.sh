@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CIFAR-10 defences end to end, resumable at every step: train (bundled recipes), ship the weights into
-# the zoo (scripts/cifar10_zoo.py), evaluate (config thesis_cifar10, one folder per model), and write
+# the zoo (scripts/zoo_ship.py), evaluate (config thesis_cifar10, one folder per model), and write
 # docs/results/cifar10 (scripts/cifar10_results.py). Two lanes share the work of a two-core machine:
 #   bash scripts/cifar10_pipeline.sh a &  bash scripts/cifar10_pipeline.sh b;  wait
 #   bash scripts/cifar10_pipeline.sh results
@@ -14,7 +14,7 @@ LIMIT="${LIMIT:-100}"
 train() {  # recipe, run folder: resumes a killed run; a finished run is left as it is
   sinkhorn-attacks train --config "$1" --resume --log-every 10 --no-plot
 }
-ship() { python scripts/cifar10_zoo.py --variants "$@"; }
+ship() { python scripts/zoo_ship.py --dataset cifar10 --variants "$@"; }
 evaluate() {  # variant
   sinkhorn-attacks evaluate --config thesis_cifar10 --models "sinkhorn-attacks-cifar10-$1" \
     --limit "$LIMIT" --out "runs/thesis_cifar10/$1" --quiet --no-report

