@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CIFAR-10 defences end to end, resumable at every step: train (bundled recipes), ship the weights into
 # the zoo (scripts/zoo_ship.py), evaluate (config thesis_cifar10, one folder per model), and write
-# docs/results/cifar10 (scripts/cifar10_results.py). Two lanes share the work of a two-core machine:
+# docs/results/cifar10 (scripts/thesis_results.py). Two lanes share the work of a two-core machine:
 #   bash scripts/cifar10_pipeline.sh a &  bash scripts/cifar10_pipeline.sh b;  wait
 #   bash scripts/cifar10_pipeline.sh results
 # Lane a: the clean model, then the "robust" UOT fine-tune (the slowest) and its evaluation.
@@ -29,7 +29,7 @@ case "${1:-}" in
     for v in linf wong hu uot; do train "cifar10_${v}" && ship "$v"; done
     for v in clean linf wong hu uot; do evaluate "$v"; done ;;
   results)
-    python scripts/cifar10_results.py --runs runs/thesis_cifar10 ;;
+    python scripts/thesis_results.py --dataset cifar10 --runs runs/thesis_cifar10 ;;
   *)
     echo "usage: $0 a|b|results" >&2; exit 2 ;;
 esac
