@@ -120,8 +120,8 @@ def _skip_reason(cmd: str, needs: frozenset[str] = frozenset()) -> str | None:
         return "long benchmark script (minutes to hours); run by hand"
     if re.match(r"python3? -m benchmarks\.\w", cmd):
         return "long benchmark script (minutes to hours); run by hand"
-    if "scripts/cifar10_pipeline.sh" in cmd:
-        return "the CIFAR-10 training and evaluation pipeline (hours); run by hand"
+    if re.search(r"scripts/\w+_pipeline\.sh", cmd):
+        return "a training and evaluation pipeline (hours); run by hand"
     unmet = _unmet(needs)
     if unmet:
         return "marked as needing " + "; ".join(unmet)
