@@ -24,6 +24,7 @@ COMMANDS: Registry[str] = Registry(
         ("attack", "attack a model (zoo name or checkpoint) on a dataset slice with one preset"),
         ("evaluate", "models x attacks x data: per-example results, curves, worst case, report"),
         ("leaderboard", "every attack on every model in minimal-radius mode, one yardstick: JSON + HTML board"),
+        ("benchmark", "one model, a fixed attack cascade, per-example yardstick radii: robust accuracy in one call"),
         ("train", "(adversarial) training, single process or torchrun"),
         ("retrieval", "image-text retrieval: train heads, evaluate and attack R@K"),
         ("zoo", "list / download / verify the published checkpoints"),
