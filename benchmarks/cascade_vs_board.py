@@ -1,0 +1,105 @@
+"""The one-call cascade (``sinkhorn_attacks.benchmark``) against the committed MNIST board's worst case.
+
+For each model of ``docs/leaderboard/leaderboard.json`` this runs the cascade on the board's first ``--n`` test
+images (same yardstick, same attack settings, the board's batch size) and compares per example: the fraction of
+examples whose cascade radius is at most the board's worst case over all its attacks (up to 1e-6 relative, the
+float32 noise of re-running an attack on another batch), and the CPU time against the board's CPU time for
+those images (the board's seconds per image of every attack, times ``--n``). One torch thread. Writes
+``--out`` (JSON) and the markdown table beside it.
+
+    python benchmarks/cascade_vs_board.py --n 50 --out docs/results/cascade_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from sinkhorn_attacks import zoo
+from sinkhorn_attacks.data import load_dataset
+from sinkhorn_attacks.eval.cascade import benchmark, cascade_attacks
+from sinkhorn_attacks.eval.io import write_json
+
+BOARD = Path(__file__).resolve().parents[1] / "docs" / "leaderboard" / "leaderboard.json"
+
+
+def _radius(v: float | str) -> float:
+    return float(v)  # "inf" strings included
+
+
+def compare(model_entry: dict, n: int, attacks: list[str] | None) -> dict:
+    """Run the cascade on the board's first n images of one model and compare per example."""
+    board_r = [_radius(v) for v in model_entry["per_example_worst"][:n]]
+    data = load_dataset("mnist", "test", limit=n)
+    model = zoo.load(model_entry["source"], download=False)
+    t0 = time.process_time()
+    res = benchmark(model, data.images, data.labels, dataset="mnist", attacks=attacks, threads=1)
+    cpu = time.process_time() - t0
+    mine = res.per_example_radius.tolist()
+    at_or_below = sum(1 for a, b in zip(mine, board_r) if a <= b * (1 + 1e-6) or (math.isinf(a) and math.isinf(b)))
+    board_cpu = sum(a["s_per_image"] for a in model_entry["attacks"].values()) * n
+    board_rows = {row["radius"]: row["robust_accuracy"] for row in model_entry["robust_accuracy"]}
+    recomputed = {rho: sum(1 for b in board_r if b > rho) / n for rho in board_rows}
+    return {
+        "model": model_entry["label"],
+        "n": n,
+        "at_or_below_board": at_or_below / n,
+        "cascade_cpu_s": cpu,
+        "board_cpu_s": board_cpu,
+        "cpu_ratio": cpu / board_cpu,
+        "robust_cascade": {row["radius"]: row["robust_accuracy"] for row in res.robust_accuracy()},
+        "robust_board_same_images": recomputed,
+        "per_attack": res.attacks,
+        "warnings": res.warnings,
+    }
+
+
+def markdown(doc: dict) -> str:
+    radii = doc["radii"]
+    lines = [
+        f"Cascade `{', '.join(doc['cascade'])}` on the first {doc['n']} MNIST test images of each board model, "
+        "against the committed board's worst case over all its attacks on the same images (one thread).",
+        "",
+        "| model | radius <= board's worst case | CPU s (cascade) | CPU s (board) | ratio | "
+        + " | ".join(f"robust @ {r:g} (cascade / board)" for r in radii)
+        + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(radii),
+    ]
+    for m in doc["models"]:
+        cells = [f"{100 * m['robust_cascade'][r]:.0f} / {100 * m['robust_board_same_images'][r]:.0f} %" for r in radii]
+        lines.append(
+            f"| {m['model']} | {100 * m['at_or_below_board']:.0f} % | {m['cascade_cpu_s']:.0f} | "
+            f"{m['board_cpu_s']:.0f} | {m['cpu_ratio']:.2f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--attacks", help="comma-separated cascade labels (default: the cascade's order)")
+    ap.add_argument("--models", help="comma-separated board labels (default: all)")
+    ap.add_argument("--out", default="runs/cascade_mnist.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    board = json.loads(BOARD.read_text())
+    attacks = args.attacks.split(",") if args.attacks else None
+    cascade, cfg = cascade_attacks("mnist", attacks)
+    wanted = set(args.models.split(",")) if args.models else None
+    doc = {"n": args.n, "cascade": [a.label for a in cascade], "radii": list(cfg.radii), "models": []}
+    for entry in board["models"]:
+        if wanted is None or entry["label"] in wanted:
+            doc["models"].append(compare(entry, args.n, attacks))
+            print(json.dumps({k: v for k, v in doc["models"][-1].items() if k != "per_attack"}), flush=True)
+            write_json(args.out, doc)
+            Path(args.out).with_suffix(".md").write_text(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
