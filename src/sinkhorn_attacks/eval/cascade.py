@@ -240,6 +240,7 @@ def benchmark(
     batch_size: int | None = None,
     out: str | os.PathLike[str] | None = None,
     card: dict[str, Any] | None = None,
+    seed: int = 0,
     threads: int | None = 1,
     progress: bool = False,
 ) -> BenchmarkResult:
@@ -253,6 +254,7 @@ def benchmark(
         batch_size: images per attack call (default the board's: some attacks' results depend on the batch).
         out: folder for the resumable state (``benchmark_state.json``) and ``benchmark.json``.
         card: model card fields for the JSON entry (``name``, ``architecture``, ``training``).
+        seed: every (batch, attack) unit seeds torch from it, so a rerun or a resumed run gives the same radii.
         threads: torch intra-op threads during the call (``None`` keeps the caller's setting).
     """
     cascade, cfg = cascade_attacks(dataset, attacks)
@@ -268,7 +270,9 @@ def benchmark(
             notes = model_warnings(model, images[:16], labels[:16])
             for msg in notes:
                 warnings.warn(msg, stacklevel=2)
-            state, adv = _cascade(model, images, labels, cascade, cfg, radii, batch_size, out, progress)
+            devices = [images.device.index or 0] if images.is_cuda else []
+            with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
+                state, adv = _cascade(model, images, labels, cascade, cfg, radii, batch_size, seed, out, progress)
     finally:
         model.train(was_training)
     result = BenchmarkResult(
@@ -295,13 +299,14 @@ def _cascade(
     cfg: Any,
     radii: tuple[float, ...],
     batch_size: int,
+    seed: int,
     out: str | os.PathLike[str] | None,
     progress: bool,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Batch-major loop: every attack of the cascade on batch 0, then batch 1, ...; state saved per unit."""
     n = images.shape[0]
     weights = [t for _, t in sorted(model.state_dict().items())]
-    settings = ([asdict(a) for a in cascade], radii, cfg.yardstick.to_dict(), cfg.line_search, batch_size)
+    settings = ([asdict(a) for a in cascade], radii, cfg.yardstick.to_dict(), cfg.line_search, batch_size, seed)
     fingerprint = _digest(images, labels, settings, *weights)
     path = Path(out) / STATE if out is not None else None
     lock = FolderLock(Path(out), what="benchmark") if out is not None else contextlib.nullcontext()
@@ -320,6 +325,7 @@ def _cascade(
                 if k > 0:  # only where a reported number can still change
                     keep = [state["clean_correct"][i] and state["radius"][i] > radii[0] for i in rows.tolist()]
                     rows = rows[torch.tensor(keep, dtype=torch.bool)]
+                torch.manual_seed(seed + int(_digest(attack.label, lo), 16) % 100_000)
                 if rows.numel():
                     _run_unit(attack, model, images, labels, rows, state, adv, cfg, first=k == 0)
                 state["done"].append(key)
