@@ -378,12 +378,13 @@ def test_folder_lock_refuses_live_owner_and_takes_stale_lock(tmp_path: Path) -> 
 
 
 def test_leaderboard_keeps_its_lock_message(tmp_path: Path) -> None:
+    from sinkhorn_attacks._runfolder import RunFolder
     from sinkhorn_attacks.eval import leaderboard
 
     assert not hasattr(leaderboard, "_Lock")
-    (tmp_path / ".lock.0").write_text(f"{socket.gethostname()}:{os.getppid()}")
+    (tmp_path / ".lock.0").write_text(f"{socket.gethostname()}:{os.getppid()}")  # an earlier version's rank-0 lock
     with pytest.raises(UserError, match="another leaderboard run .* wait for it or use another --out"):
-        with leaderboard.FolderLock(tmp_path, ".lock.0", what="leaderboard run"):
+        with RunFolder(tmp_path, "leaderboard").lock():
             pass
 
 

@@ -6,8 +6,8 @@
   suggests the nearest name for a typo.
 * :class:`UserError`: a mistake in the user's input (config, flag, path). The command line prints its message
   as one line (exit code 2) instead of a traceback.
-* :class:`FolderLock`: one writer per output folder (a lock file created exclusively, holding ``host:pid``;
-  the lock of a process that no longer runs is removed).
+* :class:`FolderLock` (defined in :mod:`sinkhorn_attacks._runfolder`, the run-folder engine): one writer per
+  output folder.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import difflib
 import fnmatch
 import math
 import os
-import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -31,8 +30,6 @@ __all__ = [
     "Registry",
     "resolve_device",
     "suggest",
-    "FolderLock",
-    "pid_alive",
 ]
 
 T = TypeVar("T")
@@ -170,80 +167,11 @@ def fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a process of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def __getattr__(name: str) -> Any:
+    """:class:`FolderLock` and :func:`pid_alive` live in :mod:`sinkhorn_attacks._runfolder` (the run-folder
+    engine); importing them from here still works."""
+    if name in ("FolderLock", "pid_alive"):
+        from . import _runfolder
 
-
-class FolderLock:
-    """``FOLDER/NAME`` created exclusively (``O_EXCL``) holding ``host:pid``: a second writer refuses to start.
-
-    ``with FolderLock(out, what="evaluate run"):`` raises :class:`UserError` ("another evaluate run (pid N) is
-    writing to FOLDER; wait for it or use another --out") while a live process on this host holds the lock.
-    A lock whose process no longer runs (killed with ``kill -9``, a crash), or written on another host, is
-    stale: it is moved aside atomically (so that two starters cannot both remove it) and taken. The lock file
-    is removed on exit if it is still this process's.
-    """
-
-    def __init__(self, folder: str | os.PathLike[str], name: str = ".lock", *, what: str = "run") -> None:
-        self.path = Path(folder) / name
-        self.what = what
-        self._owner = ""
-
-    def _refuse(self, pid: str) -> UserError:
-        return UserError(
-            f"another {self.what} (pid {pid}) is writing to {self.path.parent}; wait for it or use another --out"
-        )
-
-    def __enter__(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(self._owner)
-                return self
-            try:
-                owner = self.path.read_text(errors="replace").strip()
-            except FileNotFoundError:
-                continue  # released meanwhile: try again
-            host, _, pid = owner.partition(":")
-            if not owner:  # being written by its creator right now
-                import time
-
-                time.sleep(0.05)
-                owner = self.path.read_text(errors="replace").strip() if self.path.exists() else ""
-                host, _, pid = owner.partition(":")
-                if not owner:
-                    raise self._refuse("?")
-            if host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid)):
-                raise self._refuse(pid)
-            # stale: move it aside (atomic; exactly one starter succeeds), then check it was the stale one
-            aside = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
-            try:
-                os.rename(self.path, aside)
-            except FileNotFoundError:
-                continue
-            taken = aside.read_text(errors="replace").strip()
-            if taken != owner:  # another starter's fresh lock: put it back and refuse
-                with contextlib.suppress(OSError):
-                    os.link(aside, self.path)
-                aside.unlink(missing_ok=True)
-                raise self._refuse(taken.partition(":")[2] or "?")
-            aside.unlink(missing_ok=True)
-        raise self._refuse("?")
-
-    def __exit__(self, *exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            if self.path.read_text(errors="replace").strip() == self._owner:
-                self.path.unlink()
+        return getattr(_runfolder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

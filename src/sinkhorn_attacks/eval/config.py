@@ -38,8 +38,6 @@ TOML layout (every section optional except ``models`` and ``attacks``)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -47,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._runfolder import fingerprint
 from .._util import UserError, suggest
 
 if sys.version_info >= (3, 11):
@@ -59,6 +58,7 @@ __all__ = [
     "ConfigError",
     "EvalConfig",
     "bundled_configs",
+    "config_identity",
     "config_from_dict",
     "PreflightError",
     "preflight",
@@ -132,15 +132,24 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self, *, with_limit: bool = True) -> dict[str, Any]:
+        """Everything that changes results (not the output folder, the device or the data and model folders);
+        ``with_limit=False`` also leaves out ``limit``."""
+        return config_identity(self.to_dict(), with_limit=with_limit)
+
     def fingerprint(self, *, with_limit: bool = True) -> str:
-        """Hash of everything that changes results (not the output folder or the device). ``with_limit=False``
-        leaves out ``limit``: runs that differ only in it share their finished work units."""
-        d = self.to_dict()
-        for k in ("out", "device", "data_dir", "models_dir") + (() if with_limit else ("limit",)):
-            d.pop(k)
-        if d["arch"] is None:  # runs from before the field existed keep their fingerprint
-            d.pop("arch")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of :meth:`identity`. ``with_limit=False`` leaves out ``limit``: runs that differ only in it
+        share their finished work units."""
+        return fingerprint(self.identity(with_limit=with_limit))
+
+
+def config_identity(d: dict[str, Any], *, with_limit: bool = True) -> dict[str, Any]:
+    """The fingerprinted part of an :meth:`EvalConfig.to_dict` dict (also of a stored ``config.json``)."""
+    drop = {"out", "device", "data_dir", "models_dir", "fingerprint", "command"} | (set() if with_limit else {"limit"})
+    d = {k: v for k, v in d.items() if k not in drop}
+    if d.get("arch", "absent") is None:  # runs from before the field existed keep their fingerprint
+        d.pop("arch")
+    return d
 
 
 _SCHEMA: dict[str, dict[str, str]] = {

@@ -9,13 +9,33 @@ machines); see docs/training.md for the multi-node variables.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["shard_indices", "attack_sharded"]
+from .._util import UserError
+
+__all__ = ["shard_indices", "attack_sharded", "world_and_rank"]
+
+
+def world_and_rank() -> tuple[int, int]:
+    """``(world_size, rank)`` of this process: from an initialised ``torch.distributed`` group, else from
+    ``WORLD_SIZE`` / ``RANK`` in the environment (``torchrun``), else ``(1, 0)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UserError(
+            f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} from the environment "
+            "are not integers"
+        ) from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
+    return world, rank
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> torch.Tensor:

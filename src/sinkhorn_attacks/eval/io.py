@@ -19,6 +19,7 @@ __all__ = [
     "plain_float",
     "atomic_write_bytes",
     "atomic_write_text",
+    "json_text",
     "write_json",
     "read_json",
     "write_csv",
@@ -69,9 +70,14 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text; non-finite floats as the strings "inf", "-inf", "nan"."""
+    return json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomic JSON write; non-finite floats are written as the strings "inf", "-inf", "nan"."""
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

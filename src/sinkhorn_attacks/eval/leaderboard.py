@@ -15,7 +15,10 @@ yardstick value (:func:`sinkhorn_attacks.ot.measure`) of a misclassified image t
 
 Work unit = (model, attack, batch of images), batch-major (every model and attack finishes the first batch
 before the second starts, so a stopped run leaves a complete board on fewer images): written atomically to
-``units/`` when done, so a killed run resumes where it stopped and a larger ``n`` reuses finished units.
+``units/<model>/<attack>/<first>.json`` when done, so a killed run resumes where it stopped and a larger ``n``
+reuses finished units (a partial last batch is recomputed in full). The output folder follows
+:mod:`sinkhorn_attacks._runfolder`: exact keys for the labels, every path inside ``out``, one lock whatever the
+command, the configuration's fingerprint checked on resume, each unit checked against the images it claims.
 Sharding: under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` in the environment, or an initialised
 ``torch.distributed`` group) rank ``r`` runs the units ``i`` with ``i % world_size == r``; rank 0 then waits
 for the other ranks' units (no collective call, so ranks may finish hours apart) and aggregates.
@@ -23,13 +26,11 @@ for the other ranks' units (no collective call, so ranks may finish hours apart)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,13 @@ import torch
 from torch import nn
 
 from .. import __version__ as LIBRARY_VERSION
-from .._util import FolderLock, UserError, atomic_write, suggest
-from .._util import pid_alive as _pid_alive
+from .._runfolder import RunFolder, check_examples, conflict_message, fingerprint, key_part, legacy_slug
+from .._util import UserError, suggest
 from ..attacks.base import Attack
 from ..attacks.presets import from_preset, preset_names
 from ..ot.yardstick import Yardstick, measure
-from .io import read_json, write_json
+from .distributed import world_and_rank
+from .io import json_text, read_json, write_json
 
 __all__ = [
     "BoardAttack",
@@ -56,6 +58,9 @@ __all__ = [
     "run_leaderboard",
     "aggregate_board",
     "wilson_interval",
+    "board_fingerprint",
+    "unit_file",
+    "find_unit_file",
     "SCHEMA_VERSION",
 ]
 
@@ -288,31 +293,82 @@ def read_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.
     return clean, adv, np.asarray([float(v) for v in d["min_radius"]])
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+COMMAND = "leaderboard"
+Unit = tuple[BoardModel, BoardAttack, int]  # model, attack, first image of the batch
 
 
-def _unit_path(out: Path, model: str, attack: str, lo: int) -> Path:
-    return out / "units" / _safe(model) / _safe(attack) / f"{lo:06d}.json"
+def board_fingerprint(cfg: BoardConfig) -> str:
+    """The fingerprint of everything that defines a board's per-example results (all but ``n``)."""
+    return fingerprint(cfg.identity())
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def unit_file(model: str, attack: str, first: int) -> str:
+    """The file of a unit, relative to the run folder: ``units/<model>/<attack>/<first>.json`` with model and
+    attack as :func:`~sinkhorn_attacks._runfolder.key_part` components."""
+    return f"units/{key_part(model)}/{key_part(attack)}/{first:06d}.json"
 
 
-def _check_unit(path: Path, n_expected: int, digest: str) -> dict[str, Any] | None:
+def find_unit_file(
+    out: str | os.PathLike[str],
+    model: str,
+    attack: str,
+    first: int,
+    models: Sequence[str],
+    attacks: Sequence[str],
+    suffix: str = ".json",
+) -> Path:
+    """The file of a unit (``suffix`` ``.grid.json``: its example grid): at :func:`unit_file`, or where an
+    earlier version (lossy names) put it when that file exists, lies inside ``out`` and no other (model,
+    attack) of ``models`` x ``attacks`` shares its place."""
+    folder = RunFolder(out, COMMAND)
+    rel = unit_file(model, attack, first).removesuffix(".json") + suffix
+    old_parts = (legacy_slug(model), legacy_slug(attack))
+    old_rel = f"units/{old_parts[0]}/{old_parts[1]}/{first:06d}{suffix}"
+    new = folder.path(rel)
+    if new.exists() or old_rel == rel:
+        return new
+    if sum((legacy_slug(m), legacy_slug(a)) == old_parts for m in models for a in attacks) != 1:
+        return new
+    try:
+        old = folder.path(old_rel)
+    except UserError:  # an earlier version's path outside the folder is never read
+        return new
+    return old if old.exists() else new
+
+
+def _unit_path(folder: RunFolder, cfg: BoardConfig, m: BoardModel, a: BoardAttack, lo: int) -> Path:
+    labels_m, labels_a = [x.label for x in cfg.models], [x.label for x in cfg.attacks]
+    return find_unit_file(folder.root, m.label, a.label, lo, labels_m, labels_a)
+
+
+def _check_unit(path: Path, m: str, a: str, lo: int, n_expected: int, digest: str) -> dict[str, Any] | None:
     """A finished unit, or ``None`` if absent or to be recomputed (a partial last batch of a run with a smaller
-    ``n``); a corrupt or foreign unit, or one holding more images than this run's batch, is a
-    :class:`UserError`."""
+    ``n``); a corrupt or foreign unit, one of another model, attack or first image, or one holding more images
+    than this run's batch, is a :class:`UserError`."""
     if not path.exists():
         return None
+    remedy = "delete it (it will be recomputed) or rerun with --fresh"
     try:
         u = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is corrupt ({err}); delete it (it will be recomputed) or rerun with --fresh") from err
-    if u.get("config") != digest:
+        raise UserError(f"{path} is corrupt ({err}); {remedy}") from err
+    if not isinstance(u, dict) or u.get("config") != digest:
         raise UserError(f"{path} belongs to another configuration; use another --out (or --fresh to discard it)")
     have = len(u.get("min_radius", []))
+    if (
+        u.get("model") != m
+        or u.get("attack") != a
+        or any(len(u.get(k, [])) != have for k in ("nominal", "clean_correct"))
+    ):
+        raise UserError(f"{path} is not the unit of model {m!r} and attack {a!r}; {remedy}")
+    first = u.get("first") if isinstance(u.get("first"), int) else -1
+    check_examples(
+        path,
+        f"{m} / {a} / {lo}",
+        range(first, first + min(have, n_expected)),
+        range(lo, lo + min(have, n_expected)),
+        remedy,
+    )
     if have < n_expected:
         return None  # the partial last batch of a smaller n: recomputed with the full batch
     if have > n_expected:
@@ -321,6 +377,95 @@ def _check_unit(path: Path, n_expected: int, digest: str) -> dict[str, Any] | No
             "holds a run with a larger n; run with that n (or larger) to keep its finished units, or use another --out"
         )
     return u
+
+
+def _batch_end(cfg: BoardConfig, lo: int) -> int:
+    return min(lo + cfg.batch, cfg.first + cfg.n)
+
+
+def _finished(folder: RunFolder, cfg: BoardConfig, unit: Unit, digest: str) -> dict[str, Any] | None:
+    m, a, lo = unit
+    return _check_unit(_unit_path(folder, cfg, m, a, lo), m.label, a.label, lo, _batch_end(cfg, lo) - lo, digest)
+
+
+def _open_board(folder: RunFolder, cfg: BoardConfig, digest: str, fresh: bool) -> None:
+    """Refuse a folder of another command, or (without ``fresh``) of another configuration; with ``fresh``,
+    rank 0 deletes the finished units."""
+    record = folder.refuse_foreign()
+    if fresh and folder.rank == 0:
+        for p in sorted(folder.path("units").glob("**/*.json")):
+            p.unlink()
+    if record is not None and not fresh and record["fingerprint"] != digest:
+        stored = record["config"]
+        before = {k: v for k, v in stored.items() if k != "n"} if isinstance(stored, dict) else None
+        raise UserError(conflict_message(folder.root, COMMAND, before, cfg.identity()))
+
+
+def _run_unit(
+    folder: RunFolder,
+    cfg: BoardConfig,
+    digest: str,
+    unit: Unit,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    on_step: Callable[[int], None],
+) -> None:
+    """Attack one batch, then write its example grid (first batch) and, last, the unit file."""
+    m, a, lo = unit
+    hi = _batch_end(cfg, lo)
+    torch.manual_seed(cfg.seed + int(fingerprint([m.label, a.label, lo]), 16) % 100_000)
+    sl = slice(lo - cfg.first, hi - cfg.first)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = minimal_radii(a, model, images[sl], labels[sl], cfg.yardstick, cfg.line_search, on_step)
+    adv = r.pop("adv")
+    rec = {
+        "config": digest,
+        "model": m.label,
+        "attack": a.label,
+        "first": lo,
+        **r,
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+    }
+    path = folder.path(unit_file(m.label, a.label, lo))
+    if lo == cfg.first and cfg.grid_examples:
+        g = slice(0, min(cfg.grid_examples, hi - lo))
+        grid = grid_record(images[sl][g], adv[g], r["min_radius"][g])
+        folder.write(path.with_suffix(".grid.json"), json.dumps(grid, separators=(",", ":")))
+    write_json(path, rec)
+
+
+def _run_units(
+    folder: RunFolder,
+    cfg: BoardConfig,
+    digest: str,
+    mine: list[Unit],
+    load_model: Callable,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    progress: Callable | None,
+) -> None:
+    """This rank's units, in order; finished ones (all checked before the first write) are skipped."""
+    finished = [_finished(folder, cfg, u, digest) is not None for u in mine]
+    if folder.rank == 0:
+        folder.write_record(digest, {"digest": digest, "n": cfg.n, **cfg.identity()}, dumps=json_text)
+    models: dict[str, nn.Module] = {}
+    for k, (unit, done) in enumerate(zip(mine, finished)):
+        if done:
+            continue
+        m, a, lo = unit
+        if m.label not in models:
+            models[m.label] = load_model(m)
+        tag = f"{m.label} / {a.label} / images {lo}-{_batch_end(cfg, lo) - 1} (unit {k + 1}/{len(mine)})"
+
+        def on_step(t: int, _tag: str = tag) -> None:
+            if progress is not None:
+                progress(_tag, t, -1)
+
+        _run_unit(folder, cfg, digest, unit, models[m.label], images, labels, on_step)
+        if progress is not None:
+            progress(tag, 1, 1)
 
 
 def run_leaderboard(
@@ -333,104 +478,38 @@ def run_leaderboard(
     fresh: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every unit of this rank, then aggregate on rank 0; returns the board (rank 0)."""
-    out = Path(out)
-    world, rank = _world()
+    """Run (or resume) every unit of this rank, then aggregate on rank 0; returns the board (rank 0).
+
+    The output folder follows :mod:`sinkhorn_attacks._runfolder`: one lock per folder whatever the command,
+    the configuration's fingerprint checked (a run of another configuration or command is refused before
+    anything is written), unit files named by exact keys inside ``out``, every file written atomically.
+    """
+    world, rank = world_and_rank()
     if images.shape[0] < cfg.n:
         raise UserError(f"the dataset slice has {images.shape[0]} images but the board asks for n = {cfg.n}")
-    digest = _digest(cfg.identity())
-    with FolderLock(out, f".lock.{rank}", what="leaderboard run"):
-        cfg_path = out / "config.json"
-        if fresh and rank == 0:
-            for p in sorted((out / "units").glob("**/*.json")):
-                p.unlink()
-        if cfg_path.exists() and not fresh:
-            old = read_json(cfg_path)
-            if old.get("digest") != digest:
-                raise UserError(
-                    f"{out} holds a leaderboard of another configuration; use another --out or --fresh to start over"
-                )
+    folder = RunFolder(out, COMMAND, rank=rank, world=world)
+    digest = board_fingerprint(cfg)
+    with folder.lock():
+        _open_board(folder, cfg, digest, fresh)
         batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
         units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
-        mine = [u for i, u in enumerate(units) if i % world == rank]
-        # every existing unit is checked before anything is written: a refused run changes nothing on disk
-        finished = {
-            (m.label, a.label, lo)
-            for m, a, lo in mine
-            if _check_unit(_unit_path(out, m.label, a.label, lo), min(lo + cfg.batch, cfg.first + cfg.n) - lo, digest)
-        }
-        if rank == 0:
-            write_json(cfg_path, {"digest": digest, "n": cfg.n, **cfg.identity()})
-        models: dict[str, nn.Module] = {}
-        for k, (m, a, lo) in enumerate(mine):
-            hi = min(lo + cfg.batch, cfg.first + cfg.n)
-            path = _unit_path(out, m.label, a.label, lo)
-            if (m.label, a.label, lo) in finished:
-                continue
-            if m.label not in models:
-                models[m.label] = load_model(m)
-            torch.manual_seed(cfg.seed + int(_digest([m.label, a.label, lo]), 16) % 100_000)
-            sl = slice(lo - cfg.first, hi - cfg.first)
-            tag = f"{m.label} / {a.label} / images {lo}-{hi - 1} (unit {k + 1}/{len(mine)})"
-
-            def on_step(t: int, _tag: str = tag) -> None:
-                if progress is not None:
-                    progress(_tag, t, -1)
-
-            t0, c0 = time.perf_counter(), time.process_time()
-            r = minimal_radii(a, models[m.label], images[sl], labels[sl], cfg.yardstick, cfg.line_search, on_step)
-            adv = r.pop("adv")
-            rec = {
-                "config": digest,
-                "model": m.label,
-                "attack": a.label,
-                "first": lo,
-                **r,
-                "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0,
-            }
-            if lo == cfg.first and cfg.grid_examples:
-                g = slice(0, min(cfg.grid_examples, hi - lo))
-                grid = grid_record(images[sl][g], adv[g], r["min_radius"][g])
-                atomic_write(path.with_suffix(".grid.json"), json.dumps(grid, separators=(",", ":")))
-            write_json(path, rec)
-            if progress is not None:
-                progress(tag, 1, 1)
+        _run_units(folder, cfg, digest, units[rank::world], load_model, images, labels, progress)
         if rank != 0:
             return {}
         if world > 1:
-            _wait_for_ranks(out, units, cfg, digest, world, progress)
-        board = aggregate_board(cfg, out)
-        write_json(out / "leaderboard.json", board)
+            _wait_for_ranks(folder, units, cfg, digest, progress)
+        board = aggregate_board(cfg, folder.root)
+        write_json(folder.path("leaderboard.json"), board)
         return board
 
 
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world < 1 or not 0 <= rank < world:
-        raise UserError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
-    return world, rank
-
-
-def _wait_for_ranks(out: Path, units: list, cfg: BoardConfig, digest: str, world: int, progress: Any) -> None:
+def _wait_for_ranks(folder: RunFolder, units: list[Unit], cfg: BoardConfig, digest: str, progress: Any) -> None:
     """Rank 0: poll until every unit is written or no other rank holds its lock any more."""
     while True:
-        missing = 0
-        for m, a, lo in units:
-            hi = min(lo + cfg.batch, cfg.first + cfg.n)
-            missing += _check_unit(_unit_path(out, m.label, a.label, lo), hi - lo, digest) is None
+        missing = sum(_finished(folder, cfg, u, digest) is None for u in units)
         if missing == 0:
             return
-        alive = False
-        for r in range(1, world):
-            lock = out / f".lock.{r}"
-            if lock.exists():
-                owner = lock.read_text(errors="replace").strip()
-                pid = owner.partition(":")[2]
-                alive |= pid.isdigit() and _pid_alive(int(pid))
-        if not alive:
+        if not any(folder.rank_alive(r) for r in range(1, folder.world)):
             return  # the board covers what was finished; rerun to complete it
         if progress is not None:
             progress(f"waiting for {missing} unit(s) of other ranks", 0, -1)
@@ -449,16 +528,15 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _load_units(cfg: BoardConfig, out: Path, model: str, attack: str) -> dict[str, Any] | None:
-    digest = _digest(cfg.identity())
+def _load_units(cfg: BoardConfig, out: Path, model: BoardModel, attack: BoardAttack) -> dict[str, Any] | None:
+    folder, digest = RunFolder(out, COMMAND), board_fingerprint(cfg)
     rad: list[float] = []
     nom: list[float] = []
     cc: list[bool] = []
     wall: list[float] = []
     cpu: list[float] = []
     for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch):
-        hi = min(lo + cfg.batch, cfg.first + cfg.n)
-        u = _check_unit(_unit_path(out, model, attack, lo), hi - lo, digest)
+        u = _finished(folder, cfg, (model, attack, lo), digest)
         if u is None:
             break  # the board covers the leading finished batches only
         rad += [float(v) for v in u["min_radius"]]
@@ -487,7 +565,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
     out = Path(out)
     models = []
     for m in cfg.models:
-        per = {a.label: _load_units(cfg, out, m.label, a.label) for a in cfg.attacks}
+        per = {a.label: _load_units(cfg, out, m, a) for a in cfg.attacks}
         done = {k: v for k, v in per.items() if v is not None}
         if not done:
             continue
@@ -517,21 +595,23 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
                 "s_per_image": float(done[lab]["cpu_s"][k]) / n,
             }
         cc = done[labels[0]]["clean_correct"][:n]
-        models.append({
-            "label": m.label,
-            "source": m.source,
-            "arch": m.arch,
-            "n": n,
-            "clean_accuracy": float(np.mean(cc)),
-            "robust_accuracy": worst_rows,
-            "attacks": attacks,
-            "attacks_complete": sorted(labels) == sorted(a.label for a in cfg.attacks),
-            "cpu_s": sum(float(v["cpu_s"][k]) for v in done.values()),
-            "per_example_worst": [float(v) for v in worst],
-            "per_example_strongest": [
-                str(v) if math.isfinite(w) and w > 0 else None for v, w in zip(best_attack, worst)
-            ],
-        })  # fmt: skip
+        models.append(
+            {
+                "label": m.label,
+                "source": m.source,
+                "arch": m.arch,
+                "n": n,
+                "clean_accuracy": float(np.mean(cc)),
+                "robust_accuracy": worst_rows,
+                "attacks": attacks,
+                "attacks_complete": sorted(labels) == sorted(a.label for a in cfg.attacks),
+                "cpu_s": sum(float(v["cpu_s"][k]) for v in done.values()),
+                "per_example_worst": [float(v) for v in worst],
+                "per_example_strongest": [
+                    str(v) if math.isfinite(w) and w > 0 else None for v, w in zip(best_attack, worst)
+                ],
+            }
+        )
     return {
         "schema": SCHEMA_VERSION,
         "yardstick": {**cfg.yardstick.to_dict(), "label": cfg.yardstick.label, "describe": cfg.yardstick.describe()},

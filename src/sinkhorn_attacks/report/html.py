@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._util import fmt
 from .plots import plot_accuracy_at_radii, plot_accuracy_vs_iteration, plot_accuracy_vs_radius, plot_grid
 
@@ -39,23 +41,18 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
-def write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Draw the figures of an evaluation folder and write ``report.html``; returns its path."""
-    out = Path(out_dir)
-    rep = Path(report_dir) if report_dir else out / "report"
-    rep.mkdir(parents=True, exist_ok=True)
-    results = _load(out / "results.json")
-    curves = _load(out / "curves.json")
-    figs = [
-        (plot_accuracy_vs_iteration(curves, rep / "acc_vs_iteration.png"), "accuracy vs PGD iteration"),
-        (plot_accuracy_vs_radius(curves, rep / "acc_vs_radius.png"), "accuracy vs metered radius"),
-        (plot_accuracy_at_radii(curves, rep / "acc_at_radii.png"), "accuracy at fixed metered radii"),
-    ]
+def _example_grids(out: Path, rep: Path) -> list[tuple[Path, str]]:
+    """One figure per ``grids/*.npz`` of the run, titled with the exact model and attack names it holds."""
     grids = []
     for npz in sorted((out / "grids").glob("*.npz")):
-        grids.append((plot_grid(npz, rep / f"grid_{npz.stem}.png"), f"examples: {npz.stem.replace('__', ' / ')}"))
+        with np.load(npz) as d:
+            title = f"{d['model']} / {d['attack']}" if "model" in d and "attack" in d else npz.stem.replace("__", " / ")
+        grids.append((plot_grid(npz, rep / f"grid_{npz.stem}.png"), f"examples: {title}"))
+    return grids
 
-    cfg = results["config"]
+
+def _summary_table(results: dict[str, Any]) -> str:
+    """The summary table: one row per model x attack (and the worst case)."""
     rows = []
     for m, cells in results["summary"].items():
         for a, s in cells.items():
@@ -74,7 +71,7 @@ def write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[
                     s.get("time_s"),
                 ]
             )
-    table = _table(
+    return _table(
         [
             "model",
             "attack",
@@ -90,6 +87,23 @@ def write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[
         ],
         rows,
     )
+
+
+def write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Draw the figures of an evaluation folder and write ``report.html``; returns its path."""
+    out = Path(out_dir)
+    rep = Path(report_dir) if report_dir else out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    results = _load(out / "results.json")
+    curves = _load(out / "curves.json")
+    figs = [
+        (plot_accuracy_vs_iteration(curves, rep / "acc_vs_iteration.png"), "accuracy vs PGD iteration"),
+        (plot_accuracy_vs_radius(curves, rep / "acc_vs_radius.png"), "accuracy vs metered radius"),
+        (plot_accuracy_at_radii(curves, rep / "acc_at_radii.png"), "accuracy at fixed metered radii"),
+    ]
+    grids = _example_grids(out, rep)
+    cfg = results["config"]
+    table = _summary_table(results)
     radii = results["at_radii"]["radii"]
     at_rows = [[k.replace("|", " / ")] + list(v) for k, v in results["at_radii"].items() if k != "radii"]
     at_table = _table(["model / attack"] + [f"r={r:g}" for r in radii], at_rows)

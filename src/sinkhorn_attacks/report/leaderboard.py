@@ -201,7 +201,7 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
     ``grids_from``: the run folder whose ``units/<model>/<attack>/*.grid.json`` hold example images (default
     ``out_dir``)."""
     from .._util import atomic_write
-    from ..eval.leaderboard import _safe, read_grid
+    from ..eval.leaderboard import find_unit_file, read_grid
 
     out = Path(out_dir)
     src = Path(grids_from) if grids_from else out
@@ -301,10 +301,11 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
     parts.append("<h2>Examples</h2><p>First images of the board; each row is the image an attack returned "
                  "(after the line search), r its yardstick radius (inf: not fooled, shown clean).</p>")  # fmt: skip
     first = board["dataset"]["first"]
+    models, attacks = [m["label"] for m in board["models"]], [a["label"] for a in board["attacks"]]
     for m in board["models"]:
         clean, rows = None, []
         for lab in m["attacks"]:
-            f = src / "units" / _safe(m["label"]) / _safe(lab) / f"{first:06d}.grid.json"
+            f = find_unit_file(src, m["label"], lab, first, models, attacks, suffix=".grid.json")
             if f.exists():
                 c, a, r = read_grid(f)
                 clean = c if clean is None else clean
