@@ -74,8 +74,15 @@ def test_public_entry_point_json_and_resume(tmp_path) -> None:
     assert torch.equal(again.per_example_radius, first.per_example_radius)
     assert torch.equal(again.adversarial, first.adversarial)
     assert again.attacks == first.attacks
-    with pytest.raises(ValueError, match="other images, model or settings"):
+    with pytest.raises(ValueError, match="another configuration .differing keys: labels"):
         benchmark(model, x, (y + 1) % 10, out=tmp_path, **kw)
+    other = benchmark(model, x, (y + 1) % 10, out=tmp_path, fresh=True, **kw)  # discards the previous run
+    assert not torch.equal(other.clean_correct, first.clean_correct)
+    foreign = tmp_path / "evaluate-run"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"command": "evaluate", "fingerprint": "0"}')
+    with pytest.raises(ValueError, match="holds a evaluate run"):
+        benchmark(model, x, y, out=foreign, **kw)
 
 
 def test_an_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch) -> None:

@@ -38,6 +38,7 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (benchmark.json, resumable state)")
     p.add_argument("--data-dir", help="data folder (default $SINKHORN_ATTACKS_DATA)")
     p.add_argument("--models-dir", help="checkpoint folder (default $SINKHORN_ATTACKS_MODELS)")
+    p.add_argument("--fresh", action="store_true", help="discard a previous benchmark in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
     add_threads(p)
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             out=args.out,
             card=card,
+            fresh=args.fresh,
             threads=None,
             progress=not args.quiet,
         )

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._util import FolderLock
+from .._runfolder import RunFolder, conflict_message, fingerprint
+from .._util import UserError
 from ..attacks.base import _intra_op_threads
 from ..ot.yardstick import Yardstick
 from .config import resolve_config
@@ -181,21 +182,53 @@ def _save_images(path: Path, images: torch.Tensor) -> None:
     os.replace(tmp, path)
 
 
-def _load_state(path: Path | None, fingerprint: str, n: int) -> dict[str, Any]:
-    if path is None or not path.is_file():
-        return {
-            "fingerprint": fingerprint,
-            "radius": [None] * n,
-            "attack": [None] * n,
-            "clean_correct": [None] * n,
-            "done": [],
-            "attacks": {},
-        }
+def _identity(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cascade: list[BoardAttack],
+    cfg: Any,
+    radii: tuple[float, ...],
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything that determines the radii (the inputs and the model by their SHA-256)."""
+    return {
+        "attacks": [asdict(a) for a in cascade],
+        "radii": list(radii),
+        "yardstick": cfg.yardstick.to_dict(),
+        "line_search": cfg.line_search,
+        "batch_size": batch_size,
+        "seed": seed,
+        "images": _digest(images),
+        "labels": _digest(labels),
+        "weights": _digest(*[t for _, t in sorted(model.state_dict().items())]),
+    }
+
+
+def _resume(
+    folder: RunFolder | None, identity: dict[str, Any], images: torch.Tensor, fresh: bool
+) -> tuple[dict, torch.Tensor]:
+    """The state and images of a run in ``folder`` with this identity (a new one if there is none)."""
+    n = images.shape[0]
+    state = {"radius": [None] * n, "attack": [None] * n, "clean_correct": [None] * n, "done": [], "attacks": {}}
+    adv = images.detach().cpu().clone()
+    if folder is None:
+        return state, adv
+    rec = folder.refuse_foreign()
+    fp = fingerprint(identity)
+    if rec is not None and rec["fingerprint"] != fp and not fresh:
+        raise UserError(conflict_message(folder.root, "benchmark", rec["config"], identity))
+    path = folder.path(STATE)
+    if fresh or rec is None or rec["fingerprint"] != fp or not path.is_file():
+        folder.write_record(fp, identity)
+        path.unlink(missing_ok=True)
+        return state, adv
     state = read_json(path)
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{path} was written for other images, model or settings; use another out folder")
     state["radius"] = [r if r is None else float(r) for r in state["radius"]]  # "inf" strings back to floats
-    return state
+    if state["done"]:
+        adv = torch.load(folder.path(ADV), weights_only=True)
+    return state, adv
 
 
 def _run_unit(
@@ -241,6 +274,7 @@ def benchmark(
     out: str | os.PathLike[str] | None = None,
     card: dict[str, Any] | None = None,
     seed: int = 0,
+    fresh: bool = False,
     threads: int | None = 1,
     progress: bool = False,
 ) -> BenchmarkResult:
@@ -252,7 +286,8 @@ def benchmark(
         attacks: cascade labels in the order to run (default :data:`CASCADE_ORDER`).
         radii: reporting yardstick radii (per unit clean mass; default the board's).
         batch_size: images per attack call (default the board's: some attacks' results depend on the batch).
-        out: folder for the resumable state (``benchmark_state.json``) and ``benchmark.json``.
+        out: folder for the resumable state (``benchmark_state.json``) and ``benchmark.json``; a folder of
+            another command or configuration is refused (``fresh=True`` discards a previous benchmark there).
         card: model card fields for the JSON entry (``name``, ``architecture``, ``training``).
         seed: every (batch, attack) unit seeds torch from it, so a rerun or a resumed run gives the same radii.
         threads: torch intra-op threads during the call (``None`` keeps the caller's setting).
@@ -272,7 +307,9 @@ def benchmark(
                 warnings.warn(msg, stacklevel=2)
             devices = [images.device.index or 0] if images.is_cuda else []
             with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
-                state, adv = _cascade(model, images, labels, cascade, cfg, radii, batch_size, seed, out, progress)
+                state, adv = _cascade(
+                    model, images, labels, cascade, cfg, radii, batch_size, seed, out, fresh, progress
+                )
     finally:
         model.train(was_training)
     result = BenchmarkResult(
@@ -301,20 +338,15 @@ def _cascade(
     batch_size: int,
     seed: int,
     out: str | os.PathLike[str] | None,
+    fresh: bool,
     progress: bool,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Batch-major loop: every attack of the cascade on batch 0, then batch 1, ...; state saved per unit."""
     n = images.shape[0]
-    weights = [t for _, t in sorted(model.state_dict().items())]
-    settings = ([asdict(a) for a in cascade], radii, cfg.yardstick.to_dict(), cfg.line_search, batch_size, seed)
-    fingerprint = _digest(images, labels, settings, *weights)
-    path = Path(out) / STATE if out is not None else None
-    lock = FolderLock(Path(out), what="benchmark") if out is not None else contextlib.nullcontext()
-    with lock:
-        state = _load_state(path, fingerprint, n)
-        adv = images.detach().cpu().clone()
-        if state["done"]:
-            adv = torch.load(path.with_name(ADV), weights_only=True)
+    folder = RunFolder(out, "benchmark") if out is not None else None
+    identity = _identity(model, images, labels, cascade, cfg, radii, batch_size, seed)
+    with folder.lock() if folder is not None else contextlib.nullcontext():
+        state, adv = _resume(folder, identity, images, fresh)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             for k, attack in enumerate(cascade):
@@ -329,9 +361,9 @@ def _cascade(
                 if rows.numel():
                     _run_unit(attack, model, images, labels, rows, state, adv, cfg, first=k == 0)
                 state["done"].append(key)
-                if path is not None:
-                    _save_images(path.with_name(ADV), adv)  # first the images, then the state naming them
-                    write_json(path, state)
+                if folder is not None:
+                    _save_images(folder.path(ADV), adv)  # first the images, then the state naming them
+                    write_json(folder.path(STATE), state)
                 if progress:
                     print(f"benchmark: images {lo}-{hi - 1}, {attack.label} done", flush=True)
     return state, adv
