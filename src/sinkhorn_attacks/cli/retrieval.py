@@ -1,4 +1,5 @@
-"""``sinkhorn-attacks retrieval train | evaluate | attack``: image-text retrieval under image attacks.
+"""``sinkhorn-attacks retrieval train | evaluate | attack | experiment | report``: image-text retrieval under
+image attacks.
 
 Examples::
 
@@ -6,6 +7,8 @@ Examples::
     sinkhorn-attacks retrieval evaluate --heads runs/f8k/heads.pt --split test
     sinkhorn-attacks retrieval attack --heads runs/f8k/heads.pt --n-images 50 --steps 20 \\
         --attack 'linf-pgd:eps=1/255|2/255|4/255' --attack 'uot:radius=0.001|0.003|0.01' --out runs/f8k/attack
+    sinkhorn-attacks retrieval experiment --config retrieval_flickr8k --out runs/retrieval/flickr8k
+    sinkhorn-attacks retrieval report runs/retrieval/flickr8k/results.json --out docs/results/retrieval/flickr8k
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import os
 from typing import Any
 
-from ._common import add_threads, smoke_limit, user_errors
+from ._common import add_device, add_threads, resolve_device, smoke_limit, user_errors
 
 __all__ = ["add_parser"]
 
@@ -126,6 +129,8 @@ def add_parser(subparsers: argparse._SubParsersAction, help_text: str) -> argpar
     _train_parser(acts)
     _evaluate_parser(acts)
     _attack_parser(acts)
+    _experiment_parser(acts)
+    _report_parser(acts)
 
     def _help(_args: argparse.Namespace) -> int:
         p.print_help()
@@ -229,3 +234,68 @@ def _attack_parser(acts: Any) -> None:
     )
     _common(a)
     a.set_defaults(func=_attack)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from sinkhorn_attacks.retrieval.study import load_study, run_study
+
+    cfg = load_study(args.config)
+    device = resolve_device(args.device)
+    if args.n_images is not None:
+        cfg.n_images = args.n_images
+    smoke = smoke_limit()
+    if smoke:  # smoke run (tests of the documented commands): a few images and iterations
+        cfg.n_images, cfg.iterations = min(cfg.n_images, smoke), min(cfg.iterations, smoke)
+        cfg.batch_size = min(cfg.batch_size, smoke)
+    res = run_study(
+        cfg,
+        args.out,
+        heads=args.heads,
+        device=device,
+        time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        cache_dir=args.cache_dir,
+        smoke=smoke,
+        log=None if args.quiet else print,
+    )
+    left = "" if res["complete"] else f"; {res['n_images_planned']} planned: rerun the same command to continue"
+    print(f"wrote {os.path.join(args.out, 'results.json')} and results.md ({res['n_images']} images{left})")
+    return 0
+
+
+def _experiment_parser(acts: Any) -> None:
+    """The ``experiment`` action."""
+    x = acts.add_parser(
+        "experiment",
+        help="several attacks at two radii each: best- and last-iterate R@K curves, yardstick radii, "
+        "matched-radius tables (resumable)",
+    )
+    x.add_argument(
+        "--config", required=True, help="a TOML file or a bundled experiment: retrieval_flickr8k, retrieval_coco_mini"
+    )
+    x.add_argument("--out", required=True, help="run folder (units/, results.json, results.md, plots); rerun to resume")
+    x.add_argument(
+        "--heads", default=None, help="heads.pt to attack (default: OUT/heads.pt, trained from [heads] if missing)"
+    )
+    x.add_argument("--n-images", type=int, default=None, help="attack the first n images (default: the config's)")
+    x.add_argument("--time-budget", type=float, default=None, help="minutes; no new unit starts after it")
+    x.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_device(x)
+    _common(x)
+    x.set_defaults(func=_experiment)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sinkhorn_attacks.retrieval.study_report import report_from_json
+
+    with user_errors(args.results):
+        res = report_from_json(args.results, args.out)
+    print(f"wrote results.md and the figures of {res['dataset']} to {args.out or os.path.dirname(args.results)}")
+    return 0
+
+
+def _report_parser(acts: Any) -> None:
+    """The ``report`` action."""
+    r = acts.add_parser("report", help="results.md and the figures of an experiment's results.json")
+    r.add_argument("results", help="results.json of `retrieval experiment`")
+    r.add_argument("--out", default=None, help="folder for results.md and the figures (default: the JSON's)")
+    r.set_defaults(func=_report)

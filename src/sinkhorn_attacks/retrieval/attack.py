@@ -86,6 +86,7 @@ class RetrievalObjective:
         if bad or not directions:
             raise ValueError(f"directions must be a non-empty subset of ('i2t', 't2i'), got {directions}")
         self.kind, self.directions, self.kappa, self.eps = kind, tuple(directions), float(kappa), eps
+        self._moved: dict[tuple[str, str], Tensor] = {}  # fixed tensors copied to an attack's device, once
         self.txt = txt_emb.detach().float()
         self.zbar = F.normalize(self.txt, dim=1)
         self.txt_labels = torch.as_tensor(np.asarray(txt_labels), dtype=torch.int64)
@@ -109,6 +110,16 @@ class RetrievalObjective:
                 self.cmpc_w = F.normalize(cmpc_weight.detach().float(), dim=0)
                 self.class_of_label = torch.as_tensor(np.asarray(class_of_label), dtype=torch.int64)
 
+    def _on(self, name: str, dev: torch.device) -> Tensor:
+        """The fixed tensor ``name`` on ``dev`` (copied once per device, so CUDA runs copy nothing per step)."""
+        t = getattr(self, name)
+        if t.device == dev:
+            return t
+        key = (name, str(dev))
+        if key not in self._moved:
+            self._moved[key] = t.to(dev)
+        return self._moved[key]
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -131,8 +142,8 @@ class RetrievalObjective:
         return torch.cat(rows), torch.cat(caps)
 
     def _mean_over_pairs(self, vals: Tensor, rows: Tensor, batch: int) -> Tensor:
-        tot = torch.zeros(batch, dtype=vals.dtype).index_add(0, rows, vals)
-        cnt = torch.zeros(batch, dtype=vals.dtype).index_add(0, rows, torch.ones_like(vals))
+        tot = torch.zeros(batch, dtype=vals.dtype, device=vals.device).index_add(0, rows, vals)
+        cnt = torch.zeros(batch, dtype=vals.dtype, device=vals.device).index_add(0, rows, torch.ones_like(vals))
         return tot / cnt.clamp_min(1.0)
 
     def _kl_or_nll(self, logits: Tensor, pos: Tensor) -> Tensor:
@@ -151,23 +162,23 @@ class RetrievalObjective:
         B = e.shape[0]
         if self.kind == "cosine":
             rows, caps = self._pairs(idx)
-            cos = (F.normalize(e, dim=1)[rows.to(dev)] * self.zbar.to(dev)[caps.to(dev)]).sum(1)
+            cos = (F.normalize(e, dim=1)[rows.to(dev)] * self._on("zbar", dev)[caps.to(dev)]).sum(1)
             return -self._mean_over_pairs(cos, rows.to(dev), B)
         if self.kind == "margin":
-            s = F.normalize(e, dim=1) @ self.zbar.to(dev).T
-            pos = lab[:, None] == self.txt_labels.to(dev)[None, :]
+            s = F.normalize(e, dim=1) @ self._on("zbar", dev).T
+            pos = lab[:, None] == self._on("txt_labels", dev)[None, :]
             best_pos = s.masked_fill(~pos, float("-inf")).max(1).values
             best_neg = s.masked_fill(pos, float("-inf")).max(1).values
             return (best_neg - best_pos).clamp(max=self.kappa)
         if self.kind == "cmpc":
             rows, caps = self._pairs(idx)
             rows, caps = rows.to(dev), caps.to(dev)
-            ee, zz = e[rows], self.txt.to(dev)[caps]
+            ee, zz = e[rows], self._on("txt", dev)[caps]
             zbar, ebar = F.normalize(zz, dim=1), F.normalize(ee, dim=1)
             x_hat = (ee * zbar).sum(1, keepdim=True) * zbar
             z_hat = (zz * ebar).sum(1, keepdim=True) * ebar
-            w = self.cmpc_w.to(dev)
-            y = self.class_of_label.to(dev)[lab[rows]]
+            w = self._on("cmpc_w", dev)
+            y = self._on("class_of_label", dev)[lab[rows]]
             loss = torch.zeros_like(rows, dtype=e.dtype)
             if "i2t" in self.directions:
                 loss = loss + F.cross_entropy(x_hat @ w, y, reduction="none")
@@ -177,15 +188,15 @@ class RetrievalObjective:
         # cmpm / nll
         total = torch.zeros(B, dtype=e.dtype, device=dev)
         if "i2t" in self.directions:
-            logits = e @ self.zbar.to(dev).T
-            pos = lab[:, None] == self.txt_labels.to(dev)[None, :]
+            logits = e @ self._on("zbar", dev).T
+            pos = lab[:, None] == self._on("txt_labels", dev)[None, :]
             total = total + self._kl_or_nll(logits, pos)
         if "t2i" in self.directions:
             rows, caps = self._pairs(idx)
             rows, caps = rows.to(dev), caps.to(dev)
-            own = (self.txt.to(dev)[caps] * F.normalize(e, dim=1)[rows]).sum(1)  # z_c . ebar
-            logits = self.t2i_logits.to(dev)[caps].scatter(1, idx.to(dev)[rows][:, None], own[:, None])
-            pos = self.txt_labels.to(dev)[caps][:, None] == self.img_labels.to(dev)[None, :]
+            own = (self._on("txt", dev)[caps] * F.normalize(e, dim=1)[rows]).sum(1)  # z_c . ebar
+            logits = self._on("t2i_logits", dev)[caps].scatter(1, idx.to(dev)[rows][:, None], own[:, None])
+            pos = self._on("txt_labels", dev)[caps][:, None] == self._on("img_labels", dev)[None, :]
             total = total + self._mean_over_pairs(self._kl_or_nll(logits, pos), rows, B)
         return total
 
@@ -195,10 +206,53 @@ class RetrievalObjective:
         """Pessimistic i2t rank of each attacked image (0 = a true caption is first)."""
         from .metrics import pessimistic_ranks
 
-        e = outputs.detach().float().cpu()
-        lab = self.img_labels[torch.as_tensor(idx, dtype=torch.int64).cpu()]
-        s = F.normalize(e, dim=1) @ self.zbar.T
-        return pessimistic_ranks(s, lab[:, None] == self.txt_labels[None, :])
+        e = outputs.detach().float()
+        dev = e.device
+        lab = self.img_labels[torch.as_tensor(idx, dtype=torch.int64).cpu()].to(dev)
+        s = F.normalize(e, dim=1) @ self._on("zbar", dev).T
+        return pessimistic_ranks(s, lab[:, None] == self._on("txt_labels", dev)[None, :]).cpu()
+
+    @torch.no_grad()
+    def pair_recall(self, outputs: Tensor, idx: Tensor, ks: Sequence[int] = (1, 5, 10)) -> tuple[Tensor, Tensor]:
+        """How well each image's own true pairs are still retrieved with its embedding ``outputs`` substituted
+        (every other image clean, as in the objective).
+
+        Returns ``(recall, rank)``, both ``(B,)`` float64 on the CPU: ``recall`` is 100 times the mean of the
+        ``2 len(ks)`` numbers [i2t hit@K of the image, mean over its captions of the t2i hit@K]; ``rank`` is
+        the image's pessimistic i2t rank plus the mean pessimistic t2i rank of its captions (0-based, cosine
+        similarity as in :func:`~sinkhorn_attacks.retrieval.metrics.retrieval_metrics`). A lower ``recall``,
+        then a higher ``rank``, is a better attack.
+        """
+        from .metrics import pessimistic_ranks
+
+        e = F.normalize(outputs.detach().float(), dim=1)
+        dev, B = e.device, e.shape[0]
+        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
+        lab = self.img_labels[idx].to(dev)
+        zbar, txt_labels = self._on("zbar", dev), self._on("txt_labels", dev)
+        r_i2t = pessimistic_ranks(e @ zbar.T, lab[:, None] == txt_labels[None, :]).double()
+        rows, caps = (t.to(dev) for t in self._pairs(idx))
+        scores = zbar[caps] @ self._on("xbar", dev).T  # clean cosine of each positive caption to the gallery
+        own = (zbar[caps] * e[rows]).sum(1)
+        scores = scores.scatter(1, idx.to(dev)[rows][:, None], own[:, None])
+        r_t2i = pessimistic_ranks(scores, txt_labels[caps][:, None] == self._on("img_labels", dev)[None, :]).double()
+        hits = []
+        for k in ks:
+            hits += [(r_i2t < k).double(), self._mean_over_pairs((r_t2i < k).double(), rows, B)]
+        recall = 100.0 * torch.stack(hits).mean(0)
+        return recall.cpu(), (r_i2t + self._mean_over_pairs(r_t2i, rows, B)).cpu()
+
+    def batch_view(self, idx: Sequence[int] | np.ndarray | Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """``loss_fn(outputs, positions)`` for one batch whose images are the gallery images ``idx``:
+        ``positions`` (``0 .. B-1``) index ``idx``. Attacks then see small labels (an attack checks its labels
+        against the width of the model's output, here the embedding size, so gallery indices beyond it would
+        be refused)."""
+        gallery = torch.as_tensor(np.asarray(idx), dtype=torch.int64)
+
+        def loss(outputs: Tensor, positions: Tensor) -> Tensor:
+            return self(outputs, gallery[torch.as_tensor(positions).cpu()])
+
+        return loss
 
     def success_fn(self, k: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
         """``(outputs, idx) -> bool (B,)``: no true caption of the image is in the top ``k`` (i2t)."""
@@ -346,54 +400,18 @@ def attack_gallery(
     """
     idx_all = np.asarray(image_indices, dtype=np.int64)
     steps = sorted({0, *[int(s) for s in record_steps]})
-    rec = {t: clean_img_emb[idx_all].clone().float() for t in steps}
-    final = clean_img_emb[idx_all].clone().float()
+    acc = _GalleryRecords(clean_img_emb[idx_all].clone().float(), steps, meter is not None, keep_examples)
     n = idx_all.size
-    succ = np.full(n, np.nan)
-    radius, metered, iters = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    linf, l2 = np.zeros(n), np.zeros(n)
-    common = np.full(n, np.nan) if meter is not None else None
-    examples: dict[str, list[Tensor]] = {"clean": [], "adv": []}
     t0 = time.time()
     for s in range(0, n, batch_size):
         sl = slice(s, min(s + batch_size, n))
         bidx = idx_all[sl]
         x = load_images(bidx.tolist())
-        last: dict[int, Tensor] = {}
-
-        def callback(step: int, x_adv: Tensor, *_rest: Any, _last: dict = last, _sl: slice = sl) -> None:
-            _last["step"] = step
-            if step in rec:
-                with torch.no_grad():
-                    rec[step][_sl] = tower(x_adv.detach()).float().cpu()
-
-        atk = make_attack(callback=callback)
-        res = atk(x, torch.as_tensor(bidx))
-        adv = _get(res, "adv").detach()
-        with torch.no_grad():
-            e_adv = tower(adv).float().cpu()
-        final[sl] = e_adv
-        # steps beyond an early stop keep the final embedding
-        stop = int(last.get("step", max(steps)))
-        for t in steps:
-            if t > stop:
-                rec[t][sl] = e_adv
-        b = len(bidx)
-        sv = _attr(res, "success", b)
-        succ[sl] = np.where(np.isnan(sv), np.nan, sv > 0.5)
-        radius[sl] = _attr(res, "radius", b)
-        metered[sl] = _attr(res, "metered_radius", b)
-        iters[sl] = _attr(res, "iterations", b)
-        d = (adv - x).flatten(1)
-        linf[sl] = d.abs().max(1).values.double().numpy()
-        l2[sl] = d.norm(dim=1).double().numpy()
-        if common is not None and sl.start < meter_images:
+        res, stop = _attack_recording(make_attack, tower, x, bidx, acc.rec, sl)
+        acc.add(sl, x, res, stop, tower)
+        if meter is not None and sl.start < meter_images:
             k = min(meter_images - sl.start, len(bidx))
-            common[sl.start : sl.start + k] = torch.as_tensor(meter(x[:k], adv[:k])).double().cpu().numpy()
-        if len(examples["clean"]) < keep_examples:
-            k = keep_examples - len(examples["clean"])
-            examples["clean"].extend(list(x[:k]))
-            examples["adv"].extend(list(adv[:k]))
+            acc.common[sl.start : sl.start + k] = torch.as_tensor(meter(x[:k], acc.last_adv[:k])).double().cpu().numpy()
         if log is not None:
             log(f"  attacked {sl.stop}/{n} images ({time.time() - t0:.0f}s)")
 
@@ -404,22 +422,80 @@ def attack_gallery(
         g[torch.as_tensor(idx_all)] = emb
         return retrieval_metrics(g, img_labels, txt_emb, txt_labels, ks, image_queries=idx_all, caption_queries=cap_q)
 
-    metrics = {t: evaluate(rec[t]) for t in steps}
-    ex = {k: torch.stack(v) for k, v in examples.items() if v}
     return GalleryAttackResult(
         image_indices=idx_all,
         steps=steps,
-        embeddings=rec,
-        metrics=metrics,
-        final_metrics=evaluate(final),
-        success=succ,
-        radius=radius,
-        metered_radius=metered,
-        iterations=iters,
-        linf=linf,
-        l2=l2,
+        embeddings=acc.rec,
+        metrics={t: evaluate(acc.rec[t]) for t in steps},
+        final_metrics=evaluate(acc.final),
+        success=acc.succ,
+        radius=acc.radius,
+        metered_radius=acc.metered,
+        iterations=acc.iters,
+        linf=acc.linf,
+        l2=acc.l2,
         seconds=time.time() - t0,
-        examples=ex,
-        metered_common=common,
+        examples={k: torch.stack(v) for k, v in acc.examples.items() if v},
+        metered_common=acc.common,
         meter_description=meter_description,
     )
+
+
+def _attack_recording(
+    make_attack: Callable[..., Callable[[Tensor, Tensor], Any]],
+    tower: nn.Module,
+    x: Tensor,
+    bidx: np.ndarray,
+    rec: dict[int, Tensor],
+    sl: slice,
+) -> tuple[Any, int]:
+    """Attack one batch, embedding ``x_adv`` after the iterations in ``rec``; returns (result, last step seen)."""
+    last: dict[str, int] = {}
+
+    def callback(step: int, x_adv: Tensor, *_rest: Any) -> None:
+        last["step"] = step
+        if step in rec:
+            with torch.no_grad():
+                rec[step][sl] = tower(x_adv.detach()).float().cpu()
+
+    res = make_attack(callback=callback)(x, torch.as_tensor(bidx))
+    return res, int(last.get("step", max(rec)))
+
+
+class _GalleryRecords:
+    """The per-image arrays :func:`attack_gallery` fills batch by batch."""
+
+    def __init__(self, clean: Tensor, steps: list[int], metered: bool, keep_examples: int) -> None:
+        n = clean.shape[0]
+        self.rec = {t: clean.clone() for t in steps}
+        self.final = clean.clone()
+        self.succ = np.full(n, np.nan)
+        self.radius, self.metered, self.iters = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        self.linf, self.l2 = np.zeros(n), np.zeros(n)
+        self.common = np.full(n, np.nan) if metered else None
+        self.examples: dict[str, list[Tensor]] = {"clean": [], "adv": []}
+        self.keep_examples = keep_examples
+        self.last_adv = torch.zeros(0)
+
+    def add(self, sl: slice, x: Tensor, res: Any, stop: int, tower: nn.Module) -> None:
+        adv = _get(res, "adv").detach()
+        self.last_adv = adv
+        with torch.no_grad():
+            e_adv = tower(adv).float().cpu()
+        self.final[sl] = e_adv
+        for t in self.rec:  # steps beyond an early stop keep the final embedding
+            if t > stop:
+                self.rec[t][sl] = e_adv
+        b = adv.shape[0]
+        sv = _attr(res, "success", b)
+        self.succ[sl] = np.where(np.isnan(sv), np.nan, sv > 0.5)
+        self.radius[sl] = _attr(res, "radius", b)
+        self.metered[sl] = _attr(res, "metered_radius", b)
+        self.iters[sl] = _attr(res, "iterations", b)
+        d = (adv - x).flatten(1)
+        self.linf[sl] = d.abs().max(1).values.double().cpu().numpy()
+        self.l2[sl] = d.norm(dim=1).double().cpu().numpy()
+        if len(self.examples["clean"]) < self.keep_examples:
+            k = self.keep_examples - len(self.examples["clean"])
+            self.examples["clean"].extend(list(x[:k].cpu()))
+            self.examples["adv"].extend(list(adv[:k].cpu()))

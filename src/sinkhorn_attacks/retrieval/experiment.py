@@ -404,94 +404,21 @@ def run_attack(
     """
     out = Path(out)
     t_start = time.time()
-    factory = attack_factory or default_attack_factory
     model, meta = load_model(heads_path)
     ds = load_dataset(data or meta["data"], split)
     ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
-    clean_full = retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels)
     n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
-    idx = np.arange(n)
-    rec = sorted({0, steps, *(record_steps or range(steps + 1))})
-    rec = [t for t in rec if t <= steps]
+    rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
     obj = RetrievalObjective(et, ds.caption_labels, ei, ds.image_labels, kind=objective, directions=directions)
-    tower = model.image_tower()
-    size = meta.get("image_size")
-
-    def load(ii: Sequence[int]) -> torch.Tensor:
-        return ds.load_images(ii, size=size)
-
-    meter = None
-    meter_desc = None
+    ctx = _CellContext(
+        factory=attack_factory or default_attack_factory, tower=model.image_tower(),
+        load=lambda ii: ds.load_images(ii, size=meta.get("image_size")), obj=obj, ds=ds, ei=ei, et=et,
+        idx=np.arange(n), steps=steps, rec=rec, batch_size=batch_size, library_meter=library_meter,
+        meter_images=meter_images, log=log,
+    )  # fmt: skip
     if meter_images > 0:
-        from sinkhorn_attacks.ot import Yardstick, measure
-
-        yardstick = Yardstick(meter_kernel, meter_p)
-        meter_desc = f"yardstick {yardstick.label} (ot.measure), first {meter_images} images of each cell"
-
-        def meter(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return measure(a, b, yardstick).value
-
-    cells: dict[str, dict] = {}
-    skipped: list[str] = []
-    for spec in specs:
-        for key, overrides in spec.cells():
-            part = out / "parts" / (re.sub(r"[^A-Za-z0-9_.@=+-]", "_", key) + ".json")
-            if part.is_file():
-                cells[key] = json.loads(part.read_text())
-                if log:
-                    log(f"[{key}] loaded from {part}")
-                continue
-            if time_budget_s is not None and time.time() - t_start > time_budget_s:
-                skipped.append(key)
-                continue
-            if log:
-                log(f"[{key}] {n} images x {steps} iterations, overrides {overrides}")
-
-            def make(callback=None, _p=spec.preset, _o=overrides):
-                kw = dict(_o)
-                if not library_meter:
-                    kw.setdefault("meter_cost", None)
-                return factory(_p, tower, loss_fn=obj, success_fn=None, callback=callback, steps=steps, **kw)
-
-            res = attack_gallery(
-                make,
-                tower,
-                load,
-                obj,
-                ei,
-                ds.image_labels,
-                et,
-                ds.caption_labels,
-                ds.caption_image,
-                idx,
-                record_steps=rec,
-                batch_size=batch_size,
-                log=log,
-                meter=meter,
-                meter_images=meter_images,
-                meter_description=meter_desc,
-            )
-            cell = {
-                "attack": spec.name,
-                "preset": spec.preset,
-                "overrides": overrides,
-                "sweep_key": spec.sweep_key,
-                **res.summary(),
-            }
-            write_json(part, cell)
-            if res.examples:
-                torch.save(
-                    {k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()},
-                    part.with_suffix(".examples.pt"),
-                )
-            cells[key] = cell
-            if log:
-                f = cell["final"]
-                log(
-                    f"[{key}] final t2i {_fmt(f['t2i'])} i2t {_fmt(f['i2t'])}, metered "
-                    f"{_num(cell['metered_radius_mean'])} / common {_num(cell.get('metered_common_mean'))}, "
-                    f"{_num(cell['seconds'], '.1f')}s"
-                )
+        ctx.set_meter(meter_kernel, meter_p)
+    cells, skipped = ctx.run_all(specs, out, t_start, time_budget_s)
     result = {
         "heads": str(heads_path),
         "data": data or meta["data"],
@@ -502,30 +429,121 @@ def run_attack(
         "steps": steps,
         "record_steps": rec,
         "n_images": n,
-        "n_caption_queries": int(np.isin(ds.caption_image, idx).sum()),
-        "clean_full_split": clean_full,
+        "n_caption_queries": int(np.isin(ds.caption_image, ctx.idx).sum()),
+        "clean_full_split": retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels),
         "cells": cells,
         "skipped_cells": skipped,
         "matched_radius": matched_radius_table(cells),
-        "conventions": {
-            "recall": "R@K = % of queries with a correct item in the top K; pessimistic ties",
-            "t2i": "queries = captions of the attacked images; gallery = all split images with the attacked ones "
-            "replaced by their adversarial versions",
-            "i2t": "queries = the attacked (adversarial) images; gallery = all captions of the split",
-            "hit": "same image (Flickr8k/COCO)" if ds.match == "image" else "same person id (CUHK-PEDES)",
-            "metered_radius": "exact OT cost between clean and adversarial image (library meter), mean over images",
-        },
+        "conventions": _conventions(ds.match),
         "seconds": round(time.time() - t_start, 1),
         **(extra_meta or {}),
     }
     write_json(out / "attack.json", result)
     if plots and cells:
-        from .plots import plot_examples, plot_recall_vs_iterations, plot_recall_vs_radius
-
-        plot_recall_vs_iterations(result, out / "recall_vs_iterations.png")
-        plot_recall_vs_radius(result, out / "recall_vs_radius.png")
-        plot_examples(out, result, out / "examples.png")
+        _attack_plots(result, out)
     return result
+
+
+def _attack_plots(result: dict, out: Path) -> None:
+    from .plots import plot_examples, plot_recall_vs_iterations, plot_recall_vs_radius
+
+    plot_recall_vs_iterations(result, out / "recall_vs_iterations.png")
+    plot_recall_vs_radius(result, out / "recall_vs_radius.png")
+    plot_examples(out, result, out / "examples.png")
+
+
+def _conventions(match: str) -> dict[str, str]:
+    return {
+        "recall": "R@K = % of queries with a correct item in the top K; pessimistic ties",
+        "t2i": "queries = captions of the attacked images; gallery = all split images with the attacked ones "
+        "replaced by their adversarial versions",
+        "i2t": "queries = the attacked (adversarial) images; gallery = all captions of the split",
+        "hit": "same image (Flickr8k/COCO)" if match == "image" else "same person id (CUHK-PEDES)",
+        "metered_radius": "exact OT cost between clean and adversarial image (library meter), mean over images",
+    }
+
+
+@dataclass
+class _CellContext:
+    """What every (attack, radius) cell of :func:`run_attack` shares."""
+
+    factory: Callable[..., Any]
+    tower: torch.nn.Module
+    load: Callable[[Sequence[int]], torch.Tensor]
+    obj: RetrievalObjective
+    ds: RetrievalData
+    ei: torch.Tensor
+    et: torch.Tensor
+    idx: np.ndarray
+    steps: int
+    rec: list[int]
+    batch_size: int
+    library_meter: bool
+    meter_images: int
+    log: Log | None
+    meter: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    meter_desc: str | None = None
+
+    def set_meter(self, kernel: int | None, p: float) -> None:
+        from sinkhorn_attacks.ot import Yardstick, measure
+
+        yardstick = Yardstick(kernel, p)
+        self.meter_desc = f"yardstick {yardstick.label} (ot.measure), first {self.meter_images} images of each cell"
+        self.meter = lambda a, b: measure(a, b, yardstick).value
+
+    def run_all(
+        self, specs: Sequence[AttackSpec], out: Path, t_start: float, budget_s: float | None
+    ) -> tuple[dict[str, dict], list[str]]:
+        """Every cell of ``specs``: loaded from ``out/parts`` when finished, else run (unless over the budget)."""
+        cells: dict[str, dict] = {}
+        skipped: list[str] = []
+        for spec in specs:
+            for key, overrides in spec.cells():
+                part = out / "parts" / (re.sub(r"[^A-Za-z0-9_.@=+-]", "_", key) + ".json")
+                if part.is_file():
+                    cells[key] = json.loads(part.read_text())
+                    if self.log:
+                        self.log(f"[{key}] loaded from {part}")
+                elif budget_s is not None and time.time() - t_start > budget_s:
+                    skipped.append(key)
+                else:
+                    cells[key] = self.run_cell(spec, key, overrides, part)
+        return cells, skipped
+
+    def run_cell(self, spec: AttackSpec, key: str, overrides: dict, part: Path) -> dict:
+        """Attack every image with one (attack, radius) cell; write ``part`` (and its examples) atomically."""
+        log = self.log
+        if log:
+            log(f"[{key}] {self.idx.size} images x {self.steps} iterations, overrides {overrides}")
+
+        def make(callback=None, _p=spec.preset, _o=overrides):
+            kw = dict(_o)
+            if not self.library_meter:
+                kw.setdefault("meter_cost", None)
+            return self.factory(
+                _p, self.tower, loss_fn=self.obj, success_fn=None, callback=callback, steps=self.steps, **kw
+            )
+
+        ds = self.ds
+        res = attack_gallery(
+            make, self.tower, self.load, self.obj, self.ei, ds.image_labels, self.et, ds.caption_labels,
+            ds.caption_image, self.idx, record_steps=self.rec, batch_size=self.batch_size, log=log,
+            meter=self.meter, meter_images=self.meter_images, meter_description=self.meter_desc,
+        )  # fmt: skip
+        cell = {"attack": spec.name, "preset": spec.preset, "overrides": overrides, "sweep_key": spec.sweep_key}
+        cell.update(res.summary())
+        write_json(part, cell)
+        if res.examples:
+            ex = {k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()}
+            atomic_write(part.with_suffix(".examples.pt"), lambda f: torch.save(ex, f))
+        if log:
+            f = cell["final"]
+            log(
+                f"[{key}] final t2i {_fmt(f['t2i'])} i2t {_fmt(f['i2t'])}, metered "
+                f"{_num(cell['metered_radius_mean'])} / common {_num(cell.get('metered_common_mean'))}, "
+                f"{_num(cell['seconds'], '.1f')}s"
+            )
+        return cell
 
 
 def _asdict(obj: Any) -> dict:
