@@ -319,6 +319,11 @@ def test_a_changed_configuration_or_other_heads_are_refused(tmp_path, heads):
     torch.save(blob, unit)
     with pytest.raises(UserError, match=r"holds examples 5..6 but unit .* covers examples 0..1"):
         run_study(load_study(_config(tmp_path, n=2, t=2)), out, heads=str(heads), log=None)
+    # heads copied into a run folder must follow the configuration's [heads] recipe
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "heads.pt").write_bytes(heads.read_bytes())
+    with pytest.raises(UserError, match="trained with another recipe .*image_backbone: 'small-cnn' -> 'efficientnet"):
+        run_study(load_study(_config(tmp_path, n=2, t=2)), tmp_path / "copied", log=None)
     # another command's folder
     (tmp_path / "ev").mkdir()
     (tmp_path / "ev" / "config.json").write_text(json.dumps({"command": "evaluate", "fingerprint": "0"}))

@@ -244,9 +244,11 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.n_images is not None:
         cfg.n_images = args.n_images
     smoke = smoke_limit()
-    if smoke:  # smoke run (tests of the documented commands): a few images and iterations
+    if smoke:  # smoke run (tests of the documented commands): a few images and iterations, one radius each
         cfg.n_images, cfg.iterations = min(cfg.n_images, smoke), min(cfg.iterations, smoke)
         cfg.batch_size = min(cfg.batch_size, smoke)
+        for a in cfg.attacks:
+            a.radii = a.radii[:1]
     res = run_study(
         cfg,
         args.out,

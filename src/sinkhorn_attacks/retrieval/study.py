@@ -420,19 +420,9 @@ class _Setup:
     device: str
 
 
-def _heads(
-    cfg: StudyConfig, out: Path, heads: str | None, cache_dir: str | None, smoke: int | None, log: Log | None
-) -> Path:
-    """The heads checkpoint: ``heads`` as given, else ``OUT/heads.pt`` (trained with ``[heads]`` if missing)."""
-    if heads is not None:
-        p = Path(heads)
-        if not p.is_file():
-            raise UserError(f"--heads {heads}: retrieval heads checkpoint not found")
-        return p
-    p = out / "heads.pt"
-    if p.is_file():
-        return p
-    from .experiment import TrainRun, run_train
+def _train_run(cfg: StudyConfig, out: Path, cache_dir: str | None, smoke: int | None) -> Any:
+    """The :class:`~.experiment.TrainRun` of the ``[heads]`` recipe (a few images and one epoch when smoke)."""
+    from .experiment import TrainRun
     from .train import TrainConfig
 
     h = dict(cfg.heads)
@@ -443,9 +433,41 @@ def _heads(
     if h.get("image_size") == 0:  # keep the images' own size
         h["image_size"] = None
     limit = 8 * smoke if smoke else None
-    run = TrainRun(data=h.pop("data", cfg.data), out=str(out), train=tc, cache_dir=cache_dir, limit=limit, **h)
+    return TrainRun(data=h.pop("data", cfg.data), out=str(out), train=tc, cache_dir=cache_dir, limit=limit, **h)
+
+
+def _recipe(meta: dict[str, Any]) -> dict[str, Any]:
+    data = str(meta.get("data", ""))
+    kind, _, path = data.partition(":")
+    return {
+        "data": f"{kind}:{Path(path).name}" if path else data,
+        **{k: meta.get(k) for k in ("image_backbone", "text_backbone", "image_size", "train_config")},
+    }
+
+
+def _heads(
+    cfg: StudyConfig, out: Path, heads: str | None, cache_dir: str | None, smoke: int | None, log: Log | None
+) -> Path:
+    """The heads checkpoint: ``heads`` as given, else ``OUT/heads.pt`` (trained with ``[heads]`` if missing; an
+    existing one must have been trained with that recipe)."""
+    from .experiment import run_train
+    from .model import load_heads
+
+    if heads is not None:
+        p = Path(heads)
+        if not p.is_file():
+            raise UserError(f"--heads {heads}: retrieval heads checkpoint not found")
+        return p
+    p, run = out / "heads.pt", _train_run(cfg, out, cache_dir, smoke)
+    want = _recipe({"data": run.data, "image_backbone": run.image_backbone, "text_backbone": run.text_backbone,
+                    "image_size": run.image_size, "train_config": run.train.to_dict()})  # fmt: skip
+    if p.is_file():
+        diff = _differences(_recipe(load_heads(p)[1]), want)
+        if diff:
+            raise UserError(f"{p} was trained with another recipe ({'; '.join(diff[:4])}); use another --out")
+        return p
     if log:
-        log(f"training the heads into {p} ({tc.epochs} epochs on {run.data})")
+        log(f"training the heads into {p} ({run.train.epochs} epochs on {run.data})")
     run_train(run, log=log)
     return p
 
