@@ -4,8 +4,9 @@
   step twice the mass the budget can create, cosine decay, cross-entropy); ``yardstick-pgd-cifar``: the same
   at CIFAR-10's scale (radius 0.02).
 * ``uot-tv``: :class:`~.uot_tv.UOTTVAttack`, the thesis's UOT attack with TV marginals at the yardstick's
-  price (eta 0.01, l_2-normalised steps of 1.0, 40 steps, radius 0.1); ``uot-tv-search``: the same ball with
-  the ``uot-search`` schedule (radius 0.05, x1.15 every 3 steps, 60 steps) and the thesis's sign steps of 0.1.
+  price (eta 0.01, l_2-normalised steps of 1.0, 40 steps, radius 0.1); ``uot-tv-search``: the same attack with
+  the ``uot-search`` schedule (radius 0.05, x1.15 every 3 steps, 60 steps). The thesis's sign steps of 0.1 and
+  the ``uot`` preset's eta 0.05 are much weaker in this ball (docs/results/yardstick_attack.md).
 
 Every preset takes the budget as ``radius`` (or ``eps``), a yardstick value.
 """
