@@ -53,13 +53,19 @@ STATE = "benchmark_state.json"
 ADV = "benchmark_adversarial.pt"  # the image behind every radius (clean where not fooled)
 
 
+#: Attacks of the cascade that are not on the board: the yardstick-ball attack at every reporting radius.
+EXTRA_PRESET = {"mnist": {"yardstick-pgd": "yardstick-pgd"}, "cifar10": {"yardstick-pgd": "yardstick-pgd-cifar"}}
+
+
 def cascade_attacks(dataset: str, labels: Sequence[str] | None = None) -> tuple[list[BoardAttack], Any]:
-    """The cascade of ``dataset`` (its board config's attacks in :data:`CASCADE_ORDER`, or in the order of
-    ``labels``) and the board config (radii, yardstick, line search)."""
+    """The cascade of ``dataset`` (in :data:`CASCADE_ORDER`, or in the order of ``labels``): the board
+    config's attacks with their settings, plus ``yardstick-pgd`` run at each of the board's radii; and the
+    board config (radii, yardstick, line search, batch)."""
     if dataset not in BOARD_FOR:
         raise ValueError(f"no cascade for dataset {dataset!r}; known: {', '.join(BOARD_FOR)}")
     cfg = load_board_config(resolve_config(BOARD_FOR[dataset]))
-    by_label = {a.label: a for a in cfg.attacks}
+    by_label = {label: BoardAttack(label, preset, radii=cfg.radii) for label, preset in EXTRA_PRESET[dataset].items()}
+    by_label.update({a.label: a for a in cfg.attacks})
     if labels is None:
         return [by_label[k] for k in CASCADE_ORDER if k in by_label], cfg
     unknown = [k for k in labels if k not in by_label]
