@@ -302,7 +302,8 @@ def markdown(out: dict[str, Any]) -> str:
     cols = [t for t in REPORT_STEPS if t <= steps] + ([steps] if steps not in REPORT_STEPS else [])
     m = out["model"]
     lines = [
-        "# Tiny ImageNet, zero-shot: robust accuracy vs PGD iteration (EfficientNet-Lite0, ImageNet-1k head, no training)",
+        "# Tiny ImageNet, zero-shot: robust accuracy vs PGD iteration "
+        "(EfficientNet-Lite0, ImageNet-1k head, no training)",
         "",
         "Analogue of the thesis's Figures 4.11-4.12 on Tiny ImageNet. Written by "
         "`benchmarks/tinyimagenet_efficientnet.py`; the numbers below are copied from `results.json`.",
