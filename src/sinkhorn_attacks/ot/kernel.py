@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -166,8 +167,20 @@ def _take(e, sel, dtype: torch.dtype | None = None):
 
 
 def empty_windows(v: torch.Tensor, cost: LocalCost) -> torch.Tensor:
-    """Mask of the pixels whose window holds no finite entry of ``v`` (for ``local_lse(..., empty=)``)."""
-    return torch.isneginf(local_lse(torch.where(torch.isfinite(v), 0.0, -math.inf).to(v.dtype), cost, 1.0))
+    """Mask of the pixels whose window holds no finite entry of ``v`` (for ``local_lse(..., empty=)``).
+
+    A window max of the finite-entry indicator, row then column (the window is a square).
+    """
+    vf, _ = _flat(v)
+    n, h, w = vf.shape
+    if n == 0:
+        return torch.zeros_like(v, dtype=torch.bool)
+    r = cost.radius(h, w)
+    k = 2 * r + 1
+    seen = torch.isfinite(vf).to(torch.float32).reshape(n, 1, h, w)
+    seen = F.max_pool2d(seen, (k, 1), stride=1, padding=(r, 0))
+    seen = F.max_pool2d(seen, (1, k), stride=1, padding=(0, r))
+    return (seen == 0).reshape(v.shape)
 
 
 def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int, empty=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +256,131 @@ def _scaling_lse(u: torch.Tensor, cost: LocalCost, eta, power: int, empty=None) 
     empty = mass < 0.5
     out = torch.where(empty, torch.full_like(acc, -math.inf), torch.log(acc).add_(s))
     return out, (acc < _SCALING_MIN_SUM[u.dtype]) & ~empty
+
+
+@dataclass(frozen=True)
+class FixedSupport:
+    """The ``-inf`` entries of a potential that keeps them at the same pixels from sweep to sweep.
+
+    For a solver whose row potential is ``-inf`` exactly on the zero pixels of the clean image: ``finite``
+    is ``1.0`` on the other pixels and ``0.0`` there, ``empty`` marks the windows holding no finite entry
+    (:func:`empty_windows`), ``empty_one`` is ``1.0`` on them and ``empty_ninf`` is ``-inf`` on them (both
+    ``0.0`` elsewhere). All share the potential's shape and dtype (``empty``: bool).
+    """
+
+    finite: torch.Tensor
+    empty: torch.Tensor
+    empty_one: torch.Tensor
+    empty_ninf: torch.Tensor
+
+    @staticmethod
+    def of(v: torch.Tensor, cost: LocalCost) -> FixedSupport:
+        """The support of ``v`` (its finite entries) and its empty windows."""
+        empty = empty_windows(v, cost)
+        ninf = torch.where(empty, -math.inf, 0.0).to(v.dtype)
+        return FixedSupport(torch.isfinite(v).to(v.dtype), empty, empty.to(v.dtype), ninf)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_powers(cost: LocalCost, h: int, w: int, device: torch.device, powers: tuple[int, ...]) -> torch.Tensor:
+    """``-c`` and ``c**p`` for each ``p`` of ``powers`` (float64, shape ``(1 + len(powers), k, k)``)."""
+    table = _table(cost, h, w, device)
+    return torch.stack([-table] + [table**p for p in powers])
+
+
+def scaling_floor(dtype: torch.dtype) -> float:
+    """The smallest window sum of the scaling form that is exact to rounding (below it, underflowed terms
+    may matter and :func:`local_lse` recomputes the pixel)."""
+    return _SCALING_MIN_SUM[dtype]
+
+
+def window_sums(e: torch.Tensor, cost: LocalCost, eta: torch.Tensor, powers: tuple[int, ...]) -> torch.Tensor | None:
+    """``S^(p)_i = sum_{j in W(i)} c_ij**p e^{-c_ij/eta} e_j`` for each ``p`` of ``powers``: the scaling form's sums.
+
+    ``e`` (shape ``(n, H, W)``) is a potential already exponentiated and scaled by the caller (e.g.
+    ``exp(v/eta - max)``), ``eta`` the per-plane temperature, shape ``(n, 1, 1)``. The kernels of all
+    powers are built in float64, as :func:`local_lse` builds them, and applied in one grouped convolution
+    (the planes of each power side by side). Returns ``(len(powers), n, H, W)``, or ``None`` for a window
+    that covers a small image (where :func:`local_lse` goes dense) or a dtype other than float32/float64.
+    Sums below :func:`scaling_floor` may miss underflowed terms.
+    """
+    n, h, w = e.shape
+    if e.dtype not in _SCALING_MIN_SUM or _use_dense(cost, h, w):
+        return None
+    r = cost.radius(h, w)
+    k = 2 * r + 1
+    tabs = _table_powers(cost, h, w, e.device, powers)
+    base = torch.exp(tabs[0] / eta.to(torch.float64).reshape(-1, 1, 1))  # e^{-c/eta}, (n, k, k)
+    kern = torch.cat([base * tabs[1 + i] if p else base for i, p in enumerate(powers)]).to(e.dtype)
+    m = len(powers)
+    planes = e.reshape(1, n, h, w)
+    if m > 1:
+        planes = planes.expand(m, n, h, w).reshape(1, m * n, h, w)
+    return F.conv2d(planes, kern.reshape(m * n, 1, k, k), padding=r, groups=m * n).reshape(m, n, h, w)
+
+
+def local_lse_powers(
+    u: torch.Tensor,
+    cost: LocalCost,
+    eta: torch.Tensor,
+    powers: tuple[int, ...],
+    support: FixedSupport | None = None,
+) -> torch.Tensor | None:
+    """``local_lse(u * eta, cost, eta, p)`` for each ``p`` in ``powers``, one ``exp`` for all of them.
+
+    The scaling form's convolution path only (``_scaling_lse``), for solvers that reduce a batch every
+    sweep: with ``s`` each plane's max of ``u``,
+
+        out_p = log( K^(p) * exp(u - s) ) + s,     K^(p)_d = c_d**p e^{-c_d/eta}     (:func:`window_sums`)
+
+    with the same operations as :func:`local_lse` and none of its per-pixel masks: ``u`` holds ``-inf``
+    exactly outside ``support`` (none without one; ``powers == (0,)`` with one), so ``exp`` and ``log``
+    never see ``-inf`` or ``0`` (their slow scalar paths on CPU), and the checks are three reductions read
+    back once.
+
+    Args:
+        u: ``v / eta`` for the potential ``v``, shape ``(n, H, W)`` (the division as local_lse makes it).
+        eta: per-plane temperature, shape ``(n, 1, 1)``.
+        powers: cost moments to compute (0: plain kernel).
+        support: the fixed ``-inf`` pattern of ``u`` (see :class:`FixedSupport`), shaped like ``u``.
+    Returns:
+        the reductions, shape ``(len(powers), n, H, W)``, or ``None`` where :func:`local_lse` would take
+        another path (a dense window, a float32 plane whose finite range exceeds ``_F32_SPAN``, a window
+        sum below ``_SCALING_MIN_SUM`` outside the empty windows, non-finite entries without a support, a
+        plane max beyond a quarter of the dtype's range): the caller then calls :func:`local_lse`. Equal
+        bit for bit to local_lse in float64 and for float32 batches of more than ``_SMALL_CALL`` pixels;
+        smaller float32 batches, which local_lse scales in float64, are computed in float32 here, as the
+        larger ones are.
+    """
+    n, h, w = u.shape
+    dt = u.dtype
+    if not _SCALING_FIRST or (any(powers) and (support is not None or cost.radius(h, w) < 1 or h * w <= 1)):
+        return None
+    flat = u.flatten(1)
+    s_raw = flat.amax(1)
+    if support is None:
+        low = flat.amin(1)  # every entry must be finite: a -inf makes the span +inf
+    else:  # the finite range, as local_lse measures it (a -inf entry counts as +inf for the min)
+        low = torch.nan_to_num(u, nan=math.nan, posinf=math.inf, neginf=math.inf).flatten(1).amin(1)
+    s = torch.nan_to_num(s_raw, nan=0.0, posinf=0.0, neginf=0.0).reshape(n, 1, 1)
+    e = u - s
+    if support is not None:  # exp(-inf) = 0 without exp's special-value path
+        e = e.nan_to_num_(nan=math.nan, posinf=math.inf, neginf=0.0).exp_().mul_(support.finite)
+    else:
+        e = e.exp_()
+    acc = window_sums(e, cost, eta, powers)
+    if acc is None:
+        return None
+    if support is not None:
+        acc.add_(support.empty_one)  # log(1) = 0 on the empty windows, -inf below: no log(0)
+    span, size, least = torch.stack([(s_raw - low).max(), s.abs().max(), acc.amin()]).tolist()
+    top = _F32_SPAN if dt == torch.float32 else math.inf  # wider float32 planes: float64 in local_lse
+    if not (span <= top and span < math.inf and size <= torch.finfo(dt).max / 4 and least >= _SCALING_MIN_SUM[dt]):
+        return None
+    out = acc.log_()
+    if support is not None:
+        out.add_(support.empty_ninf)
+    return out.add_(s)
 
 
 def _lse_at(u: torch.Tensor, pix: torch.Tensor, cost: LocalCost, eta, power: int) -> torch.Tensor:

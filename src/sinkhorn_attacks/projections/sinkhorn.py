@@ -27,20 +27,29 @@ transport operator :func:`~sinkhorn_attacks.ot.kernel.local_lse`.
 The kernel products in log form: ``log(K * e^{v})_i = log sum_j exp(v_j - psi C_ij - 1)
 = local_lse(v / psi, cost, eta = 1/psi)_i - 1`` (``power=1, 2`` give the ``C`` and ``C^2`` moments).
 The row duals are stored as ``la = -alpha`` (``-inf`` on zero pixels, where ``alpha = +inf``).
+
+Wong's configuration (no box, Wong's stopping quantity) sweeps in the scaling form where that is exact
+to rounding: each potential is exponentiated once per sweep (``E = e^{v - max v}``), the kernel sums are
+two grouped convolutions per sweep, and the moments and the objective are dot products of those planes
+(:func:`_scaled_wong`); elsewhere, and for Hu, the sweep runs in the log domain above. The loop avoids
+the slow CPU paths of ``exp(-inf)``, ``log(0)`` and boolean masks: the zero pixels of x and their empty
+windows are fixed for a solve, so they enter as 0/1 weights.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from ..ot.checks import check_cost, check_positive
 from ..ot.cost import LocalCost
 from ..ot.engine import Decision, SweepOptions, run_sweeps
-from ..ot.kernel import empty_windows, local_lse
+from ..ot.kernel import FixedSupport, local_lse, local_lse_powers, scaling_floor, window_sums
 
 __all__ = [
     "wright_omega",
@@ -58,41 +67,66 @@ _PSI_FLOOR = 1e-20
 # ---------------------------------------------------------------------------------------------------
 # Wright omega
 # ---------------------------------------------------------------------------------------------------
-def wright_omega(y: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _consts(dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """0-dim constants of a dtype: an operand ``t + c`` with a Python number ``c`` costs a conversion."""
+    vals = {"one": 1.0, "two": 2.0, "forty": 40.0, "big": torch.finfo(dtype).max}
+    return {k: torch.tensor(v, dtype=dtype, device=device) for k, v in vals.items()}
+
+
+def _omega_iterate(ys: torch.Tensor, iterations: int) -> torch.Tensor:
+    """``omega(ys)`` for finite ``ys >= -40``: Winitzki's start, then ``iterations`` FSC steps (see
+    :func:`wright_omega`; the step is written with ``q/2``)."""
+    c = _consts(ys.dtype, ys.device)
+    soft = F.softplus(ys)  # log(1 + e^y)
+    w = torch.addcdiv(soft, soft * torch.log1p(soft), soft + c["two"], value=-1.0)
+    for _ in range(iterations):
+        r = (ys - w).sub_(torch.log(w))
+        wp1 = w + c["one"]
+        half_q = torch.add(wp1, r, alpha=2.0 / 3.0).mul_(wp1)  # (1 + w)(1 + w + 2r/3)
+        num = torch.add(half_q, r, alpha=-0.5)  # (q - r) / 2
+        w = w * (r / wp1).mul_(num).div_(half_q.sub_(r)).add_(c["one"])
+    return w
+
+
+def _omega_finite(y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """:func:`wright_omega` of a finite ``y`` (no NaN or infinity to guard), and ``min y``."""
+    low = float(y.amin())
+    iterations = 2 if y.dtype == torch.float64 else 1
+    if low >= -40.0:
+        return _omega_iterate(y, iterations), low
+    c = _consts(y.dtype, y.device)
+    w = _omega_iterate(y.clamp(min=-40.0), iterations)
+    ok = torch.sign(y + c["forty"]).add_(c["one"]).clamp_(max=1.0)  # 1.0 where y >= -40
+    return w.mul_(ok).add_(torch.exp(y.clamp(max=-40.0)).mul_(c["one"] - ok)), low
+
+
+def wright_omega(y: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
     """Wright omega function ``omega(y)``: the solution of ``omega + log(omega) = y`` (real ``y``).
 
     ``W0(e^y) = omega(y)``, so ``W0(lam e^{lam w} a) = omega(log lam + lam w + log a)`` never forms the
-    overflowing exponential. Initial guess by region (Corless & Jeffrey 2002)::
+    overflowing exponential. Initial guess from Winitzki's global approximation of ``W0(e^y)`` (relative
+    error below 2% for every ``y``)::
 
-        y <= -2:       omega ~ e^y - e^{2y} + 1.5 e^{3y}
-        -2 < y <= 1:   omega ~ 1 + (y-1)/2 + (y-1)^2/16 - (y-1)^3/192
-        y > 1:         omega ~ y - log y + log(y)/y
+        L = log(1 + e^y),      omega ~ L (1 - log(1 + L) / (2 + L))
 
-    then Fritsch-Shafer-Crowley iterations (fourth order):
-    ``r = y - w - log w``, ``q = 2(1+w)(1+w+2r/3)``, ``w <- w (1 + r/(1+w) (q-r)/(q-2r))``.
-    For ``y < -40`` ``omega = e^y`` to within a relative ``e^y`` (returned directly, also avoids
-    ``log 0``); ``omega(-inf) = 0``, ``omega(+inf) = +inf``; NaN propagates.
+    then Fritsch-Shafer-Crowley iterations (fourth order): ``r = y - w - log w``, ``q = 2(1+w)(1+w+2r/3)``,
+    ``w <- w (1 + r/(1+w) (q-r)/(q-2r))``; ``iterations=None`` runs as many as reach the rounding level
+    from that guess (one in float32, within 9 ulp; two in float64, within 25 ulp, as the older
+    three-region start needed three). For ``y < -40`` ``omega = e^y`` to within a relative ``e^y``
+    (returned directly, also avoids ``log 0``); ``omega(-inf) = 0``, ``omega(+inf) = +inf``; NaN
+    propagates. No comparisons or selections (slow CPU kernels): the iterate is computed from ``y`` where
+    it is finite and ``>= -40``, from a safe value elsewhere, and replaced there with exact 0/1 weights.
     """
     if not y.is_floating_point():
         y = y.double()
-    tiny = y < -40.0
-    ys = torch.where(tiny | ~torch.isfinite(y), torch.ones_like(y), y)  # a safe value where not iterated
-    e = torch.exp(ys.clamp(max=1.0))
-    lo = e - e * e + 1.5 * e * e * e
-    d = ys - 1.0
-    mid = 1.0 + d / 2 + d * d / 16 - d * d * d / 192
-    ly = torch.log(ys.clamp(min=1.0))
-    hi = ys - ly + ly / ys.clamp(min=1.0)
-    w = torch.where(ys <= -2.0, lo, torch.where(ys <= 1.0, mid, hi))
-    for _ in range(iterations):
-        r = ys - w - torch.log(w)
-        wp1 = 1.0 + w
-        q = 2.0 * wp1 * (wp1 + 2.0 * r / 3.0)
-        w = w * (1.0 + r / wp1 * (q - r) / (q - 2.0 * r))
-    w = torch.where(tiny, torch.exp(y), w)
-    w = torch.where(torch.isposinf(y), y, w)
-    w = torch.where(torch.isnan(y), y, w)
-    return w
+    if iterations is None:
+        iterations = 2 if y.dtype == torch.float64 else 1
+    c = _consts(y.dtype, y.device)
+    w = _omega_iterate(torch.nan_to_num(y, nan=1.0, posinf=1.0, neginf=1.0).clamp_(min=-40.0), iterations)
+    ok = torch.sign(y + c["forty"]).add_(c["one"]).clamp_(max=1.0)  # 1.0 where y >= -40, 0.0 below (NaN: NaN)
+    w = w.mul_(ok).add_(torch.exp(y.clamp(max=-40.0)).mul_(c["one"] - ok))
+    return w.add_(y.clamp(min=torch.finfo(y.dtype).max).sub_(c["big"]))  # +inf where y = +inf, + 0 elsewhere
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,12 +152,72 @@ def _xlogx_safe_dot(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _bsum(torch.where(x > 0, a * x, torch.zeros_like(x)))
 
 
-def _moments(la: torch.Tensor, beta: torch.Tensor, cost: LocalCost, psi: torch.Tensor):
-    """``(<P,1>, <P,C>, <P,C^2>)`` per image, ``P = e^{la} K e^{-beta}``."""
-    m0 = _bsum(torch.exp(la + _lk(-beta, cost, psi, 0)))
-    m1 = _bsum(torch.exp(la + _lk(-beta, cost, psi, 1)))
-    m2 = _bsum(torch.exp(la + _lk(-beta, cost, psi, 2)))
-    return m0, m1, m2
+def _plane_eta(psi: torch.Tensor, channels: int) -> torch.Tensor:
+    """The temperature ``1/psi`` of :func:`_lk`'s kernel for each of the ``B * channels`` planes, ``(n, 1, 1)``."""
+    return (1.0 / _b4(psi.clamp_min(_PSI_FLOOR))).expand(-1, channels, 1, 1).reshape(-1, 1, 1)
+
+
+def _lk_fast(
+    v: torch.Tensor,
+    cost: LocalCost,
+    psi: torch.Tensor,
+    powers: tuple[int, ...],
+    support: FixedSupport | None = None,
+    try_fast: bool = True,
+) -> tuple[torch.Tensor, bool]:
+    """``stack([_lk(v, cost, psi, p) for p in powers])`` with one ``exp`` for all powers (the kernel's fast
+    path), shape ``(len(powers),) + v.shape``.
+
+    ``support`` (power 0 only): the fixed ``-inf`` pattern of ``v`` (shape ``(B, C, H, W)``). Falls back to
+    :func:`_lk` where the fast path does not apply (or ``try_fast`` is false, e.g. after it did not apply
+    to the same reduction in an earlier sweep); the flag says whether it did, in which case every result
+    is finite outside the support's empty windows.
+    """
+    if not try_fast:
+        empty = None if support is None else support.empty
+        return torch.stack([_lk(v, cost, psi, q, empty=empty if q == 0 else None) for q in powers]), False
+    h, w = v.shape[-2:]
+    p = _b4(psi.clamp_min(_PSI_FLOOR))
+    eta = _plane_eta(psi, v.shape[1])
+    planes = (
+        None
+        if support is None
+        else FixedSupport(*(getattr(support, f.name).reshape(-1, h, w) for f in fields(support)))
+    )
+    out = local_lse_powers((v / p).reshape(-1, h, w) / eta, cost, eta, powers, planes)
+    if out is None:
+        empty = None if support is None else support.empty
+        return torch.stack([_lk(v, cost, psi, q, empty=empty if q == 0 else None) for q in powers]), False
+    return out.sub_(1.0).reshape((len(powers),) + v.shape), True
+
+
+def _exp_on(t: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """``exp(t)`` where ``t`` is ``-inf`` exactly where ``finite`` is 0 (``None``: unknown pattern).
+
+    ``exp(-inf) = 0`` is then written as ``exp(0) * 0``: the same values without exp's slow path for
+    special values.
+    """
+    if finite is None:
+        return torch.exp(t)
+    return torch.nan_to_num(t, nan=math.nan, posinf=math.inf, neginf=0.0).exp_().mul_(finite)
+
+
+def _moments(
+    la: torch.Tensor,
+    beta: torch.Tensor,
+    cost: LocalCost,
+    psi: torch.Tensor,
+    powers: tuple[int, ...] = (0, 1, 2),
+    finite: torch.Tensor | None = None,
+    try_fast: bool = True,
+) -> tuple[list[torch.Tensor], bool]:
+    """``<P, C^q> = sum_ij C_ij^q e^{la_i} K_ij e^{-beta_j}`` per image for each ``q`` of ``powers`` (B,),
+    and whether the kernel sums took the fast path (see :func:`_lk_fast`).
+
+    ``finite``: 1.0 where ``la`` is finite and 0.0 where it is ``-inf``, when that pattern is known.
+    """
+    lks, fast = _lk_fast(-beta, cost, psi, powers, try_fast=try_fast)
+    return list(_exp_on(la + lks, finite if fast else None).flatten(2).sum(2)), fast
 
 
 def _newton_psi(psi: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -174,6 +268,360 @@ def _as_batch(v: float | torch.Tensor, B: int, like: torch.Tensor) -> torch.Tens
     return t.expand(B).clone() if t.dim() == 0 else t.reshape(B).clone()
 
 
+def _initial_duals(
+    xn: torch.Tensor, init: dict[str, torch.Tensor] | None, box: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The duals a solve starts from: the warm start ``init``, else Wong's ``alpha = -beta = log(1/m)``,
+    ``psi = 1`` (and ``phi = 0`` under Hu's box)."""
+    dt = xn.dtype
+    m = xn[0].numel()
+    if init is not None:
+        duals = {k: init[k].to(dt).clone() for k in ("log_u", "beta", "psi")}
+        if box is not None and init.get("phi") is not None:
+            duals["phi"] = init["phi"].to(dt).clone()
+    else:
+        duals = {
+            "log_u": torch.full_like(xn, -math.log(1.0 / m)),  # la = -alpha
+            "beta": torch.full_like(xn, math.log(1.0 / m)),
+            "psi": torch.ones(xn.shape[0], dtype=dt, device=xn.device),
+        }
+    if box is not None and "phi" not in duals:
+        duals["phi"] = torch.zeros_like(xn)
+    return duals
+
+
+def _fixed_inputs(
+    xn: torch.Tensor, wn: torch.Tensor, eps: torch.Tensor, cost: LocalCost, lam: float, box: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Per-image inputs that travel with the working set: ``log x`` (``-inf`` on zero pixels), its support
+    (:class:`~sinkhorn_attacks.ot.kernel.FixedSupport`: the pattern of ``la`` while ``K e^{-beta}`` is
+    finite), ``lam w`` and ``log lam + lam w`` (the beta-step's argument less ``log a``)."""
+    log_x = torch.log(xn)
+    sup = FixedSupport.of(log_x, cost)
+    lw = lam * wn
+    extra = {"log_x": log_x, "xn": xn, "wn": wn, "lw": lw, "ylw": math.log(lam) + lw, "eps": eps}
+    extra.update(x_zero=torch.isneginf(log_x), x_fin=sup.finite, empty_x=sup.empty)
+    extra.update(empty_one=sup.empty_one, empty_ninf=sup.empty_ninf, reach=1.0 - sup.empty_one)
+    extra["plane_void"] = torch.where(xn.flatten(2).amax(2) > 0, 0.0, math.inf).to(xn.dtype)  # (B, C)
+    extra["xlogx"] = _bsum(torch.where(extra["x_zero"], 0.0, xn * log_x))  # <x, log x>
+    if box is not None:
+        extra["box"] = box
+    return extra
+
+
+def _support(ws: dict[str, torch.Tensor]) -> FixedSupport:
+    return FixedSupport(ws["x_fin"], ws["empty_x"], ws["empty_one"], ws["empty_ninf"])
+
+
+def _beta_box(
+    ws: dict[str, torch.Tensor], om: torch.Tensor, log_a: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hu's beta-step with the box ``z <= u = 1/N``: ``beta0 = log(N a)`` puts z on the box,
+    ``phi = lam (w - u) + beta0``; ``beta = beta1 = lam z - lam w`` where ``phi < 0``, else ``beta0``, and
+    ``phi <- max(phi, 0)``. Returns ``(beta, z, phi)``."""
+    u = _b4(ws["box"])
+    beta1 = om - ws["lw"]
+    beta0 = torch.log(_b4(1.0 / ws["box"])) + log_a  # log(N a)
+    ph = lam * (ws["wn"] - u) + beta0
+    beta = torch.where(ph < 0, beta1, beta0)
+    z = torch.where(ph < 0, om / lam, u.expand_as(om))  # phi > 0 puts z exactly on the box
+    phi = ph.clamp_min(0.0)
+    return beta, z, torch.where(torch.isfinite(phi), phi, torch.zeros_like(phi))
+
+
+def _objective(
+    stopping: str,
+    ws: dict[str, torch.Tensor],
+    d: dict[str, torch.Tensor],
+    lam: float,
+    finite: torch.Tensor | None,
+) -> torch.Tensor:
+    """The quantity the stopping rule watches, per image, from this sweep's duals ``d`` (``la``, ``beta``,
+    ``psi``, ``phi``, ``log_a``, ``lkb``); ``finite`` as in :func:`_moments`.
+
+    ``"wong"``: Wong's ``eval_obj`` called as (alpha, exp_alpha, beta, exp_beta, ...),
+    ``-(1/2lam)||e^{la}||^2 - psi eps - <alpha, x> - <e^{la}, w> - <beta, K e^{-beta}>`` (entries capped at
+    1e10); ``"hu"``: Hu's, with ``beta + phi`` where z uses ``beta - phi`` and the kernel sum taken with the
+    psi before the Newton step; ``"dual"``: the dual objective D of the module docstring.
+    """
+    la, beta, psi, phi = d["la"], d["beta"], d["psi"], d.get("phi")
+    xn, wn, eps = ws["xn"], ws["wn"], ws["eps"]
+    if stopping in ("hu", "wong"):
+        # <min(alpha, 1e10), x>: alpha = +inf only where x = 0, where the capped products are 1e10 * 0 = 0
+        ax = _bsum((-la).clamp(max=1e10) * xn)
+    if stopping == "hu":
+        bpp = beta + phi if phi is not None else beta
+        obj = (
+            -0.5 / lam * _bsum(bpp * bpp)
+            - psi * eps
+            - ax
+            - _bsum(bpp.clamp(max=1e10) * wn)
+            - _bsum(torch.exp(d["log_a"] - beta))
+        )
+        return obj - _bsum(phi) if phi is not None else obj
+    if stopping == "wong":
+        ea = _exp_on(la, finite)
+        return (
+            -0.5 / lam * _bsum(ea * ea)
+            - psi * eps
+            - ax
+            - _bsum(ea.clamp(max=1e10) * wn)
+            - _bsum(beta * torch.exp(d["lkb"]))
+        )
+    bp = beta - phi if phi is not None else beta
+    obj = (
+        -0.5 / lam * _bsum(bp * bp)
+        - _bsum(bp * wn)
+        - _xlogx_safe_dot(-la, xn)
+        - psi * eps
+        - _bsum(torch.exp(la + d["lkb"]))
+    )
+    return obj - _bsum(phi) * ws["box"] if phi is not None else obj
+
+
+_EA_MAX = 23.0  # max la below which e^{la} < 1e10 (the cap of Wong's objective) holds everywhere
+_SB_MAX = 80.0  # max(-beta) below which e^{max(-beta) - 1} is finite in float32
+
+
+def _scaled_alpha(
+    ws: dict[str, torch.Tensor], la: torch.Tensor, cost: LocalCost, floor: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The alpha reduction in the scaling form, and the moments' sums with it (see :func:`_scaled_wong`).
+
+    ``E_a = e^{la - s_a}`` (``s_a``: each plane's max of ``la``), ``A_q = K_q * E_a`` for ``q = 0, 1, 2`` in
+    one grouped convolution, and the beta-step's argument ``y = log lam + lam w + log a`` with
+    ``log a = log A_0 + s_a - 1`` (any finite value on the empty windows of x, where omega is not used).
+    Returns ``(E_a, s_a, (A_1, A_2), y)`` as planes ``(n, m)``, ``(n,)``, ``(2, n, m)`` and ``(B, C, H, W)``,
+    or ``None`` for a dense window.
+    """
+    xn, psi = ws["xn"], ws["psi"]
+    B, C, H, W = xn.shape
+    n, m = B * C, H * W
+    lap = la.reshape(n, m)
+    s_a = torch.nan_to_num(lap.amax(1), nan=0.0, posinf=0.0, neginf=0.0)  # a plane without mass: any shift
+    e_a = torch.nan_to_num(lap - s_a[:, None], nan=math.nan, posinf=math.inf, neginf=0.0).exp_()
+    e_a.mul_(ws["x_fin"].reshape(n, m))  # exp(-inf) = 0 written as exp(0) * 0
+    acc = window_sums(e_a.reshape(n, H, W), cost, _plane_eta(psi, C), (0, 1, 2))
+    if acc is None:
+        return None
+    acc = acc.reshape(3, n, m)
+    acc_a = acc[0].add_(ws["empty_one"].reshape(n, m))  # 1 on the empty windows: no log(0)
+    if float(acc_a.amin()) >= floor:
+        shift = s_a - _consts(xn.dtype, xn.device)["one"]
+        y = ws["ylw"] + acc_a.log_().add_(shift[:, None]).reshape(B, C, H, W)
+    else:  # sums too small for the scaling form somewhere: local_lse recomputes those pixels exactly
+        y = torch.nan_to_num(ws["ylw"] + _lk(la, cost, psi, empty=ws["empty_x"]), neginf=0.0)
+    return e_a, s_a, acc[1:], y
+
+
+def _scaled_objective(
+    ws: dict[str, torch.Tensor],
+    e_a: torch.Tensor,
+    s_a: torch.Tensor,
+    beta: torch.Tensor,
+    acc_0: torch.Tensor,
+    s_b: torch.Tensor,
+    psi: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """Wong's stopping quantity (see :func:`_objective`) from the scaled planes, per image::
+
+        -(1/2lam) e^{2 s_a} <E_a, E_a> - psi eps + <x, log x> - <x, lkb> - e^{s_a} <E_a, w> - e^{s_b - 1} <beta, A'>
+
+    with ``A' = K' * E_b`` (``e^{lkb} = e^{s_b - 1} A'``) and ``lkb`` the kernel sum ``la`` was formed with
+    (``alpha = lkb - log x`` is finite where ``x > 0``, so ``<min(alpha, 1e10), x> = <x, lkb> - <x, log x>``).
+    The caller checks ``max la <= _EA_MAX`` (``e^{la} < 1e10``: the other cap does not bind) and
+    ``max(-beta) <= _SB_MAX`` (finite plane factors).
+    """
+    xn = ws["xn"]
+    B, C = xn.shape[:2]
+    n = B * C
+    one = _consts(xn.dtype, xn.device)["one"]
+    dots = [
+        torch.linalg.vecdot(e_a, e_a),
+        torch.linalg.vecdot(e_a, ws["wn"].reshape(n, -1)),
+        torch.linalg.vecdot(beta.reshape(n, -1), acc_0),
+    ]
+    sums = (torch.stack(dots) * torch.exp(torch.stack([s_a + s_a, s_a, s_b - one]))).reshape(3, B, C).sum(2)
+    ax = ws["xlogx"] - torch.linalg.vecdot(xn.reshape(B, -1), ws["lkb"].reshape(B, -1))
+    return (-0.5 / lam) * sums[0] - psi * ws["eps"] + ax - sums[1] - sums[2]
+
+
+def _scaled_wong(
+    ws: dict[str, torch.Tensor], la: torch.Tensor, cost: LocalCost, lam: float
+) -> tuple[dict[str, torch.Tensor], bool] | None:
+    """One sweep of Wong's configuration (no box, Wong's stopping quantity) in the scaling form.
+
+    Each potential is exponentiated once, shifted by its plane's max: ``E_a = e^{la - s_a}``,
+    ``E_b = e^{-beta - s_b}``. One grouped convolution gives ``A_q = K_q * E_a`` for ``q = 0, 1, 2``
+    (``K_q = C^q K`` at this sweep's psi; :func:`_scaled_alpha`): ``a = e^{s_a - 1} A_0`` and, the cost
+    being symmetric, the moments
+
+        <P, C^q> = sum_ij C_ij^q e^{la_i} K_ij e^{-beta_j} = e^{s_a + s_b - 1} <E_b, A_q>;
+
+    a second convolution gives the next kernel sum ``lkb = log(K' * E_b) + s_b - 1`` at the new psi, and
+    the objective's sums are dot products of these planes (:func:`_scaled_objective`). ``la`` is ``-inf``
+    exactly on the zero pixels of x. Window sums below the kernel's
+    :func:`~sinkhorn_attacks.ot.kernel.scaling_floor` are recomputed by ``local_lse``. Returns the new
+    ``la, beta, psi, lkb, z, obj`` and whether ``lkb`` is finite, or ``None`` where this form does not
+    hold to rounding (a moment sum below the floor, ``max la > _EA_MAX``, ``max(-beta) > _SB_MAX``, a
+    dense window): the caller then runs the log-domain sweep.
+    """
+    xn, psi = ws["xn"], ws["psi"]
+    B, C, H, W = xn.shape
+    n, m = B * C, H * W
+    floor = scaling_floor(xn.dtype) if xn.dtype in (torch.float32, torch.float64) else math.inf
+    alpha = _scaled_alpha(ws, la, cost, floor)
+    if alpha is None:
+        return None
+    e_a, s_a, acc_q, y = alpha
+    # beta-step: lam z = omega(y) where a window holds clean mass, 0 elsewhere (omega(-inf) = 0)
+    om, y_min = _omega_finite(y)
+    om.mul_(ws["reach"])
+    beta = om - ws["lw"]
+    z = om / lam
+    # moments at this sweep's psi, then one Newton step
+    s_b = -beta.reshape(n, m).amin(1)  # max of -beta
+    e_b = torch.sub(-s_b[:, None], beta.reshape(n, m)).exp_()  # e^{-beta - s_b}
+    dots = torch.linalg.vecdot(acc_q, e_b)  # (2, n)
+    one = _consts(xn.dtype, xn.device)["one"]
+    mom = torch.exp(torch.log(dots).add_(s_a + s_b - one)).reshape(2, B, C).sum(2)
+    psi_new = _newton_psi(psi, mom[0] - ws["eps"], -mom[1])
+    # the next alpha-step's kernel sum, at the new psi
+    acc_0 = window_sums(e_b.reshape(n, H, W), cost, _plane_eta(psi_new, C), (0,)).reshape(n, m)
+    lkb_fast = float(acc_0.amin()) >= floor
+    if lkb_fast:
+        lkb = torch.log(acc_0).add_((s_b - one)[:, None]).reshape(B, C, H, W)
+    else:  # as in _scaled_alpha
+        lkb = _lk(-beta, cost, psi_new)
+        acc_0 = torch.exp(lkb.reshape(n, m) - (s_b - one)[:, None])
+    obj = _scaled_objective(ws, e_a, s_a, beta, acc_0, s_b, psi_new, lam)
+    # a moment sum of at least m * floor holds every term but underflowed ones below floor (planes
+    # without clean mass have no moments)
+    moment = (dots.amin(0) + ws["plane_void"].reshape(n)).amin() / m
+    low, top_la, top_nb = torch.stack([moment, s_a.max(), s_b.max()]).tolist()
+    if not (low >= floor and top_la <= _EA_MAX and top_nb <= _SB_MAX and y_min > -math.inf):
+        return None
+    return {"la": la, "beta": beta, "psi": psi_new, "lkb": lkb, "z": z, "obj": obj}, lkb_fast
+
+
+class _Sweep:
+    """One sweep of the shared loop of Wong and Hu (module docstring, "Block updates"), on a working set.
+
+    The alpha-step, the beta-step through Wright omega (and Hu's box), one Newton step on psi, the kernel
+    sum ``log(K * e^{-beta})`` at the new psi (the next alpha-step's) and the stopping rule's objective.
+    While ``K e^{-beta}`` is finite, ``la`` is ``-inf`` exactly on the zero pixels of ``x`` and ``log a``
+    exactly on their empty windows: the reductions, ``exp`` and omega then use those fixed patterns, and
+    Wong's configuration runs in the scaling form (:func:`_scaled_wong`) where that is exact to rounding.
+    """
+
+    def __init__(
+        self,
+        cost: LocalCost,
+        lam: float,
+        stopping: str,
+        rtol: float,
+        atol: float,
+        lkb_fast: bool,
+        w_finite: bool,
+        scaled: bool,
+    ) -> None:
+        self.cost, self.lam, self.stopping, self.rtol, self.atol = cost, lam, stopping, rtol, atol
+        # the carried log(K * e^{-beta}) is finite and below a quarter of the dtype's range
+        self.lkb_fast = lkb_fast
+        self.w_finite = w_finite  # log lam + lam w is finite: y = -inf exactly where log a is
+        self.scaled = scaled and w_finite  # Wong's configuration: the scaling form first
+        # the log domain's reductions try the kernel's fast path until it does not apply once
+        self.fast = {"alpha": True, "moments": True, "lkb": True}
+
+    def alpha_step(self, ws: dict[str, torch.Tensor], la: torch.Tensor, known: bool) -> tuple[torch.Tensor, bool]:
+        """``log a = log(K * e^{la})``; ``fast`` when it is ``-inf`` exactly on the empty windows of x."""
+        if not known:
+            return _lk(la, self.cost, ws["psi"]), False
+        (log_a,), fast = _lk_fast(la, self.cost, ws["psi"], (0,), _support(ws), self.fast["alpha"])
+        self.fast["alpha"] = fast
+        return log_a, fast
+
+    def beta_step(
+        self, ws: dict[str, torch.Tensor], log_a: torch.Tensor, fast: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``lam z = omega(log lam + lam w + log a)``, ``beta = lam z - lam w`` (and Hu's box): ``(beta, z, phi)``.
+
+        ``z`` is exactly 0 where no clean mass is within the window (``log a = -inf``, ``omega(-inf) = 0``).
+        """
+        y = ws["ylw"] + log_a
+        if fast and self.w_finite:  # omega(-inf) = 0 on the empty windows: omega of any finite value there, times 0
+            om = wright_omega(torch.nan_to_num(y, nan=math.nan, posinf=math.inf, neginf=0.0)).mul_(ws["reach"])
+        else:
+            om = wright_omega(y)
+        if "box" in ws:
+            return _beta_box(ws, om, log_a, self.lam)
+        return om - ws["lw"], om / self.lam, None
+
+    def log_domain(self, ws: dict[str, torch.Tensor], la: torch.Tensor, known: bool) -> dict[str, torch.Tensor]:
+        """The sweep in the log domain (any configuration): the new duals, ``z`` and the objective."""
+        bounded = self.lkb_fast  # then la is finite where x > 0 and far from overflow: so are la + log(...)
+        log_a, fast = self.alpha_step(ws, la, known)
+        finite = ws["x_fin"] if known else None
+        beta, z, phi = self.beta_step(ws, log_a, fast)
+        # psi: one Newton step on <P, C> - eps with the psi of this sweep
+        (m1, m2), self.fast["moments"] = _moments(
+            la, beta, self.cost, ws["psi"], (1, 2), finite if bounded else None, self.fast["moments"]
+        )
+        psi = _newton_psi(ws["psi"], m1 - ws["eps"], -m2)
+        # the next alpha-step's kernel sum
+        (lkb,), self.lkb_fast = _lk_fast(-beta, self.cost, psi, (0,), try_fast=self.fast["lkb"])
+        self.fast["lkb"] = self.lkb_fast
+        d = {"la": la, "beta": beta, "psi": psi, "log_a": log_a, "lkb": lkb}
+        if phi is not None:
+            d["phi"] = phi
+        d["obj"] = _objective(self.stopping, ws, d, self.lam, finite)
+        d["z"] = z
+        del d["log_a"]
+        return d
+
+    def __call__(self, ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+        raw = ws["log_x"] - ws["lkb"]  # la = log x - log(K * e^{-beta}), -inf where not finite
+        # a finite log(K * e^{-beta}) keeps la finite wherever x > 0
+        known = self.lkb_fast or bool((torch.isfinite(raw) | ws["x_zero"]).all())
+        # (only -inf, on the zero pixels of x, after a finite one)
+        la = raw if self.lkb_fast else torch.nan_to_num(raw, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+        out = _scaled_wong(ws, la, self.cost, self.lam) if (self.scaled and known) else None
+        if out is None:
+            # a batch outside the scaling form's range stays outside it: the log domain from here on
+            self.scaled = self.scaled and not known
+            new = self.log_domain(ws, la, known)
+        else:
+            new, self.lkb_fast = out
+        change = (new["obj"] - ws["obj"]).abs()
+        ws["close"] = change <= self.atol + self.rtol * new["obj"].abs()  # numpy allclose(old, new)
+        ws.update(new)
+        return change
+
+
+def _hu_decide(cost: LocalCost, max_iter: int, budget_tol: float | None, mass_tol: float | None):
+    """Per-example stopping (Hu): settled (or past ``max_iter``) and, before leaving, Hu's feasibility
+    re-check ``<P, C> <= eps + budget_tol`` and ``|sum z - 1| <= mass_tol``."""
+
+    def decide(ws, r, ok, it, idx) -> Decision:
+        cand = ws["close"] | (it > max_iter)
+        if (budget_tol is not None or mass_tol is not None) and bool(cand.any()):
+            bad = torch.zeros_like(cand)
+            if budget_tol is not None:
+                bad |= (_moments(ws["la"], ws["beta"], cost, ws["psi"], (1,))[0][0] - ws["eps"]) > budget_tol
+            if mass_tol is not None:
+                bad |= (_bsum(ws["z"]) - 1).abs() > mass_tol
+            cand = cand & ~bad
+        return Decision(cand)
+
+    return decide
+
+
+def _wong_decide(ws, r, ok, it, idx) -> Decision:
+    """Wong: every image runs until all objectives have settled."""
+    return Decision(ws["close"])
+
+
 def _solve(
     xn: torch.Tensor,
     wn: torch.Tensor,
@@ -194,140 +642,34 @@ def _solve(
 ):
     """Shared block-coordinate loop of Wong (``box=None``) and Hu (``box`` = (B,) upper bound).
 
-    One sweep: the alpha-step, the beta-step through Wright omega (and Hu's box), one Newton step on psi and
-    the objective of the stopping rule. An image is done when its objective is ``allclose`` to the previous
+    One sweep is :class:`_Sweep`. An image is done when its objective is ``allclose`` to the previous
     sweep's (numpy's rule, as in both authors' code); Wong's batch runs until every image is done
     (``per_example=False``), Hu's images leave one by one, after his feasibility re-check.
     """
-    B = xn.shape[0]
-    m = xn[0].numel()
-    dt, dev = xn.dtype, xn.device
-    if init is not None:
-        la = init["log_u"].to(dt).clone()
-        beta = init["beta"].to(dt).clone()
-        psi = init["psi"].to(dt).clone()
-        phi = init.get("phi")
-        phi = phi.to(dt).clone() if (phi is not None and box is not None) else None
-    else:
-        la = torch.full_like(xn, -math.log(1.0 / m))  # alpha = log(1/m)
-        beta = torch.full_like(xn, math.log(1.0 / m))
-        psi = torch.ones(B, dtype=dt, device=dev)
-        phi = None
-    if box is not None and phi is None:
-        phi = torch.zeros_like(xn)
-    log_lam = math.log(lam)
+    duals = _initial_duals(xn, init, box)
+    (lkb,), lkb_fast = _lk_fast(-duals["beta"], cost, duals["psi"], (0,))  # log(K * e^{-beta}), carried
     state = {
-        "la": la,
-        "beta": beta,
-        "psi": psi,
+        "la": duals["log_u"],
+        "beta": duals["beta"],
+        "psi": duals["psi"],
         "z": wn.clone(),  # lam z = omega(...) (or the box), kept from the sweep: no cancellation in w + beta / lam
-        "lkb": _lk(-beta, cost, psi),  # log(K * e^{-beta}), carried from one sweep to the next
-        "obj": torch.full((B,), -math.inf, dtype=dt, device=dev),
+        "lkb": lkb,
+        "obj": torch.full((xn.shape[0],), -math.inf, dtype=xn.dtype, device=xn.device),
     }
-    if phi is not None:
-        state["phi"] = phi
-    log_x = torch.log(xn)  # -inf on zero pixels
-    extra = {"log_x": log_x, "xn": xn, "wn": wn, "lw": lam * wn, "eps": eps}
-    extra.update(x_zero=torch.isneginf(log_x), empty_x=empty_windows(log_x, cost))
-    if box is not None:
-        extra["box"] = box
-
-    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
-        psi_a, wn_a, eps_a = ws["psi"], ws["wn"], ws["eps"]
-        # alpha-step: e^{-alpha} = x / (K * e^{-beta})
-        la_a = ws["log_x"] - ws["lkb"]
-        fin = torch.isfinite(la_a)
-        la_a = torch.where(fin, la_a, torch.full_like(la_a, -math.inf))
-        # beta-step through Wright omega; alpha is -inf exactly on the zero pixels of x unless K e^{-beta} is
-        # not finite somewhere, so the empty windows are those of x
-        known = bool((fin | ws["x_zero"]).all())
-        log_a = _lk(la_a, cost, psi_a, empty=ws["empty_x"] if known else None)
-        lw_a = ws["lw"]
-        om = wright_omega(log_lam + lw_a + log_a)  # = lam * z_j (unconstrained)
-        beta1 = om - lw_a
-        if box is not None:
-            u = _b4(ws["box"])
-            beta0 = torch.log(_b4(1.0 / ws["box"])) + log_a  # log(N a)
-            ph = lam * (wn_a - u) + beta0
-            beta_a = torch.where(ph < 0, beta1, beta0)
-            z_a = torch.where(ph < 0, om / lam, u.expand_as(om))  # phi > 0 puts z exactly on the box
-            phi_a = ph.clamp_min(0.0)
-            phi_a = torch.where(torch.isfinite(phi_a), phi_a, torch.zeros_like(phi_a))
-        else:
-            beta_a = beta1
-            z_a = om / lam  # exactly 0 where no clean mass is within the window (log a = -inf)
-            phi_a = None
-        # psi Newton step
-        m1 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 1)))
-        m2 = _bsum(torch.exp(la_a + _lk(-beta_a, cost, psi_a, 2)))
-        psi_a = _newton_psi(psi_a, m1 - eps_a, -m2)
-        # objective for the stopping rule
-        lkb = _lk(-beta_a, cost, psi_a)  # log(K * e^{-beta}) with the new psi (reused by the next alpha-step)
-        alpha_a = -la_a
-        if stopping == "hu":
-            # the quantity Hu's code watches: beta + phi where z uses beta - phi, and the kernel sum taken
-            # with the psi before this sweep's Newton step
-            bpp = beta_a + phi_a if phi_a is not None else beta_a
-            obj = (
-                -0.5 / lam * _bsum(bpp * bpp)
-                - psi_a * eps_a
-                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), ws["xn"])
-                - _bsum(bpp.clamp(max=1e10) * wn_a)
-                - _bsum(torch.exp(log_a - beta_a))
-            )
-            if phi_a is not None:
-                obj = obj - _bsum(phi_a)
-        elif stopping == "wong":
-            # the quantity Wong's code watches: eval_obj called as (alpha, exp_alpha, beta, exp_beta, ...)
-            ea = torch.exp(la_a)
-            obj = (
-                -0.5 / lam * _bsum(ea * ea)
-                - psi_a * eps_a
-                - _xlogx_safe_dot(alpha_a.clamp(max=1e10), ws["xn"])
-                - _bsum(ea.clamp(max=1e10) * wn_a)
-                - _bsum(beta_a * torch.exp(lkb))
-            )
-        else:
-            bp = beta_a - phi_a if phi_a is not None else beta_a
-            obj = (
-                -0.5 / lam * _bsum(bp * bp)
-                - _bsum(bp * wn_a)
-                - _xlogx_safe_dot(alpha_a, ws["xn"])
-                - psi_a * eps_a
-                - _bsum(torch.exp(la_a + lkb))
-            )
-            if phi_a is not None:
-                obj = obj - _bsum(phi_a) * ws["box"]
-        change = (obj - ws["obj"]).abs()
-        ws["close"] = change <= atol + rtol * obj.abs()  # numpy allclose(old, new)
-        ws.update(la=la_a, beta=beta_a, psi=psi_a, lkb=lkb, z=z_a, obj=obj)
-        if phi_a is not None:
-            ws["phi"] = phi_a
-        return change
-
-    def decide(ws, r, ok, it, idx) -> Decision:
-        if not per_example:  # Wong: all examples run until every objective has settled
-            return Decision(ws["close"])
-        cand = ws["close"] | (it > max_iter)
-        if (budget_tol is not None or mass_tol is not None) and bool(cand.any()):
-            # Hu's feasibility re-check before an example may stop (with our hard cap ``cap``)
-            bad = torch.zeros_like(cand)
-            if budget_tol is not None:
-                bad |= (_moments(ws["la"], ws["beta"], cost, ws["psi"])[1] - ws["eps"]) > budget_tol
-            if mass_tol is not None:
-                bad |= (_bsum(ws["z"]) - 1).abs() > mass_tol
-            cand = cand & ~bad
-        return Decision(cand)
-
+    if "phi" in duals:
+        state["phi"] = duals["phi"]
+    extra = _fixed_inputs(xn, wn, eps, cost, lam, box)
+    w_finite = bool(torch.isfinite(extra["ylw"]).all())
+    sweep = _Sweep(cost, lam, stopping, rtol, atol, lkb_fast, w_finite, scaled=box is None and stopping == "wong")
     if per_example:
         cap = max_iter + (extra_iter if (budget_tol is not None or mass_tol is not None) else 0)
-        opts = SweepOptions(max_iter=cap)
+        opts, decide = SweepOptions(max_iter=cap), _hu_decide(cost, max_iter, budget_tol, mass_tol)
     else:  # Wong's loop stops once the counter exceeds max_iter
-        opts = SweepOptions(max_iter=max_iter + 1, retire="all")
-    out = ("la", "beta", "psi", "z", "lkb", "obj") + (("phi",) if phi is not None else ())
+        opts, decide = SweepOptions(max_iter=max_iter + 1, retire="all"), _wong_decide
+    out = ("la", "beta", "psi", "z", "lkb", "obj") + (("phi",) if "phi" in state else ())
     log = run_sweeps(state, sweep, opts, out=out, extra=extra, decide=decide)
     la, beta, psi = state["la"], state["beta"], state["psi"]
-    m0, m1, _ = _moments(la, beta, cost, psi)
+    (m0, m1), _ = _moments(la, beta, cost, psi, (0, 1))
     return state["z"], la, beta, psi, state.get("phi"), log.iterations, m1, m0, log.converged
 
 
@@ -538,7 +880,7 @@ def conjugate_sinkhorn(
         la_new = log_x - _lk(-beta, cost, psi)
         la_new = torch.where(torch.isfinite(la_new), la_new, torch.full_like(la_new, -math.inf))
         la = torch.where(_b4(overlap), la_new, la)
-        _, m1, m2 = _moments(la, beta, cost, psi)
+        (m1, m2), _ = _moments(la, beta, cost, psi, (1, 2))
         psi = torch.where(overlap, _newton_psi(psi, m1 - eps, -m2), psi)
         obj = -psi * eps - _xlogx_safe_dot(-la, xn) - _bsum(torch.exp(la + _lk(-beta, cost, psi)))
         if i > max_iter or bool(((obj - obj_old).abs() <= atol + rtol * obj_old.abs()).all()):
