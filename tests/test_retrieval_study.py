@@ -418,3 +418,10 @@ def test_cli_experiment_and_report(tmp_path, heads, capsys):
     assert (tmp_path / "rep" / "results.md").read_text() == (out / "results.md").read_text()
     assert main(["retrieval", "experiment", "--config", "nope", "--out", str(out)]) == 2
     assert "bundled" in capsys.readouterr().err
+    # --time-budget 0: everything checked and set up, no unit started
+    zero = tmp_path / "zero"
+    assert main(["retrieval", "experiment", "--config", str(cfg), "--out", str(zero), "--heads", str(heads),
+                 "--time-budget", "0", "--quiet"]) == 0  # fmt: skip
+    res = json.loads((zero / "results.json").read_text())
+    assert res["n_images"] == 0 and not res["complete"] and not list(zero.glob("units/*/*.pt"))
+    assert "0 attacked images (of 2 planned" in (zero / "results.md").read_text()

@@ -254,7 +254,7 @@ def _experiment(args: argparse.Namespace) -> int:
         args.out,
         heads=args.heads,
         device=device,
-        time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        time_budget_s=None if args.time_budget is None else args.time_budget * 60,
         cache_dir=args.cache_dir,
         smoke=smoke,
         log=None if args.quiet else print,
