@@ -154,7 +154,7 @@ def _xlogx_safe_dot(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _plane_eta(psi: torch.Tensor, channels: int) -> torch.Tensor:
     """The temperature ``1/psi`` of :func:`_lk`'s kernel for each of the ``B * channels`` planes, ``(n, 1, 1)``."""
-    return (1.0 / _b4(psi.clamp_min(_PSI_FLOOR))).expand(-1, channels, 1, 1).reshape(-1, 1, 1)
+    return _b4(psi.clamp_min(_PSI_FLOOR).reciprocal()).expand(-1, channels, 1, 1).reshape(-1, 1, 1)
 
 
 def _lk_fast(
@@ -224,6 +224,9 @@ def _newton_psi(psi: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Te
     """Wong's single Newton step on psi with per-example halving of ``t`` while ``psi - t d < 0``."""
     delta = g / h.clamp(max=-1e-300) if h.dtype == torch.float64 else g / h.clamp(max=-1e-38)
     delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)
+    full = psi - delta
+    if not bool((full < 0).any()):  # the full step stays feasible (the common case)
+        return full.clamp_min(0.0)
     t = torch.ones_like(psi)
     neg = psi - t * delta < 0
     while bool(neg.any()) and float(t.min()) > 1e-2:
@@ -414,6 +417,13 @@ def _scaled_alpha(
     return e_a, s_a, acc[1:], y
 
 
+@functools.lru_cache(maxsize=16)
+def _wong_weights(lam: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The signed weights of the plane sums of Wong's stopping quantity, ``(3, 1)``: ``-1/(2 lam)``, ``-1``,
+    ``-1/e`` (the last folds the ``-1`` of ``lkb = log(K' * E_b) + s_b - 1``)."""
+    return torch.tensor([[-0.5 / lam], [-1.0], [-math.exp(-1.0)]], dtype=dtype, device=device)
+
+
 def _scaled_objective(
     ws: dict[str, torch.Tensor],
     e_a: torch.Tensor,
@@ -426,25 +436,26 @@ def _scaled_objective(
 ) -> torch.Tensor:
     """Wong's stopping quantity (see :func:`_objective`) from the scaled planes, per image::
 
-        -(1/2lam) e^{2 s_a} <E_a, E_a> - psi eps + <x, log x> - <x, lkb> - e^{s_a} <E_a, w> - e^{s_b - 1} <beta, A'>
+        -(1/2lam) e^{2 s_a} <E_a, E_a> - e^{s_a} <E_a, w> - e^{s_b - 1} <beta, A'> - <min(alpha, 1e10), x> - psi eps
 
-    with ``A' = K' * E_b`` (``e^{lkb} = e^{s_b - 1} A'``) and ``lkb`` the kernel sum ``la`` was formed with
-    (``alpha = lkb - log x`` is finite where ``x > 0``, so ``<min(alpha, 1e10), x> = <x, lkb> - <x, log x>``).
-    The caller checks ``max la <= _EA_MAX`` (``e^{la} < 1e10``: the other cap does not bind) and
-    ``max(-beta) <= _SB_MAX`` (finite plane factors).
+    with ``A' = K' * E_b`` at the new psi (``e^{lkb'} = e^{s_b - 1} A'`` for the next kernel sum ``lkb'``),
+    and ``<min(alpha, 1e10), x> = <x, lkb> - <x, log x>``, ``lkb`` being the kernel sum ``la`` was formed with
+    (``alpha = lkb - log x`` is finite where ``x > 0``). The caller checks ``max la <= _EA_MAX``
+    (``e^{la} < 1e10``: the other cap does not bind) and ``max(-beta) <= _SB_MAX`` (finite plane factors).
     """
     xn = ws["xn"]
     B, C = xn.shape[:2]
     n = B * C
-    one = _consts(xn.dtype, xn.device)["one"]
     dots = [
         torch.linalg.vecdot(e_a, e_a),
         torch.linalg.vecdot(e_a, ws["wn"].reshape(n, -1)),
         torch.linalg.vecdot(beta.reshape(n, -1), acc_0),
     ]
-    sums = (torch.stack(dots) * torch.exp(torch.stack([s_a + s_a, s_a, s_b - one]))).reshape(3, B, C).sum(2)
+    # the three plane sums with their factors e^{2 s_a}, e^{s_a}, e^{s_b - 1} and signs, summed over channels
+    scale = torch.exp(torch.stack([s_a + s_a, s_a, s_b])) * _wong_weights(lam, xn.dtype, xn.device)
+    terms = (torch.stack(dots) * scale).reshape(3, B, C).sum((0, 2))
     ax = ws["xlogx"] - torch.linalg.vecdot(xn.reshape(B, -1), ws["lkb"].reshape(B, -1))
-    return (-0.5 / lam) * sums[0] - psi * ws["eps"] + ax - sums[1] - sums[2]
+    return terms + ax - psi * ws["eps"]
 
 
 def _scaled_wong(
@@ -485,22 +496,23 @@ def _scaled_wong(
     e_b = torch.sub(-s_b[:, None], beta.reshape(n, m)).exp_()  # e^{-beta - s_b}
     dots = torch.linalg.vecdot(acc_q, e_b)  # (2, n)
     one = _consts(xn.dtype, xn.device)["one"]
-    mom = torch.exp(torch.log(dots).add_(s_a + s_b - one)).reshape(2, B, C).sum(2)
+    sb1 = s_b - one
+    mom = torch.exp(torch.log(dots).add_(s_a + sb1)).reshape(2, B, C).sum(2)
     psi_new = _newton_psi(psi, mom[0] - ws["eps"], -mom[1])
     # the next alpha-step's kernel sum, at the new psi
     acc_0 = window_sums(e_b.reshape(n, H, W), cost, _plane_eta(psi_new, C), (0,)).reshape(n, m)
     lkb_fast = float(acc_0.amin()) >= floor
     if lkb_fast:
-        lkb = torch.log(acc_0).add_((s_b - one)[:, None]).reshape(B, C, H, W)
+        lkb = torch.log(acc_0).add_(sb1[:, None]).reshape(B, C, H, W)
     else:  # as in _scaled_alpha
         lkb = _lk(-beta, cost, psi_new)
-        acc_0 = torch.exp(lkb.reshape(n, m) - (s_b - one)[:, None])
+        acc_0 = torch.exp(lkb.reshape(n, m) - sb1[:, None])
     obj = _scaled_objective(ws, e_a, s_a, beta, acc_0, s_b, psi_new, lam)
     # a moment sum of at least m * floor holds every term but underflowed ones below floor (planes
     # without clean mass have no moments)
-    moment = (dots.amin(0) + ws["plane_void"].reshape(n)).amin() / m
+    moment = (dots.amin(0) + ws["plane_void"].reshape(n)).amin()
     low, top_la, top_nb = torch.stack([moment, s_a.max(), s_b.max()]).tolist()
-    if not (low >= floor and top_la <= _EA_MAX and top_nb <= _SB_MAX and y_min > -math.inf):
+    if not (low >= m * floor and top_la <= _EA_MAX and top_nb <= _SB_MAX and y_min > -math.inf):
         return None
     return {"la": la, "beta": beta, "psi": psi_new, "lkb": lkb, "z": z, "obj": obj}, lkb_fast
 
