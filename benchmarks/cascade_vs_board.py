@@ -7,7 +7,7 @@ float32 noise of re-running an attack on another batch), and the CPU time agains
 those images (the board's seconds per image of every attack, times ``--n``). One torch thread. Writes
 ``--out`` (JSON) and the markdown table beside it.
 
-    python benchmarks/cascade_vs_board.py --n 50 --out docs/results/cascade_mnist.json   
+    python benchmarks/cascade_vs_board.py --n 50 --out docs/results/cascade_mnist.json
 """
 
 from __future__ import annotations
