@@ -124,6 +124,34 @@ def run_sweeps(
     resid = torch.full((B,), math.inf, dtype=dt, device=dev)
     conv = torch.zeros(B, dtype=torch.bool, device=dev)
     idx = torch.arange(B, device=dev)
+    ws = _working_set(state, out, extra, guarded)
+    for it in range(1, opts.max_iter + 1):
+        r = sweep(ws, it)
+        iters[idx] = it
+        resid[idx] = r
+        d, stop = _verdict(ws, r, it, tol, opts, idx, guarded=guarded, decide=decide, restart=restart)
+        if opts.retire == "all":
+            if bool(d.done.all()):
+                conv[:] = True
+                break
+            continue
+        if bool(stop.any()):
+            conv[idx[d.done]] = True
+            ws, idx = _retire(state, ws, out, stop, idx, on_leave)
+            if idx.numel() == 0:
+                break
+    if idx.numel():  # images still running at the cap (or, with retire="all", the whole batch)
+        _write_back(state, ws, out, idx, on_leave)
+    return SweepLog(iters, resid, conv)
+
+
+def _working_set(
+    state: dict[str, torch.Tensor], out: tuple[str, ...], extra: dict[str, torch.Tensor] | None, guarded: bool
+) -> dict[str, torch.Tensor]:
+    """The sweep's working set at the start: the iterates ``out``, the ``extra`` inputs and, for a guarded
+    loop, the relaxation ``omega = 1`` (the first sweep is plain) and the guards' progress records."""
+    first = state[out[0]]
+    B, dev, dt = first.shape[0], first.device, first.dtype
     ws = {k: state[k] for k in out}
     ws.update(extra or {})
     if guarded:
@@ -134,48 +162,73 @@ def run_sweeps(
             _ref=torch.full((B,), math.inf, dtype=dt, device=dev),  # residual at the last checkpoint
             _ref_it=torch.zeros(B, dtype=torch.long, device=dev),
         )
-    for it in range(1, opts.max_iter + 1):
-        r = sweep(ws, it)
-        iters[idx] = it
-        resid[idx] = r
-        if guarded:
-            ok, hopeless, stalled, diverged = _guard_before(ws, r, it, tol, opts)
-        else:
-            ok, hopeless = r <= tol, None
-        d = Decision(ok) if decide is None else decide(ws, r, ok, it, idx)
-        stop = d.done
-        if guarded:
-            if d.fresh is not None:  # progress is measured afresh after a change of the problem
-                ws["_ref_it"][d.fresh] = it
-                ws["_ref"][d.fresh] = math.inf
-            hopeless = hopeless | _guard_after(ws, r, stalled, diverged, restart, idx)
-            stop = stop | hopeless
-        if opts.retire == "all":
-            if bool(d.done.all()):
-                conv[:] = True
-                break
-            continue
-        if bool(stop.any()):
-            conv[idx[d.done]] = True
-            if on_leave is not None:
-                on_leave(ws, stop, idx)
-            for k in out:
-                state[k][idx[stop]] = ws[k][stop]
-            keep = ~stop
-            idx = idx[keep]
-            if idx.numel() == 0:
-                break
-            n = keep.shape[0]
-            ws = {k: (v[keep] if v.dim() and v.shape[0] == n else v) for k, v in ws.items()}
-    if idx.numel():  # images still running at the cap (or, with retire="all", the whole batch)
-        if on_leave is not None:
-            on_leave(ws, torch.ones(idx.numel(), dtype=torch.bool, device=dev), idx)
-        for k in out:
-            if idx.numel() < B:
-                state[k][idx] = ws[k]
-            elif state[k] is not ws[k]:
-                state[k].copy_(ws[k])
-    return SweepLog(iters, resid, conv)
+    return ws
+
+
+def _verdict(
+    ws: dict[str, torch.Tensor],
+    r: torch.Tensor,
+    it: int,
+    tol: float,
+    opts: SweepOptions,
+    idx: torch.Tensor,
+    *,
+    guarded: bool,
+    decide: Callable[..., Decision] | None,
+    restart: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], None] | None,
+) -> tuple[Decision, torch.Tensor]:
+    """After a sweep with residuals ``r``: the solver's :class:`Decision` and the images that stop (done, or
+    hopeless under the guards: ``ok = r <= tol`` unguarded, see :func:`_guard_before` otherwise)."""
+    if guarded:
+        ok, hopeless, stalled, diverged = _guard_before(ws, r, it, tol, opts)
+    else:
+        ok, hopeless = r <= tol, None
+    d = Decision(ok) if decide is None else decide(ws, r, ok, it, idx)
+    stop = d.done
+    if guarded:
+        if d.fresh is not None:  # progress is measured afresh after a change of the problem
+            ws["_ref_it"][d.fresh] = it
+            ws["_ref"][d.fresh] = math.inf
+        hopeless = hopeless | _guard_after(ws, r, stalled, diverged, restart, idx)
+        stop = stop | hopeless
+    return d, stop
+
+
+def _retire(
+    state: dict[str, torch.Tensor],
+    ws: dict[str, torch.Tensor],
+    out: tuple[str, ...],
+    stop: torch.Tensor,
+    idx: torch.Tensor,
+    on_leave: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], None] | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Images in ``stop`` leave: their iterates are written back to ``state`` and the working set is
+    compacted to the others (every per-image tensor, i.e. first dimension ``n``). Returns the new working
+    set and batch index."""
+    if on_leave is not None:
+        on_leave(ws, stop, idx)
+    for k in out:
+        state[k][idx[stop]] = ws[k][stop]
+    keep = ~stop
+    n = keep.shape[0]
+    return {k: (v[keep] if v.dim() and v.shape[0] == n else v) for k, v in ws.items()}, idx[keep]
+
+
+def _write_back(
+    state: dict[str, torch.Tensor],
+    ws: dict[str, torch.Tensor],
+    out: tuple[str, ...],
+    idx: torch.Tensor,
+    on_leave: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], None] | None,
+) -> None:
+    """The iterates of the images still in the working set at the end (batch index ``idx``) into ``state``."""
+    if on_leave is not None:
+        on_leave(ws, torch.ones(idx.numel(), dtype=torch.bool, device=idx.device), idx)
+    for k in out:
+        if idx.numel() < state[k].shape[0]:
+            state[k][idx] = ws[k]
+        elif state[k] is not ws[k]:
+            state[k].copy_(ws[k])
 
 
 @dataclass

@@ -183,68 +183,130 @@ def _grid_flow_solve(
     tolerances of 1e-10.
     """
     from scipy.ndimage import binary_dilation
+
+    lp = _FlowLP.of(p, q, cost, price, tight)
+    capped = (np.minimum(lp.a, lp.b) < _CAP_BELOW) | (_CUT_ROUNDS == 0) | tight  # dark pixels: relays bind
+    # without the arcs that equal a path of unit arcs, the problem is a relaxation only if no pixel is
+    # capacitated: a (2, 0) move across a capped pixel would have to relay through it
+    short = cost.p == 1 and not capped.any() and bool((lp.sends & lp.takes).all())
+    arcs = [o for o in lp.offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else lp.offsets
+    rounds = 0
+    while True:  # at most _CUT_ROUNDS + 1 solves
+        sol = _flow_round(lp, arcs, capped)
+        if isinstance(sol, _Flow):
+            return sol
+        res, flow, dead, born = sol
+        over = _flow_through(lp, flow, dead, born) > np.minimum(lp.a, lp.b) + _CUT_TOL
+        if capped.all() or not over.any():
+            phi = getattr(getattr(res, "eqlin", None), "marginals", None)
+            return _Flow(float(res.fun / lp.scale), lp.offsets, flow / lp.scale, dead / lp.scale, born / lp.scale, phi)
+        rounds += 1
+        arcs = lp.offsets
+        if rounds >= _CUT_ROUNDS:
+            capped = np.ones(lp.n, dtype=bool)
+        else:  # the violators and their windows (the flow would re-route through the neighbours)
+            box = np.ones((2 * lp.r + 1, 2 * lp.r + 1), dtype=bool)
+            capped |= binary_dilation(over.reshape(lp.h, lp.w), box).ravel()
+
+
+@dataclass
+class _FlowLP:
+    """The fixed data of :func:`_grid_flow_solve`'s LP: marginals scaled to mean 1 (``a``, ``b``), the window
+    without the zero offset, the pixels that may send / receive, every in-window arc
+    (:func:`_window_arcs`), and with a ``price`` the destruction / creation arcs of the extra node."""
+
+    h: int
+    w: int
+    scale: float
+    a: np.ndarray
+    b: np.ndarray
+    offsets: list[tuple[int, int, float]]
+    sends: np.ndarray
+    takes: np.ndarray
+    every: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    r: int
+    price: float | None
+    sinks: np.ndarray  # pixels that may destroy (price given)
+    sources: np.ndarray  # pixels that may create (price given)
+    opts: dict
+
+    @property
+    def n(self) -> int:
+        return self.h * self.w
+
+    @property
+    def extra(self) -> int:
+        """Number of destruction / creation arcs (0 without a price)."""
+        return 0 if self.price is None else self.sinks.size + self.sources.size
+
+    @staticmethod
+    def of(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float | None, tight: bool) -> _FlowLP:
+        h, w = p.shape
+        n = h * w
+        scale = n / p.sum() if price is None else 2 * n / (p.sum() + q.sum())
+        a, b = p.ravel() * scale, q.ravel() * scale
+        offsets = cost.offsets(h, w)[1:]
+        sends, takes = a > 0, b > 0  # out_j <= p_j = 0 and in_j <= q_j = 0: no arcs out of / into empty pixels
+        tol = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+        return _FlowLP(
+            h, w, scale, a, b, offsets, sends, takes, _window_arcs(h, w, offsets), cost.radius(h, w), price,
+            np.flatnonzero(sends), np.flatnonzero(takes), {"options": tol} if tight else {},
+        )  # fmt: skip
+
+
+def _flow_round(
+    lp: _FlowLP, arcs: list[tuple[int, int, float]], capped: np.ndarray
+) -> _Flow | tuple[object, np.ndarray, np.ndarray, np.ndarray]:
+    """One LP solve on the arcs ``arcs`` between pixels that may send and receive, with the capacities
+    ``out_j (+ d_j) <= p_j`` at the ``capped`` pixels (:func:`_grid_flow_solve`).
+
+    Returns a final :class:`_Flow` (no arc can carry mass; infeasible), else ``(res, flow, dead, born)``:
+    HiGHS's result and the flow per offset and pixel (tied relays shortcut, :func:`_shortcut_relays`), the
+    destroyed and the created mass, in scaled units.
+    """
     from scipy.optimize import linprog
     from scipy.sparse import csr_matrix, hstack
 
-    h, w = p.shape
-    n = h * w
-    scale = n / p.sum() if price is None else 2 * n / (p.sum() + q.sum())
-    a, b = p.ravel() * scale, q.ravel() * scale
-    offsets = cost.offsets(h, w)[1:]
-    sends, takes = a > 0, b > 0  # out_j <= p_j = 0 and in_j <= q_j = 0: no arcs out of / into empty pixels
-    capped = (np.minimum(a, b) < _CAP_BELOW) | (_CUT_ROUNDS == 0) | tight  # dark pixels: where relays bind
-    # without the arcs that equal a path of unit arcs, the problem is a relaxation only if no pixel is
-    # capacitated: a (2, 0) move across a capped pixel would have to relay through it
-    short = cost.p == 1 and not capped.any() and bool((sends & takes).all())
-    arcs = [o for o in offsets if math.gcd(abs(o[0]), abs(o[1])) == 1] if short else offsets
-    every = _window_arcs(h, w, offsets)
-    r = cost.radius(h, w)
-    sinks, sources = np.flatnonzero(sends), np.flatnonzero(takes)  # destruction / creation (price given)
-    extra = 0 if price is None else sinks.size + sources.size
-    opts = {"options": {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}} if tight else {}
-    rounds = 0
-    while True:  # at most _CUT_ROUNDS + 1 solves
-        src, dst, c, kind = every if arcs is offsets else _window_arcs(h, w, arcs)
-        keep = sends[src] & takes[dst]
-        src, dst, c, kind = src[keep], dst[keep], c[keep], kind[keep]
-        if src.size + extra == 0:  # no arc can carry mass: feasible only if nothing has to move
-            return _Flow(0.0 if np.abs(a - b).max() <= _CUT_TOL else math.inf, offsets)
-        cols = np.arange(src.size)
-        out_op = csr_matrix((np.ones(src.size), (src, cols)), shape=(n, src.size))
-        in_op = csr_matrix((np.ones(src.size), (dst, cols)), shape=(n, src.size))
-        a_eq, cap_op, obj = out_op - in_op, out_op, c
-        if price is not None:
-            kill = csr_matrix((np.ones(sinks.size), (sinks, np.arange(sinks.size))), shape=(n, sinks.size))
-            make = csr_matrix((np.ones(sources.size), (sources, np.arange(sources.size))), shape=(n, sources.size))
-            a_eq = hstack([a_eq, kill, -make], format="csr")
-            cap_op = hstack([out_op, kill, csr_matrix((n, sources.size))], format="csr")
-            obj = np.concatenate([c, np.full(extra, float(price))])
-        ub = {"A_ub": cap_op[capped], "b_ub": a[capped]} if capped.any() else {}
-        res = linprog(obj, A_eq=a_eq, b_eq=a - b, bounds=(0, None), method="highs-ipm", **ub, **opts)
-        if res.status == 2:
-            return _Flow(math.inf, offsets)
-        if res.status != 0:
-            raise RuntimeError(f"exact OT flow LP failed: {res.message}")
-        flow = np.zeros((len(offsets), n))
-        flow[kind if arcs is offsets else np.asarray([offsets.index(o) for o in arcs])[kind], src] = res.x[: src.size]
-        dead, born = np.zeros(n), np.zeros(n)
-        if price is not None:
-            dead[sinks] = res.x[src.size : src.size + sinks.size]
-            born[sources] = res.x[src.size + sinks.size :]
-        for _ in range(2):
-            _shortcut_relays(flow, offsets, h, w, r)
-        moved = flow[every[3], every[0]]
-        through = np.minimum(np.bincount(every[0], moved, n) + dead, np.bincount(every[1], moved, n) + born)
-        over = through > np.minimum(a, b) + _CUT_TOL
-        if capped.all() or not over.any():
-            phi = getattr(getattr(res, "eqlin", None), "marginals", None)
-            return _Flow(float(res.fun / scale), offsets, flow / scale, dead / scale, born / scale, phi)
-        rounds += 1
-        arcs = offsets
-        if rounds >= _CUT_ROUNDS:
-            capped = np.ones(n, dtype=bool)
-        else:  # the violators and their windows (the flow would re-route through the neighbours)
-            capped |= binary_dilation(over.reshape(h, w), np.ones((2 * r + 1, 2 * r + 1), dtype=bool)).ravel()
+    n, extra = lp.n, lp.extra
+    src, dst, c, kind = lp.every if arcs is lp.offsets else _window_arcs(lp.h, lp.w, arcs)
+    keep = lp.sends[src] & lp.takes[dst]
+    src, dst, c, kind = src[keep], dst[keep], c[keep], kind[keep]
+    if src.size + extra == 0:  # no arc can carry mass: feasible only if nothing has to move
+        return _Flow(0.0 if np.abs(lp.a - lp.b).max() <= _CUT_TOL else math.inf, lp.offsets)
+    cols = np.arange(src.size)
+    out_op = csr_matrix((np.ones(src.size), (src, cols)), shape=(n, src.size))
+    in_op = csr_matrix((np.ones(src.size), (dst, cols)), shape=(n, src.size))
+    a_eq, cap_op, obj = out_op - in_op, out_op, c
+    sinks, sources = lp.sinks, lp.sources
+    if lp.price is not None:
+        kill = csr_matrix((np.ones(sinks.size), (sinks, np.arange(sinks.size))), shape=(n, sinks.size))
+        make = csr_matrix((np.ones(sources.size), (sources, np.arange(sources.size))), shape=(n, sources.size))
+        a_eq = hstack([a_eq, kill, -make], format="csr")
+        cap_op = hstack([out_op, kill, csr_matrix((n, sources.size))], format="csr")
+        obj = np.concatenate([c, np.full(extra, float(lp.price))])
+    ub = {"A_ub": cap_op[capped], "b_ub": lp.a[capped]} if capped.any() else {}
+    res = linprog(obj, A_eq=a_eq, b_eq=lp.a - lp.b, bounds=(0, None), method="highs-ipm", **ub, **lp.opts)
+    if res.status == 2:
+        return _Flow(math.inf, lp.offsets)
+    if res.status != 0:
+        raise RuntimeError(f"exact OT flow LP failed: {res.message}")
+    flow = np.zeros((len(lp.offsets), n))
+    rows = kind if arcs is lp.offsets else np.asarray([lp.offsets.index(o) for o in arcs])[kind]
+    flow[rows, src] = res.x[: src.size]
+    dead, born = np.zeros(n), np.zeros(n)
+    if lp.price is not None:
+        dead[sinks] = res.x[src.size : src.size + sinks.size]
+        born[sources] = res.x[src.size + sinks.size :]
+    for _ in range(2):
+        _shortcut_relays(flow, lp.offsets, lp.h, lp.w, lp.r)
+    return res, flow, dead, born
+
+
+def _flow_through(lp: _FlowLP, flow: np.ndarray, dead: np.ndarray, born: np.ndarray) -> np.ndarray:
+    """Mass passed through each pixel, ``min(out_j + d_j, in_j + a_j)`` (to compare with ``min(p_j, q_j)``)."""
+    every = lp.every
+    moved = flow[every[3], every[0]]
+    return np.minimum(np.bincount(every[0], moved, lp.n) + dead, np.bincount(every[1], moved, lp.n) + born)
 
 
 @dataclass
@@ -296,60 +358,85 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
         settled = price * float(p[lone_p].sum() + q[lone_q].sum())
         rest = tv_pair(np.where(lone_p, 0.0, p), np.where(lone_q, 0.0, q), cost, price)
         return TVPair(settled + rest.raw, settled + rest.lower, rest.transported)
-    g0 = np.zeros(h * w)
     if (sp.size + 1) * (sq.size + 1) <= _DENSE_LIMIT:
-        import ot
-
-        c, inside = _block_cost(h, w, sp, sq, cost)
-        moves = inside & (c <= 2 * price)  # in-window pairs no dearer than destroying + creating
-        m = np.full((sp.size + 1, sq.size + 1), float(price))
-        m[:-1, :-1] = np.where(moves, c, 2 * price)
-        m[-1, -1] = 0.0
-        a = np.append(pf[sp], max(mq - mp, 0.0))
-        b = np.append(qf[sq], max(mp - mq, 0.0))
-        plan, log = ot.emd(a, b, m, numItermax=10_000_000, log=True)
-        if log.get("result_code", 1) != 1:
-            raise RuntimeError(f"network simplex did not converge: {log.get('warning')}")
-        raw = float((plan * m).sum())
-        transported = float(plan[:-1, :-1][moves].sum())
-        g0[sq] = log["v"][:-1] - log["v"][-1]
+        raw, transported, g0 = _tv_dense(pf, qf, sp, sq, h, w, cost, price)
     elif _sparse_emd():
-        import ot
-        from scipy.sparse import coo_matrix
-
-        # the same network simplex on the in-window pairs only, with the extra node holding the full masses
-        src, dst, c, _ = _window_arcs(h, w, cost.offsets(h, w))
-        use = (pf[src] > _SUPPORT_EPS) & (qf[dst] > _SUPPORT_EPS) & (c <= 2 * price)
-        row_of, col_of = np.full(h * w, -1), np.full(h * w, -1)
-        row_of[sp], col_of[sq] = np.arange(sp.size), np.arange(sq.size)
-        rows = np.concatenate([row_of[src[use]], np.arange(sp.size), np.full(sq.size + 1, sp.size)])
-        cols = np.concatenate([col_of[dst[use]], np.full(sp.size, sq.size), np.arange(sq.size), [sq.size]])
-        vals = np.concatenate([c[use], np.full(sp.size + sq.size, float(price)), [0.0]])
-        m = coo_matrix((vals, (rows, cols)), shape=(sp.size + 1, sq.size + 1)).tocsr()
-        a, b = np.append(pf[sp], mq), np.append(qf[sq], mp)
-        plan, log = ot.emd(a, b, m, numItermax=10_000_000, log=True)
-        if log.get("result_code", 1) != 1:
-            raise RuntimeError(f"network simplex did not converge: {log.get('warning')}")
-        plan = plan.tocoo()
-        cij = np.asarray(m[plan.row, plan.col]).ravel()
-        raw = float((plan.data * cij).sum())
-        transported = float(plan.data[(plan.row < sp.size) & (plan.col < sq.size)].sum())
-        g0[sq] = log["v"][:-1] - log["v"][-1]
+        raw, transported, g0 = _tv_sparse(pf, qf, sp, sq, h, w, cost, price)
     else:
-        sol = _grid_flow_solve(p, q, cost, price)
-        raw, transported = _flow_plan_cost(sol, p, q, price)
-        if sol.potential is not None:
-            g0 = -np.asarray(sol.potential)
-        lower = _tv_dual_bound(p, q, g0, cost, price)
-        if raw - lower > _BRACKET * raw:
-            sol = _grid_flow_solve(p, q, cost, price, tight=True)
-            raw2, tr2 = _flow_plan_cost(sol, p, q, price)
-            if raw2 < raw:
-                raw, transported = raw2, tr2
-            if sol.potential is not None:
-                lower = max(lower, _tv_dual_bound(p, q, -np.asarray(sol.potential), cost, price))
-        return TVPair(raw, min(lower, raw), transported)
+        return _tv_flow(p, q, cost, price)
     return TVPair(raw, min(_tv_dual_bound(p, q, g0, cost, price), raw), transported)
+
+
+def _tv_dense(
+    pf: np.ndarray, qf: np.ndarray, sp: np.ndarray, sq: np.ndarray, h: int, w: int, cost: LocalCost, price: float
+) -> tuple[float, float, np.ndarray]:
+    """:func:`tv_pair` by POT's network simplex on the dense cost between the supports ``sp`` and ``sq``.
+
+    Out-of-window pairs (and pairs dearer than destroying and creating) cost ``2 price``; one extra row and
+    column at ``price`` hold the mass difference. Returns the plan's cost, its matched mass and the
+    simplex's column potentials (for the dual bound).
+    """
+    import ot
+
+    mp, mq = float(pf.sum()), float(qf.sum())
+    c, inside = _block_cost(h, w, sp, sq, cost)
+    moves = inside & (c <= 2 * price)  # in-window pairs no dearer than destroying + creating
+    m = np.full((sp.size + 1, sq.size + 1), float(price))
+    m[:-1, :-1] = np.where(moves, c, 2 * price)
+    m[-1, -1] = 0.0
+    a = np.append(pf[sp], max(mq - mp, 0.0))
+    b = np.append(qf[sq], max(mp - mq, 0.0))
+    plan, log = ot.emd(a, b, m, numItermax=10_000_000, log=True)
+    if log.get("result_code", 1) != 1:
+        raise RuntimeError(f"network simplex did not converge: {log.get('warning')}")
+    g0 = np.zeros(h * w)
+    g0[sq] = log["v"][:-1] - log["v"][-1]
+    return float((plan * m).sum()), float(plan[:-1, :-1][moves].sum()), g0
+
+
+def _tv_sparse(
+    pf: np.ndarray, qf: np.ndarray, sp: np.ndarray, sq: np.ndarray, h: int, w: int, cost: LocalCost, price: float
+) -> tuple[float, float, np.ndarray]:
+    """:func:`tv_pair` by the same network simplex on the in-window pairs only (POT with a sparse cost), the
+    extra node holding the full masses. Returns as :func:`_tv_dense`."""
+    import ot
+    from scipy.sparse import coo_matrix
+
+    mp, mq = float(pf.sum()), float(qf.sum())
+    src, dst, c, _ = _window_arcs(h, w, cost.offsets(h, w))
+    use = (pf[src] > _SUPPORT_EPS) & (qf[dst] > _SUPPORT_EPS) & (c <= 2 * price)
+    row_of, col_of = np.full(h * w, -1), np.full(h * w, -1)
+    row_of[sp], col_of[sq] = np.arange(sp.size), np.arange(sq.size)
+    rows = np.concatenate([row_of[src[use]], np.arange(sp.size), np.full(sq.size + 1, sp.size)])
+    cols = np.concatenate([col_of[dst[use]], np.full(sp.size, sq.size), np.arange(sq.size), [sq.size]])
+    vals = np.concatenate([c[use], np.full(sp.size + sq.size, float(price)), [0.0]])
+    m = coo_matrix((vals, (rows, cols)), shape=(sp.size + 1, sq.size + 1)).tocsr()
+    a, b = np.append(pf[sp], mq), np.append(qf[sq], mp)
+    plan, log = ot.emd(a, b, m, numItermax=10_000_000, log=True)
+    if log.get("result_code", 1) != 1:
+        raise RuntimeError(f"network simplex did not converge: {log.get('warning')}")
+    plan = plan.tocoo()
+    cij = np.asarray(m[plan.row, plan.col]).ravel()
+    g0 = np.zeros(h * w)
+    g0[sq] = log["v"][:-1] - log["v"][-1]
+    return float((plan.data * cij).sum()), float(plan.data[(plan.row < sp.size) & (plan.col < sq.size)].sum()), g0
+
+
+def _tv_flow(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPair:
+    """:func:`tv_pair` by the grid min-cost flow with the extra node, solved again with tight tolerances
+    when the bracket ``[lower, raw]`` is wider than ``_BRACKET`` relative."""
+    sol = _grid_flow_solve(p, q, cost, price)
+    raw, transported = _flow_plan_cost(sol, p, q, price)
+    g0 = -np.asarray(sol.potential) if sol.potential is not None else np.zeros(p.size)
+    lower = _tv_dual_bound(p, q, g0, cost, price)
+    if raw - lower > _BRACKET * raw:
+        sol = _grid_flow_solve(p, q, cost, price, tight=True)
+        raw2, tr2 = _flow_plan_cost(sol, p, q, price)
+        if raw2 < raw:
+            raw, transported = raw2, tr2
+        if sol.potential is not None:
+            lower = max(lower, _tv_dual_bound(p, q, -np.asarray(sol.potential), cost, price))
+    return TVPair(raw, min(lower, raw), transported)
 
 
 @functools.cache

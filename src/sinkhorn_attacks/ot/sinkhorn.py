@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from .checks import check_cost, check_count, check_measure, check_positive, check_potential, check_same, check_tau
 from .cost import LocalCost
-from .engine import SweepOptions, default_tol, run_sweeps
+from .engine import SweepLog, SweepOptions, default_tol, run_sweeps
 from .kernel import empty_windows, local_lse
 
 __all__ = [
@@ -110,9 +111,58 @@ def uot_terms(
     """
     lx = torch.log(x)
     lz = torch.log(z)
+    pl = _plan_sums(f, g, cost, eta)
+    a, b, log_a, log_b = pl.a, pl.b, pl.log_a, pl.log_b
+    kl_rows = _sum_hw(_xlogy_diff(a, log_a, lx) - a + x)
+    kl_cols = _sum_hw(_xlogy_diff(b, log_b, lz) - b + z)
+    destroyed = _sum_hw((x - a).clamp_min(0))
+    created = _sum_hw((z - b).clamp_min(0))
+    pos_x, pos_z = x > 0, z > 0
+    hole = torch.isposinf(f)  # rows with f = +inf (x > 0, no column mass in reach) carry no plan mass
+    dual, gap, log_astar, log_bstar = _dual_and_gap(f, g, x, z, lx, lz, pl, tau, hole)
+    rr = torch.where(pos_x & ~hole, (log_a - log_astar).abs(), torch.zeros_like(x))
+    cr = torch.where(pos_z & (b > 0), (log_b - log_bstar).abs(), torch.zeros_like(z))
+    return UOTTerms(
+        transport=pl.transport,
+        plan_mass=pl.mass,
+        stay_mass=pl.stay,
+        entropy=pl.entropy,
+        kl_rows=kl_rows,
+        kl_cols=kl_cols,
+        destroyed=destroyed,
+        created=created,
+        dual=dual,
+        gap=gap,
+        row_residual=rr.amax(dim=(-1, -2)),
+        col_residual=cr.amax(dim=(-1, -2)),
+    )
+
+
+class _PlanSums(NamedTuple):
+    """The plan ``P = exp((f + g - C)/eta)`` summed: marginals and their logs (``(B, C, H, W)``), and per
+    measure ``<P, C>``, the mass on the diagonal, ``sum P``, ``H(P)`` and ``eta`` in that shape."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    log_a: torch.Tensor
+    log_b: torch.Tensor
+    transport: torch.Tensor
+    stay: torch.Tensor
+    mass: torch.Tensor
+    entropy: torch.Tensor
+    eta_b: float | torch.Tensor
+
+
+def _plan_sums(f: torch.Tensor, g: torch.Tensor, cost: LocalCost, eta: float | torch.Tensor) -> _PlanSums:
+    """Marginals, transport, diagonal mass, mass and entropy of ``P = exp((f + g - C)/eta)``::
+
+        log a = f/eta + LSE_C[g],   log b = g/eta + LSE_C[f],   <P, C> = sum_i e^{f_i/eta + LSE^(1)_C[g]_i}
+        eta H(P) = <a, f> + <b, g> - <P, C> - eta sum P
+
+    with ``-inf`` marginals where a potential or its window carries no mass (``f = +inf`` rows, holes, are
+    left out of the column sums; ``g = +inf`` columns count as ``g = 0`` in the row sums).
+    """
     g_lse = torch.where(torch.isposinf(g), torch.zeros_like(g), g)
-    # rows with f = +inf (x > 0, no column mass in reach) carry no plan mass: excluded from column sums
-    hole = torch.isposinf(f)
     f_lse = row_lse_input(f)
     lg = local_lse(g_lse, cost, eta)  # log sum_j exp((g_j - C_ij)/eta)
     lf = local_lse(f_lse, cost, eta)
@@ -130,56 +180,54 @@ def uot_terms(
     dead = torch.isneginf(f_lse) | torch.isposinf(g) | torch.isneginf(g)
     stay = _sum_hw(torch.where(dead, torch.zeros_like(f), torch.exp(torch.where(dead, torch.zeros_like(f), diag_log))))
     mass = _sum_hw(a)
-    # eta H(P) = sum P (f_i + g_j - C_ij) - eta sum P = <a, f> + <b, g> - <P, C> - eta m
     af = _sum_hw(torch.where(a > 0, a * _finite_or_zero(f), torch.zeros_like(a)))
     bg = _sum_hw(torch.where(b > 0, b * _finite_or_zero(g), torch.zeros_like(b)))
     eta_b = eta.reshape(eta.shape[:2]) if isinstance(eta, torch.Tensor) and eta.dim() == 4 else eta
     entropy = (af + bg - transport) / eta_b - mass
-    kl_rows = _sum_hw(_xlogy_diff(a, log_a, lx) - a + x)
-    kl_cols = _sum_hw(_xlogy_diff(b, log_b, lz) - b + z)
-    destroyed = _sum_hw((x - a).clamp_min(0))
-    created = _sum_hw((z - b).clamp_min(0))
+    return _PlanSums(a, b, log_a, log_b, transport, stay, mass, entropy, eta_b)
+
+
+def _dual_and_gap(
+    f: torch.Tensor,
+    g: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    lx: torch.Tensor,
+    lz: torch.Tensor,
+    pl: _PlanSums,
+    tau: float | torch.Tensor,
+    hole: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dual (D), the certified gap and the target marginals' logs ``(log a*, log b*)``, per measure.
+
+    Balanced (``tau = inf``): ``D = <x, f> + <z, g> - eta sum P``, gap ``= <P, C> + eta H(P) - D``,
+    ``a* = x``, ``b* = z``. Unbalanced: ``D = -eta sum P + tau <x, 1 - e^{-f/tau}> + tau <z, 1 - e^{-g/tau}>``,
+    ``a* = x e^{-f/tau}`` (0 on holes), ``b* = z e^{-g/tau}``, gap ``= tau KL(a | a*) + tau KL(b | b*)``.
+    """
+    a, b, mass, eta_b = pl.a, pl.b, pl.mass, pl.eta_b
     pos_x, pos_z = x > 0, z > 0
     balanced = not isinstance(tau, torch.Tensor) and math.isinf(tau)
     if balanced:
         dual = _sum_hw(torch.where(pos_x, x * _finite_or_zero(f), torch.zeros_like(x)))
         dual = dual + _sum_hw(torch.where(pos_z, z * _finite_or_zero(g), torch.zeros_like(z))) - eta_b * mass
-        primal = transport + eta_b * entropy
-        gap = primal - dual
-        log_astar, log_bstar = lx, lz
-    else:
-        tau_t = tau
-        tau_b = tau_t.reshape(tau_t.shape[:2]) if isinstance(tau_t, torch.Tensor) and tau_t.dim() == 4 else tau_t
-        ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau_t))  # f = +inf: 1
-        eg = torch.where(torch.isposinf(g), torch.ones_like(g), 1 - torch.exp(-_finite_or_zero(g) / tau_t))
-        dual = -eta_b * mass + tau_b * _sum_hw(x * ef) + tau_b * _sum_hw(z * eg)
-        log_astar = torch.where(hole, torch.full_like(f, -math.inf), lx - f / tau_t)
-        log_bstar = lz - g / tau_t
-        ka = _sum_hw(
-            _xlogy_diff(a, log_a, log_astar) - a + torch.where(pos_x & ~hole, torch.exp(log_astar), torch.zeros_like(x))
-        )
-        kb = _sum_hw(
-            _xlogy_diff(b, log_b, log_bstar)
-            - b
-            + torch.where(pos_z & ~torch.isposinf(g), torch.exp(log_bstar), torch.zeros_like(z))
-        )
-        gap = tau_b * (ka + kb)
-    rr = torch.where(pos_x & ~hole, (log_a - log_astar).abs(), torch.zeros_like(x))
-    cr = torch.where(pos_z & (b > 0), (log_b - log_bstar).abs(), torch.zeros_like(z))
-    return UOTTerms(
-        transport=transport,
-        plan_mass=mass,
-        stay_mass=stay,
-        entropy=entropy,
-        kl_rows=kl_rows,
-        kl_cols=kl_cols,
-        destroyed=destroyed,
-        created=created,
-        dual=dual,
-        gap=gap,
-        row_residual=rr.amax(dim=(-1, -2)),
-        col_residual=cr.amax(dim=(-1, -2)),
+        primal = pl.transport + eta_b * pl.entropy
+        return dual, primal - dual, lx, lz
+    tau_t = tau
+    tau_b = tau_t.reshape(tau_t.shape[:2]) if isinstance(tau_t, torch.Tensor) and tau_t.dim() == 4 else tau_t
+    ef = torch.where(torch.isneginf(f), torch.zeros_like(f), 1 - torch.exp(-f / tau_t))  # f = +inf: 1
+    eg = torch.where(torch.isposinf(g), torch.ones_like(g), 1 - torch.exp(-_finite_or_zero(g) / tau_t))
+    dual = -eta_b * mass + tau_b * _sum_hw(x * ef) + tau_b * _sum_hw(z * eg)
+    log_astar = torch.where(hole, torch.full_like(f, -math.inf), lx - f / tau_t)
+    log_bstar = lz - g / tau_t
+    ka = _sum_hw(
+        _xlogy_diff(a, pl.log_a, log_astar) - a + torch.where(pos_x & ~hole, torch.exp(log_astar), torch.zeros_like(x))
     )
+    kb = _sum_hw(
+        _xlogy_diff(b, pl.log_b, log_bstar)
+        - b
+        + torch.where(pos_z & ~torch.isposinf(g), torch.exp(log_bstar), torch.zeros_like(z))
+    )
+    return dual, tau_b * (ka + kb), log_astar, log_bstar
 
 
 @dataclass
@@ -271,15 +319,44 @@ def uot_sinkhorn(
         return _sinkhorn_divergence(x, z, cost, eta, tau, divergence, tol, max_iter, f0, g0)
     balanced = math.isinf(tau)
     if balanced:
-        mx, mz = _sum_hw(x), _sum_hw(z)
-        rel = ((mx - mz).abs() / mx.clamp_min(1e-30)).max()
-        lim = 1e-5 if x.dtype == torch.float32 else 1e-9
-        if float(rel) > lim:
-            raise ValueError(
-                f"balanced OT (tau=inf) needs equal mass per channel; relative mismatch {float(rel):.3g}. "
-                "Normalise the images or use a finite tau."
-            )
-    kappa = 1.0 if balanced else tau / (tau + eta)
+        _check_equal_mass(x, z)
+    f, g, log = _kl_sweeps(x, z, cost, eta, 1.0 if balanced else tau / (tau + eta), tol, max_iter, f0, g0)
+    terms = uot_terms(f, g, x, z, cost, eta, tau)
+    value_b, gap_b = _kl_value(terms, x, z, f, log.converged, cost, eta, tau)
+    return _result(terms, value_b, gap_b, f, g, log.iterations, log.converged, log.residual)
+
+
+def _check_equal_mass(x: torch.Tensor, z: torch.Tensor) -> None:
+    """Balanced OT needs equal channel masses (to 1e-5 relative in float32, 1e-9 in float64)."""
+    mx, mz = _sum_hw(x), _sum_hw(z)
+    rel = ((mx - mz).abs() / mx.clamp_min(1e-30)).max()
+    lim = 1e-5 if x.dtype == torch.float32 else 1e-9
+    if float(rel) > lim:
+        raise ValueError(
+            f"balanced OT (tau=inf) needs equal mass per channel; relative mismatch {float(rel):.3g}. "
+            "Normalise the images or use a finite tau."
+        )
+
+
+def _kl_sweeps(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    kappa: float,
+    tol: float,
+    max_iter: int,
+    f0: torch.Tensor | None,
+    g0: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, SweepLog]:
+    """Block ascent on the KL dual (docs/math.md §1): one sweep is
+
+        f <- eta kappa (log x - LSE_C[g]),     g <- eta kappa (log z - LSE_C[f]),     kappa = tau / (tau + eta)
+
+    (:func:`row_potential`; ``g = +inf`` where no row mass is in reach). The residual is the change of
+    ``LSE_C[g]`` on the support of x (the first-order row residual ``max |log(a / a*)|``). Returns ``f``, ``g``
+    and the loop's :class:`~sinkhorn_attacks.ot.engine.SweepLog`.
+    """
     ek = eta * kappa
     lx, lz = torch.log(x), torch.log(z)
     f = torch.zeros_like(x) if f0 is None else f0.clone()
@@ -302,8 +379,27 @@ def uot_sinkhorn(
 
     extra = {"lx": lx, "lz": lz, "empty": empty_windows(lx, cost)}
     log = run_sweeps(state, sweep, SweepOptions(tol, max_iter), out=("f", "g", "ell"), extra=extra)
-    iters, conv, resid = log.iterations, log.converged, log.residual
-    terms = uot_terms(f, g, x, z, cost, eta, tau)
+    return f, g, log
+
+
+def _kl_value(
+    terms: UOTTerms,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    f: torch.Tensor,
+    conv: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the value of (P), ``<P, C> + eta H(P) [+ tau (KL(P1 | x) + KL(P^T 1 | z))]``, summed over
+    channels, and the certified gap.
+
+    Balanced: ``inf`` for an infeasible pair (a pixel with mass and no column mass in reach, or for an
+    unconverged solve without such a hole row, the exact LP's verdict), and no certificate (gap ``inf``)
+    for an infeasible pair or an unconverged plan whose "primal" falls below the dual.
+    """
+    balanced = math.isinf(tau)
     if balanced:
         value = terms.transport + eta * terms.entropy
         # a pixel with mass and no column mass in reach: no plan meets the hard marginals
@@ -315,15 +411,14 @@ def uot_sinkhorn(
         value = torch.where(infeasible, torch.full_like(value, math.inf), value)
     else:
         value = terms.transport + eta * terms.entropy + tau * (terms.kl_rows + terms.kl_cols)
-    tot = lambda t: t.sum(dim=1)  # noqa: E731  sum over channels
-    value_b = tot(value)
-    gap_b = tot(terms.gap)
+    value_b = value.sum(dim=1)  # over channels
+    gap_b = terms.gap.sum(dim=1)
     if balanced:
         # no certificate: an infeasible pair (value inf), or an unconverged plan whose rows miss x so that
         # its "primal" falls below the dual (not an upper bound then)
         nocert = torch.isinf(value_b) | (~conv & ~(gap_b >= 0))
         gap_b = torch.where(nocert, torch.full_like(gap_b, math.inf), gap_b)
-    return _result(terms, value_b, gap_b, f, g, iters, conv, resid)
+    return value_b, gap_b
 
 
 def _windowed_infeasible(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> torch.Tensor:
