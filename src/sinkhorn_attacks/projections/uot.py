@@ -158,53 +158,78 @@ def _penalised_sweeps(
     Returns ``(f, g, z, iterations (B,), residual (B,), converged (B,))``.
     """
     B = lx.shape[0]
-    dev, dt = lx.device, lx.dtype
     extra = {"lx": lx, "w": w, "eta0": eta.expand(B, 1, 1, 1), "gamma0": gamma.expand(B, 1, 1, 1)}
+    best: dict[str, torch.Tensor] = {}
     if budget is not None:
-        eps = budget["eps"]
-        extra.update(
-            eps=eps,
-            t=budget["t"].clone(),
-            tp=torch.full((B,), math.nan, dtype=dt, device=dev),  # previous (log psi, log F) for the secant
-            lFp=torch.full((B,), math.nan, dtype=dt, device=dev),
-            slope=torch.ones(B, dtype=dt, device=dev),  # -d log F / d log psi (1: F ~ 1/psi)
-            t_lo=torch.full((B,), -math.inf, dtype=dt, device=dev),  # F > eps there (converged evaluations)
-            t_hi=torch.full((B,), math.inf, dtype=dt, device=dev),  # F <= eps there
-            viol=torch.full((B,), math.inf, dtype=dt, device=dev),  # |log(F / eps)| at the last evaluation
-            nupd=torch.zeros(B, dtype=torch.long, device=dev),
-            F=torch.full((B,), math.nan, dtype=dt, device=dev),
-        )
-        best = {
-            "F": torch.full((B,), -math.inf, dtype=dt, device=dev),
-            "f": f.clone(),
-            "g": g.clone(),
-            "z": z.clone(),
-            "t": budget["t"].clone(),
-        }
-        rtol, max_upd = float(budget["rtol"]), int(budget["max_updates"])
-        t_out = budget.setdefault("t_out", budget["t"].clone())
-        F_out = budget.setdefault("F_out", torch.full((B,), math.nan, dtype=dt, device=dev))
-
-    def set_scale(d: dict[str, torch.Tensor]) -> None:
-        """Per-image (eta, gamma) at the current psi, and the derived step sizes."""
-        if budget is None:
-            e, gm = d["eta0"], d["gamma0"]
-        else:
-            psi = torch.exp(d["t"]).reshape(-1, 1, 1, 1)
-            e, gm = d["eta0"] / psi, d["gamma0"] / psi
-        d["eta"], d["gamma"] = e, gm
-        d["step"] = e * (tau / (tau + e))
-        d["lam"] = e / (tau + e)
-
-    def ell_of(g_: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return local_lse(torch.where(torch.isposinf(g_), torch.zeros_like(g_), g_), cost, e)
-
-    set_scale(extra)
-    extra["ell"] = ell_of(g, extra["eta"])
+        extra.update(_budget_records(budget, B, lx.dtype, lx.device))
+        best = {"F": torch.full((B,), -math.inf, dtype=lx.dtype, device=lx.device)}
+        best.update(f=f.clone(), g=g.clone(), z=z.clone(), t=budget["t"].clone())
+        budget.setdefault("t_out", budget["t"].clone())
+        budget.setdefault("F_out", torch.full((B,), math.nan, dtype=lx.dtype, device=lx.device))
+    _set_scale(extra, tau, budget is not None)
+    extra["ell"] = _ell_of(g, extra["eta"], cost)
     extra["empty_q"] = empty_windows(lx, cost)  # windows with no clean mass
-    f0, g0, z0 = f.clone(), g.clone(), z.clone()
+    state = {"f": f, "g": g, "z": z}
+    opts = SweepOptions(tol, max_iter, relax)
+    hooks = _budget_hooks(budget, best, cost, tau, tol) if budget is not None else {}
+    restart = _restart_hook(f.clone(), g.clone(), z.clone(), cost)
+    sweep = _PenalisedSweep(cost, tau)
+    log = run_sweeps(state, sweep, opts, out=("f", "g", "z"), extra=extra, guarded=True, restart=restart, **hooks)
+    iters, resid, conv = log.iterations, log.residual, log.converged
+    if budget is not None:
+        # unconverged images: fall back to the best feasible iterate seen (its F certifies the budget)
+        fb = ~conv & torch.isfinite(best["F"])
+        if bool(fb.any()):
+            f[fb], g[fb], z[fb] = best["f"][fb], best["g"][fb], best["z"][fb]
+            budget["t_out"][fb] = best["t"][fb]
+    return f, g, z, iters, resid, conv
 
-    def sweep(ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+
+def _budget_records(budget: dict, B: int, dt: torch.dtype, dev: torch.device) -> dict[str, torch.Tensor]:
+    """Per-image records of the multiplier search that travel with the working set (budgeted mode)."""
+    return {
+        "eps": budget["eps"],
+        "t": budget["t"].clone(),
+        "tp": torch.full((B,), math.nan, dtype=dt, device=dev),  # previous (log psi, log F) for the secant
+        "lFp": torch.full((B,), math.nan, dtype=dt, device=dev),
+        "slope": torch.ones(B, dtype=dt, device=dev),  # -d log F / d log psi (1: F ~ 1/psi)
+        "t_lo": torch.full((B,), -math.inf, dtype=dt, device=dev),  # F > eps there (converged evaluations)
+        "t_hi": torch.full((B,), math.inf, dtype=dt, device=dev),  # F <= eps there
+        "viol": torch.full((B,), math.inf, dtype=dt, device=dev),  # |log(F / eps)| at the last evaluation
+        "nupd": torch.zeros(B, dtype=torch.long, device=dev),
+        "F": torch.full((B,), math.nan, dtype=dt, device=dev),
+    }
+
+
+def _set_scale(d: dict[str, torch.Tensor], tau: float, budgeted: bool) -> None:
+    """Per-image ``(eta, gamma)`` at the current psi (``eta0 / psi``, ``gamma0 / psi`` when budgeted) and the
+    derived step sizes ``step = eta kappa = eta tau / (tau + eta)`` and ``lam = eta / (tau + eta)``."""
+    if not budgeted:
+        e, gm = d["eta0"], d["gamma0"]
+    else:
+        psi = torch.exp(d["t"]).reshape(-1, 1, 1, 1)
+        e, gm = d["eta0"] / psi, d["gamma0"] / psi
+    d["eta"], d["gamma"] = e, gm
+    d["step"] = e * (tau / (tau + e))
+    d["lam"] = e / (tau + e)
+
+
+def _ell_of(g: torch.Tensor, e: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """``LSE_C[g]`` at temperature ``e`` (columns no source reaches, ``g = +inf``, count as ``g = 0``)."""
+    return local_lse(torch.where(torch.isposinf(g), torch.zeros_like(g), g), cost, e)
+
+
+class _PenalisedSweep:
+    """One over-relaxed sweep of Algorithm A on a working set (module docstring (a)): the row block
+    ``f~ = eta kappa (log x - LSE_C[g])``, the exact ``(g, z)`` block (:func:`solve_z`, then
+    ``g~ = eta kappa (log z - LSE_C[f])``), each applied as ``x <- x + omega (x~ - x)``. Returns the change of
+    ``LSE_C[g]`` on the support of x."""
+
+    def __init__(self, cost: LocalCost, tau: float) -> None:
+        self.cost, self.tau = cost, tau
+
+    def __call__(self, ws: dict[str, torch.Tensor], it: int) -> torch.Tensor:
+        cost, tau = self.cost, self.tau
         lxa, sa, ea, om = ws["lx"], ws["step"], ws["eta"], ws["omega"]
         fa = relaxed(ws["f"], row_potential(lxa, ws["ell"], sa), om)
         # without holes (f = +inf) the rows' -inf entries are the zero pixels of x: empty windows known
@@ -215,41 +240,43 @@ def _penalised_sweeps(
         g_new = torch.where(torch.isneginf(q), torch.full_like(g_new, math.inf), g_new)
         g_new = torch.where((za <= 0) & torch.isfinite(q), torch.full_like(g_new, -math.inf), g_new)
         ga = relaxed(ws["g"], g_new, om)
-        ell = ell_of(ga, ea)
+        ell = _ell_of(ga, ea, cost)
         same = (ell == ws["ell"]) | torch.isneginf(lxa)  # also both -inf (hole rows)
         diff = torch.where(same, torch.zeros_like(lxa), (ell - ws["ell"]).abs())
         ws["f"], ws["g"], ws["z"], ws["ell"], ws["q"] = fa, ga, za, ell, q
         return torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
+
+
+def _budget_hooks(budget: dict, best: dict[str, torch.Tensor], cost: LocalCost, tau: float, tol: float) -> dict:
+    """The engine hooks of the budgeted mode: ``decide`` moves psi (:func:`_budget_step`) and measures
+    progress afresh where it moved; ``on_leave`` records the last ``log psi`` and ``F`` of leaving images."""
+    rtol, max_upd = float(budget["rtol"]), int(budget["max_updates"])
+    t_out, F_out = budget["t_out"], budget["F_out"]
 
     def decide(ws, r, ok, it, idx) -> Decision:
         args = (ws["f"], ws["g"], ws["z"], ws["q"], ws["ell"], r, ok, tol, rtol, max_upd, cost, tau)
         done, moved = _budget_step(ws, best, idx, *args)
         if not bool(moved.any()):
             return Decision(done)
-        set_scale(ws)
-        ws["ell"][moved] = ell_of(ws["g"][moved], ws["eta"][moved])  # LSE_C[g] at the new temperature
+        _set_scale(ws, tau, True)
+        ws["ell"][moved] = _ell_of(ws["g"][moved], ws["eta"][moved], cost)  # LSE_C[g] at the new temperature
         return Decision(done, fresh=moved)
-
-    def restart(ws, bad, idx) -> None:  # non-finite iterate: back to the initial potentials
-        bi = idx[bad]
-        ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
-        ws["ell"][bad] = ell_of(ws["g"][bad], ws["eta"][bad])
 
     def on_leave(ws, mask, idx) -> None:
         t_out[idx[mask]], F_out[idx[mask]] = ws["t"][mask], ws["F"][mask]
 
-    state = {"f": f, "g": g, "z": z}
-    opts = SweepOptions(tol, max_iter, relax)
-    hooks = dict(decide=decide, on_leave=on_leave) if budget is not None else {}
-    log = run_sweeps(state, sweep, opts, out=("f", "g", "z"), extra=extra, guarded=True, restart=restart, **hooks)
-    iters, resid, conv = log.iterations, log.residual, log.converged
-    if budget is not None:
-        # unconverged images: fall back to the best feasible iterate seen (its F certifies the budget)
-        fb = ~conv & torch.isfinite(best["F"])
-        if bool(fb.any()):
-            f[fb], g[fb], z[fb] = best["f"][fb], best["g"][fb], best["z"][fb]
-            t_out[fb] = best["t"][fb]
-    return f, g, z, iters, resid, conv
+    return {"decide": decide, "on_leave": on_leave}
+
+
+def _restart_hook(f0: torch.Tensor, g0: torch.Tensor, z0: torch.Tensor, cost: LocalCost):
+    """The engine's ``restart``: images with a non-finite iterate go back to the initial potentials."""
+
+    def restart(ws, bad, idx) -> None:
+        bi = idx[bad]
+        ws["f"][bad], ws["g"][bad], ws["z"][bad] = f0[bi], g0[bi], z0[bi]
+        ws["ell"][bad] = _ell_of(ws["g"][bad], ws["eta"][bad], cost)
+
+    return restart
 
 
 def _budget_step(ws, best, idx, fa, ga, za, q, ell, r, inner_ok, tol, rtol, max_upd, cost, tau):
@@ -412,6 +439,36 @@ def uot_project(
     Returns:
         :class:`ProjectionResult`; ``.radius`` is the certified ``F(P, z)`` per image.
     """
+    eta, tau, gamma, tol, max_iter, warm = _check_project(
+        x, w, cost, eta, tau, gamma, tol, max_iter, radius_rtol, max_search, state, relax
+    )
+    # kappa = tau/(tau+eta) so close to 1 that the sweeps cannot contract within any budget (a sweep
+    # contracts by kappa^2): cap at two progress checkpoints; the result is flagged unconverged
+    if 2 * eta / (tau + eta) * max_iter < 1e-3:
+        max_iter = min(max_iter, 2 * CHECK)
+    B = x.shape[0]
+    lx = torch.log(x)
+    st = state or {}
+    f = warm["f"].clone() if warm["f"] is not None else torch.zeros_like(x)
+    g = warm["g"].clone() if warm["g"] is not None else torch.zeros_like(x)
+    if radius is None:
+        return _penalised(x, w, lx, cost, eta, tau, gamma, tol, max_iter, f, g, relax)
+    eps = torch.as_tensor(radius, dtype=x.dtype, device=x.device).reshape(-1)
+    eps = eps.expand(B).clone() if eps.numel() == 1 else eps.clone()
+    if eps.numel() != B:
+        raise ValueError(f"radius must be a scalar or have one entry per image ({B}), got {eps.numel()}")
+    if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+        raise ValueError("radius must be finite and >= 0")
+    if method not in ("interleaved", "search"):
+        raise ValueError(f"method must be 'interleaved' or 'search', got {method!r}")
+    args = (x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax, method)
+    return _budgeted(*args)
+
+
+def _check_project(x, w, cost, eta, tau, gamma, tol, max_iter, radius_rtol, max_search, state, relax):
+    """:func:`uot_project`'s argument checks, in order (clear errors naming the argument). Returns the checked
+    ``eta, tau, gamma, tol`` (default 1e-5 float32 / 1e-10 float64), ``max_iter`` and the warm-start
+    potentials ``{"f": ..., "g": ...}`` (``None`` where absent)."""
     check_images(x, "x")
     if not isinstance(w, torch.Tensor) or w.dim() != 4:
         raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
@@ -436,40 +493,22 @@ def uot_project(
         psi_st = state["psi"]
         if not isinstance(psi_st, torch.Tensor) or psi_st.reshape(-1).shape[0] != x.shape[0]:
             raise ValueError(f"state['psi'] must have one entry per image ({x.shape[0]}), got {psi_st!r:.60}")
-    # kappa = tau/(tau+eta) so close to 1 that the sweeps cannot contract within any budget (a sweep
-    # contracts by kappa^2): cap at two progress checkpoints; the result is flagged unconverged
-    if 2 * eta / (tau + eta) * max_iter < 1e-3:
-        max_iter = min(max_iter, 2 * CHECK)
+    return eta, tau, gamma, tol, max_iter, warm
+
+
+def _penalised(x, w, lx, cost, eta, tau, gamma, tol, max_iter, f, g, relax) -> ProjectionResult:
+    """The penalised projection (a) from the potentials ``f``, ``g`` and ``z = clip(w, 0, 1)``, with its report."""
     B = x.shape[0]
-    lx = torch.log(x)
-    st = state or {}
-    f = warm["f"].clone() if warm["f"] is not None else torch.zeros_like(x)
-    g = warm["g"].clone() if warm["g"] is not None else torch.zeros_like(x)
     z = w.clamp(0, 1).clone()
     eta_b = _per_image(eta, x)
     gam_b = _per_image(gamma, x)
     if eta_b.shape[0] != B:
         eta_b, gam_b = eta_b.expand(B, 1, 1, 1), gam_b.expand(B, 1, 1, 1)
-
-    if radius is None:
-        f, g, z, it, res, conv = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z, relax)
-        rep = _report(x, z, f, g, cost, eta_b, tau)
-        psi = torch.full((B,), math.nan, dtype=x.dtype, device=x.device)
-        _warn_unconverged(conv, max_iter, eta, tau, gamma, w, "sweeps")
-        return ProjectionResult(
-            z=z, psi=psi, iterations=it, residual=res, state={"f": f, "g": g}, converged=conv, **rep
-        )
-
-    eps = torch.as_tensor(radius, dtype=x.dtype, device=x.device).reshape(-1)
-    eps = eps.expand(B).clone() if eps.numel() == 1 else eps.clone()
-    if eps.numel() != B:
-        raise ValueError(f"radius must be a scalar or have one entry per image ({B}), got {eps.numel()}")
-    if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
-        raise ValueError("radius must be finite and >= 0")
-    if method not in ("interleaved", "search"):
-        raise ValueError(f"method must be 'interleaved' or 'search', got {method!r}")
-    args = (x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, radius_rtol, max_search, f, g, st, relax, method)
-    return _budgeted(*args)
+    f, g, z, it, res, conv = _penalised_sweeps(lx, w, cost, eta_b, tau, gam_b, tol, max_iter, f, g, z, relax)
+    rep = _report(x, z, f, g, cost, eta_b, tau)
+    psi = torch.full((B,), math.nan, dtype=x.dtype, device=x.device)
+    _warn_unconverged(conv, max_iter, eta, tau, gamma, w, "sweeps", stacklevel=4)  # the caller of uot_project
+    return ProjectionResult(z=z, psi=psi, iterations=it, residual=res, state={"f": f, "g": g}, converged=conv, **rep)
 
 
 def _check_search(radius_rtol: object, max_search: object) -> None:
@@ -483,7 +522,7 @@ def _check_search(radius_rtol: object, max_search: object) -> None:
 _BUDGET_SWEEPS = 3  # the interleaved budgeted solve may use this many times max_iter sweeps in all
 
 
-def _warn_unconverged(conv, max_iter, eta, tau, gamma, w, what) -> None:
+def _warn_unconverged(conv, max_iter, eta, tau, gamma, w, what, stacklevel: int = 3) -> None:
     """One warning naming the parameter most likely at fault when some images hit a cap."""
     bad = int((~conv).sum())
     if bad == 0:
@@ -503,7 +542,7 @@ def _warn_unconverged(conv, max_iter, eta, tau, gamma, w, what) -> None:
         f"uot_project: images did not converge within max_iter={max_iter} ({what}); {why}. Their result is the "
         "last certified iterate (the result's converged flag marks them).",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -598,18 +637,11 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
     """Per-image root of h(t) = F(z_t) - eps in t = log psi (h non-increasing), bracketed secant."""
     B = x.shape[0]
     dev, dt = x.device, x.dtype
-    t = torch.zeros(B, dtype=dt, device=dev) if psi0 is None else torch.log(psi0.clamp_min(1e-12))
-    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+    sr = _search_records(B, dt, dev, psi0)
+    t, have, done = sr["t"], sr["have"], sr["done"]
     z = w.clamp(0, 1).clone()
     iters = torch.zeros(B, dtype=torch.long, device=dev)
-    t_lo = torch.full((B,), -math.inf, dtype=dt, device=dev)  # h(t_lo) > 0 (infeasible side)
-    t_hi = torch.full((B,), math.inf, dtype=dt, device=dev)  # h(t_hi) <= 0 (feasible side)
-    h_lo = torch.full((B,), math.nan, dtype=dt, device=dev)
-    h_hi = torch.full((B,), math.nan, dtype=dt, device=dev)
     best: dict[str, torch.Tensor] = {}
-    have = torch.zeros(B, dtype=torch.bool, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    side = torch.zeros(B, dtype=torch.long, device=dev)  # Illinois bookkeeping
     for _ in range(max_search):
         act = (~done).nonzero().squeeze(1)
         if act.numel() == 0:
@@ -639,31 +671,7 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
         best["psi"][ui] = psi[upd]
         best["residual"][ui] = res[upd]
         have[ui] = True
-        ta = t[act]
-        t_hi[act] = torch.where(feas, torch.minimum(t_hi[act], ta), t_hi[act])
-        h_hi[act] = torch.where(feas & (ta <= t_hi[act]), h, h_hi[act])
-        t_lo[act] = torch.where(~feas, torch.maximum(t_lo[act], ta), t_lo[act])
-        h_lo[act] = torch.where(~feas & (ta >= t_lo[act]), h, h_lo[act])
-        close = feas & (h >= -rtol * eps[act])
-        # also stop when the bracket is tiny
-        tiny = torch.isfinite(t_lo[act]) & torch.isfinite(t_hi[act]) & ((t_hi[act] - t_lo[act]) < 1e-7)
-        done[act[close | tiny]] = True
-        # next t: expand until bracketed, then Illinois regula falsi in t
-        lo, hi = t_lo[act], t_hi[act]
-        hl, hh = h_lo[act], h_hi[act]
-        nxt = torch.where(torch.isinf(hi), ta + 1.5, torch.where(torch.isinf(lo), ta - 1.5, ta))
-        both = torch.isfinite(lo) & torch.isfinite(hi)
-        sec = lo - hl * (hi - lo) / (hh - hl)
-        sec_ok = torch.isfinite(sec) & (sec > lo) & (sec < hi)
-        # Illinois: alternate with bisection when the same side keeps being updated
-        s = side[act]
-        new_side = torch.where(feas, torch.ones_like(s), -torch.ones_like(s))
-        repeat = new_side == s
-        side[act] = new_side
-        mid = 0.5 * (lo + hi)
-        cand = torch.where(sec_ok & ~repeat, sec, mid)
-        nxt = torch.where(both, cand, nxt)
-        t[act] = nxt
+        _search_step(sr, act, h, feas, rtol * eps[act])
     # images never feasible within the search: fall back to x itself (radius 0), which is always feasible
     never = ~have
     if bool(never.any()):
@@ -675,6 +683,57 @@ def _psi_search(x, w, lx, cost, eta, tau, gamma, eps, tol, max_iter, rtol, max_s
     best["iterations"] = iters
     best["converged"] = done & have
     return best
+
+
+def _search_records(B: int, dt: torch.dtype, dev: torch.device, psi0: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-image state of :func:`_psi_search`: ``t = log psi`` (from ``psi0``, else 0), the bracket
+    ``[t_lo, t_hi]`` with ``h(t_lo) > 0 >= h(t_hi)`` and its ``h`` values, the Illinois side, and the flags
+    "a feasible point was seen" and "done"."""
+    t = torch.zeros(B, dtype=dt, device=dev) if psi0 is None else torch.log(psi0.clamp_min(1e-12))
+    return {
+        "t": torch.where(torch.isfinite(t), t, torch.zeros_like(t)),
+        "t_lo": torch.full((B,), -math.inf, dtype=dt, device=dev),  # h(t_lo) > 0 (infeasible side)
+        "t_hi": torch.full((B,), math.inf, dtype=dt, device=dev),  # h(t_hi) <= 0 (feasible side)
+        "h_lo": torch.full((B,), math.nan, dtype=dt, device=dev),
+        "h_hi": torch.full((B,), math.nan, dtype=dt, device=dev),
+        "have": torch.zeros(B, dtype=torch.bool, device=dev),
+        "done": torch.zeros(B, dtype=torch.bool, device=dev),
+        "side": torch.zeros(B, dtype=torch.long, device=dev),  # Illinois bookkeeping
+    }
+
+
+def _search_step(
+    sr: dict[str, torch.Tensor], act: torch.Tensor, h: torch.Tensor, feas: torch.Tensor, band: torch.Tensor
+) -> None:
+    """Update the bracket of the active images ``act`` with ``h = F - eps`` at their ``t`` (in place), stop
+    those within ``-band <= h <= 0`` or with a bracket below 1e-7, and move ``t``: steps of 1.5 until
+    bracketed, then Illinois regula falsi (the secant ``t_lo - h_lo (t_hi - t_lo) / (h_hi - h_lo)``, bisection
+    when the same side is updated twice in a row)."""
+    t, t_lo, t_hi, h_lo, h_hi, side = sr["t"], sr["t_lo"], sr["t_hi"], sr["h_lo"], sr["h_hi"], sr["side"]
+    ta = t[act]
+    t_hi[act] = torch.where(feas, torch.minimum(t_hi[act], ta), t_hi[act])
+    h_hi[act] = torch.where(feas & (ta <= t_hi[act]), h, h_hi[act])
+    t_lo[act] = torch.where(~feas, torch.maximum(t_lo[act], ta), t_lo[act])
+    h_lo[act] = torch.where(~feas & (ta >= t_lo[act]), h, h_lo[act])
+    close = feas & (h >= -band)
+    # also stop when the bracket is tiny
+    tiny = torch.isfinite(t_lo[act]) & torch.isfinite(t_hi[act]) & ((t_hi[act] - t_lo[act]) < 1e-7)
+    sr["done"][act[close | tiny]] = True
+    # next t: expand until bracketed, then Illinois regula falsi in t
+    lo, hi = t_lo[act], t_hi[act]
+    hl, hh = h_lo[act], h_hi[act]
+    nxt = torch.where(torch.isinf(hi), ta + 1.5, torch.where(torch.isinf(lo), ta - 1.5, ta))
+    both = torch.isfinite(lo) & torch.isfinite(hi)
+    sec = lo - hl * (hi - lo) / (hh - hl)
+    sec_ok = torch.isfinite(sec) & (sec > lo) & (sec < hi)
+    # Illinois: alternate with bisection when the same side keeps being updated
+    s = side[act]
+    new_side = torch.where(feas, torch.ones_like(s), -torch.ones_like(s))
+    repeat = new_side == s
+    side[act] = new_side
+    mid = 0.5 * (lo + hi)
+    cand = torch.where(sec_ok & ~repeat, sec, mid)
+    t[act] = torch.where(both, cand, nxt)
 
 
 class UOTProjection:
