@@ -150,23 +150,10 @@ def uot_tv_project(
     Returns:
         :class:`TVProjectionResult`; ``.radius`` is the certified ``F`` of the returned image.
     """
-    check_images(x, "x")
-    if not isinstance(w, torch.Tensor) or w.dim() != 4:
-        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
-    check_same(x, w, "x", "w")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("w contains NaN or inf")
-    check_cost(cost)
-    eta, tau, gamma = check_positive(eta, "eta"), check_positive(tau, "tau"), check_positive(gamma, "gamma")
-    tol = check_positive(tol, "tol")
-    max_iter, max_search = check_count(max_iter, "max_iter"), check_count(max_search, "max_search")
-    if not (0 <= radius_rtol < 1):
-        raise ValueError(f"radius_rtol must be in [0, 1), got {radius_rtol!r}")
+    eta, tau, gamma, tol, max_iter, max_search, eps = _check_tv_project(
+        x, w, cost, eta, tau, radius, gamma, tol, max_iter, radius_rtol, max_search
+    )
     B, dev, dt = x.shape[0], x.device, x.dtype
-    eps = torch.as_tensor(radius, dtype=dt, device=dev).reshape(-1)
-    eps = (eps.expand(B) if eps.numel() == 1 else eps).clone()
-    if eps.numel() != B or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
-        raise ValueError(f"radius must be finite, >= 0, a scalar or one per image ({B})")
     st = state or {}
     f = st["f"].clone() if "f" in st else torch.zeros_like(x)
     g = st["g"].clone() if "g" in st else torch.zeros_like(x)
@@ -174,10 +161,7 @@ def uot_tv_project(
     t = torch.log(st["psi"].to(dt)) if "psi" in st else torch.zeros(B, dtype=dt, device=dev)
     t = torch.where(torch.isfinite(t), t, torch.zeros_like(t)).clamp(_T_MIN, _T_MAX)
     lx = torch.log(x)
-    t_lo = torch.full((B,), -math.inf, dtype=dt, device=dev)  # infeasible there
-    t_hi = torch.full((B,), math.inf, dtype=dt, device=dev)  # feasible there
-    lF_lo = torch.full((B,), math.nan, dtype=dt, device=dev)
-    lF_hi = torch.full((B,), math.nan, dtype=dt, device=dev)
+    sr = _tv_search_records(B, dt, dev)
     best_F = torch.full((B,), -math.inf, dtype=dt, device=dev)
     best_z, best_f, best_g, best_t = x.clone(), f.clone(), g.clone(), t.clone()
     iters = torch.zeros(B, dtype=torch.long, device=dev)
@@ -201,27 +185,87 @@ def uot_tv_project(
         bi = act[better]
         best_F[bi], best_z[bi], best_f[bi], best_g[bi], best_t[bi] = (
             Fv[better], za[better], fa[better], ga[better], ta[better])  # fmt: skip
-        lF = torch.log(Fv.clamp_min(1e-300))
-        # F of partly converged solves is used as well: it certifies its own image, and insisting on
-        # converged solves stalls the search where the sweeps are slow (small eta)
-        newhi = feas & (ta < t_hi[act])
-        newlo = ~feas & (ta > t_lo[act])
-        t_hi[act] = torch.where(newhi, ta, t_hi[act])
-        lF_hi[act] = torch.where(newhi, lF, lF_hi[act])
-        t_lo[act] = torch.where(newlo, ta, t_lo[act])
-        lF_lo[act] = torch.where(newlo, lF, lF_lo[act])
         ok = feas & ((Fv >= ea * (1 - radius_rtol)) | (ta <= _T_MIN + 1e-9))
         done[act[ok]] = True
         conv[act[ok]] = True
-        lo, hi = t_lo[act], t_hi[act]
-        both = torch.isfinite(lo) & torch.isfinite(hi)
-        # bracketed: secant on log F (kept off the ends), else a step of log F ~ -log psi, bounded
-        sec = lo + (target[act] - lF_lo[act]) * (hi - lo) / (lF_hi[act] - lF_lo[act])
-        inner = torch.isfinite(sec) & (sec > lo + 0.05 * (hi - lo)) & (sec < hi - 0.05 * (hi - lo))
-        sec = torch.where(inner, sec, 0.5 * (lo + hi))
-        free = (ta + (lF - target[act]).clamp(-_T_STEP, _T_STEP)).clamp(_T_MIN, _T_MAX)
-        t[act] = torch.where(both, sec, free)
-        done[act[both & ((hi - lo) < 1e-6)]] = True
+        _tv_search_step(sr, t, done, act, torch.log(Fv.clamp_min(1e-300)), feas, target[act])
+    return _tv_result(x, eps, best_F, best_z, best_f, best_g, best_t, iters, conv)
+
+
+def _check_tv_project(x, w, cost, eta, tau, radius, gamma, tol, max_iter, radius_rtol, max_search):
+    """:func:`uot_tv_project`'s argument checks, in order; returns the checked ``eta, tau, gamma, tol,
+    max_iter, max_search`` and the per-image budgets ``eps`` (B,)."""
+    check_images(x, "x")
+    if not isinstance(w, torch.Tensor) or w.dim() != 4:
+        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
+    check_same(x, w, "x", "w")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("w contains NaN or inf")
+    check_cost(cost)
+    eta, tau, gamma = check_positive(eta, "eta"), check_positive(tau, "tau"), check_positive(gamma, "gamma")
+    tol = check_positive(tol, "tol")
+    max_iter, max_search = check_count(max_iter, "max_iter"), check_count(max_search, "max_search")
+    if not (0 <= radius_rtol < 1):
+        raise ValueError(f"radius_rtol must be in [0, 1), got {radius_rtol!r}")
+    B, dev, dt = x.shape[0], x.device, x.dtype
+    eps = torch.as_tensor(radius, dtype=dt, device=dev).reshape(-1)
+    eps = (eps.expand(B) if eps.numel() == 1 else eps).clone()
+    if eps.numel() != B or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+        raise ValueError(f"radius must be finite, >= 0, a scalar or one per image ({B})")
+    return eta, tau, gamma, tol, max_iter, max_search, eps
+
+
+def _tv_search_records(B: int, dt: torch.dtype, dev: torch.device) -> dict[str, torch.Tensor]:
+    """The bracket ``[t_lo, t_hi]`` of ``t = log psi`` (infeasible at ``t_lo``, feasible at ``t_hi``) and
+    ``log F`` at its ends, per image."""
+    return {
+        "t_lo": torch.full((B,), -math.inf, dtype=dt, device=dev),  # infeasible there
+        "t_hi": torch.full((B,), math.inf, dtype=dt, device=dev),  # feasible there
+        "lF_lo": torch.full((B,), math.nan, dtype=dt, device=dev),
+        "lF_hi": torch.full((B,), math.nan, dtype=dt, device=dev),
+    }
+
+
+def _tv_search_step(
+    sr: dict[str, torch.Tensor],
+    t: torch.Tensor,
+    done: torch.Tensor,
+    act: torch.Tensor,
+    lF: torch.Tensor,
+    feas: torch.Tensor,
+    target: torch.Tensor,
+) -> None:
+    """Update the bracket of the active images ``act`` with ``log F`` at their ``t`` and move ``t`` (in place)::
+
+        bracketed:  t <- secant of log F on [t_lo, t_hi] towards target (kept 5% off the ends, else the midpoint)
+        otherwise:  t <- t + clip(log F - target, -_T_STEP, _T_STEP)          (F ~ 1/psi)
+
+    Images with a bracket narrower than 1e-6 are done.
+    """
+    t_lo, t_hi, lF_lo, lF_hi = sr["t_lo"], sr["t_hi"], sr["lF_lo"], sr["lF_hi"]
+    ta = t[act]
+    # F of partly converged solves is used as well: it certifies its own image, and insisting on
+    # converged solves stalls the search where the sweeps are slow (small eta)
+    newhi = feas & (ta < t_hi[act])
+    newlo = ~feas & (ta > t_lo[act])
+    t_hi[act] = torch.where(newhi, ta, t_hi[act])
+    lF_hi[act] = torch.where(newhi, lF, lF_hi[act])
+    t_lo[act] = torch.where(newlo, ta, t_lo[act])
+    lF_lo[act] = torch.where(newlo, lF, lF_lo[act])
+    lo, hi = t_lo[act], t_hi[act]
+    both = torch.isfinite(lo) & torch.isfinite(hi)
+    # bracketed: secant on log F (kept off the ends), else a step of log F ~ -log psi, bounded
+    sec = lo + (target - lF_lo[act]) * (hi - lo) / (lF_hi[act] - lF_lo[act])
+    inner = torch.isfinite(sec) & (sec > lo + 0.05 * (hi - lo)) & (sec < hi - 0.05 * (hi - lo))
+    sec = torch.where(inner, sec, 0.5 * (lo + hi))
+    free = (ta + (lF - target).clamp(-_T_STEP, _T_STEP)).clamp(_T_MIN, _T_MAX)
+    t[act] = torch.where(both, sec, free)
+    done[act[both & ((hi - lo) < 1e-6)]] = True
+
+
+def _tv_result(x, eps, best_F, best_z, best_f, best_g, best_t, iters, conv) -> TVProjectionResult:
+    """The result from the best feasible iterates; an image never feasible falls back to ``x`` (``F = 0``,
+    ``psi = inf``, as for a zero radius)."""
     never = ~torch.isfinite(best_F)
     best_F = torch.where(never, torch.zeros_like(best_F), best_F)
     best_z[never] = x[never]

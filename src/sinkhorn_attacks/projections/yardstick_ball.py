@@ -160,10 +160,35 @@ def project_ball(
     h, w = x.shape[-2:]
     wt = row_weights(cost, h, w, price, dev)
     rows = _rows(p, x, cost)
-    cap = (1.0 - x.to(torch.float64)).clamp_min(0)
-    ct = p.created
+    evaluate = _BallCost(rows, wt, p.created, (1.0 - x.to(torch.float64)).clamp_min(0), price, B)
+    zero = torch.zeros(B, dtype=torch.float64, device=dev)
+    f0, s0, _, _ = evaluate(zero)
+    mu = zero.clone()
+    ok0 = f0 <= budget
+    if not bool(ok0.all()):
+        mu = _ball_multiplier(evaluate, f0, s0, ok0, budget, mu0, rtol, max_iter)
+    v, c = evaluate(mu)[2:]
+    full = torch.zeros(rows.where.shape + (wt.numel(),), dtype=torch.float64, device=dev)
+    full[rows.where] = v
+    full = full.movedim(-1, -3)
+    return BallPoint(full[..., :-1, :, :].contiguous(), full[..., -1, :, :].contiguous(), c), mu
 
-    def evaluate(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+
+class _BallCost:
+    """``mu -> (cost(mu), slope, rows, creation)`` of :func:`project_ball`'s point at multiplier ``mu`` (B,).
+
+    Rows: :func:`_solve_rows` at ``mu``; creation ``c = clip(c_p - mu price, 0, 1 - x)``;
+    ``cost = sum_rows <v, w> + price sum c``, and its slope on the current linear piece,
+    ``-(sum_A w^2 - (sum_A w)^2 / |A|)`` per row (``A``: the row's positive entries) and ``-price^2`` per
+    unclipped creation entry.
+    """
+
+    def __init__(self, rows: _Rows, wt: torch.Tensor, created: torch.Tensor, cap: torch.Tensor, price: float, B: int):
+        self.rows, self.wt, self.ct, self.cap, self.price, self.B = rows, wt, created, cap, price, B
+
+    def __call__(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, wt, ct, cap, price, B = self.rows, self.wt, self.ct, self.cap, self.price, self.B
+        dev = wt.device
         v = _solve_rows(rows, wt, mu[rows.owner])
         c = torch.minimum((ct - mu.reshape(-1, 1, 1, 1) * price).clamp_min(0), cap)
         f = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, rows.owner, (v * wt).sum(1))
@@ -179,43 +204,53 @@ def project_ball(
         slope = slope - price * price * free.flatten(1).sum(1)
         return f, slope, v, c
 
-    zero = torch.zeros(B, dtype=torch.float64, device=dev)
-    f0, s0, v0, c0 = evaluate(zero)
-    mu = zero.clone()
-    ok0 = f0 <= budget
-    if not bool(ok0.all()):
-        # mu_max: every row keeps its mass in place (all other entries below the stay entry by x_i), no creation
-        gap = (rows.u[:, :] - rows.u[:, :1] + rows.s[:, None]) / wt.clamp_min(1e-300)[None, :]
-        gap = torch.where(rows.valid & (wt[None, :] > 0), gap, torch.full_like(gap, -math.inf)).amax(1)
-        hi = torch.zeros(B, dtype=torch.float64, device=dev).scatter_reduce_(0, rows.owner, gap, "amax")
-        hi = torch.maximum(hi, (ct / price).flatten(1).amax(1)).clamp_min(0) * (1 + 1e-12) + 1e-300
-        lo = zero.clone()
-        # first candidate: the warm start where it lies inside the bracket, else a Newton step from mu = 0
-        cur = torch.where(s0 < 0, (f0 - budget) / (-s0).clamp_min(1e-300), 0.5 * hi)
-        cur = torch.where((cur > 0) & (cur < hi), cur, 0.5 * hi)
-        if mu0 is not None:
-            m0 = torch.as_tensor(mu0, dtype=torch.float64, device=dev).reshape(-1).expand(B)
-            cur = torch.where((m0 > 0) & (m0 < hi), m0, cur)
-        done = ok0.clone()
-        best = torch.where(ok0, zero, hi)  # the feasible end of each bracket
-        for _ in range(max_iter):
-            f, s, _, _ = evaluate(torch.where(done, best, cur))
-            feas = f <= budget
-            hit = feas & (f >= budget * (1 - rtol))
-            lo = torch.where(~done & ~feas, torch.maximum(lo, cur), lo)
-            hi = torch.where(~done & feas, torch.minimum(hi, cur), hi)
-            best = torch.where(~done & feas, cur, best)
-            done = done | hit | ((hi - lo) <= 1e-15 * hi)
-            if bool(done.all()):
-                break
-            nxt = cur + (f - budget) / (-s).clamp_min(1e-300)
-            cur = torch.where((nxt > lo) & (nxt < hi) & (s < 0), nxt, 0.5 * (lo + hi))
-        mu = torch.where(ok0, zero, best)
-    v, c = evaluate(mu)[2:]
-    full = torch.zeros(rows.where.shape + (wt.numel(),), dtype=torch.float64, device=dev)
-    full[rows.where] = v
-    full = full.movedim(-1, -3)
-    return BallPoint(full[..., :-1, :, :].contiguous(), full[..., -1, :, :].contiguous(), c), mu
+
+def _ball_multiplier(
+    evaluate: _BallCost,
+    f0: torch.Tensor,
+    s0: torch.Tensor,
+    ok0: torch.Tensor,
+    budget: torch.Tensor,
+    mu0: torch.Tensor | None,
+    rtol: float,
+    max_iter: int,
+) -> torch.Tensor:
+    """The budget multiplier ``mu`` (B,) of :func:`project_ball`: ``0`` where ``cost(0) <= budget`` (``ok0``),
+    else the feasible end of a bracket ``[lo, hi]`` narrowed by Newton steps ``mu + (cost - budget) / -slope``
+    (bisection where a step leaves the bracket), until ``budget (1 - rtol) <= cost <= budget``.
+
+    ``hi`` starts at the multiplier above which every row keeps its mass in place and nothing is created;
+    the first candidate is the warm start ``mu0`` where it lies inside the bracket, else a Newton step from 0.
+    """
+    rows, wt, ct, price = evaluate.rows, evaluate.wt, evaluate.ct, evaluate.price
+    zero = torch.zeros_like(f0)
+    # mu_max: every row keeps its mass in place (all other entries below the stay entry by x_i), no creation
+    gap = (rows.u[:, :] - rows.u[:, :1] + rows.s[:, None]) / wt.clamp_min(1e-300)[None, :]
+    gap = torch.where(rows.valid & (wt[None, :] > 0), gap, torch.full_like(gap, -math.inf)).amax(1)
+    hi = torch.zeros_like(f0).scatter_reduce_(0, rows.owner, gap, "amax")
+    hi = torch.maximum(hi, (ct / price).flatten(1).amax(1)).clamp_min(0) * (1 + 1e-12) + 1e-300
+    lo = zero.clone()
+    # first candidate: the warm start where it lies inside the bracket, else a Newton step from mu = 0
+    cur = torch.where(s0 < 0, (f0 - budget) / (-s0).clamp_min(1e-300), 0.5 * hi)
+    cur = torch.where((cur > 0) & (cur < hi), cur, 0.5 * hi)
+    if mu0 is not None:
+        m0 = torch.as_tensor(mu0, dtype=torch.float64, device=f0.device).reshape(-1).expand(f0.shape[0])
+        cur = torch.where((m0 > 0) & (m0 < hi), m0, cur)
+    done = ok0.clone()
+    best = torch.where(ok0, zero, hi)  # the feasible end of each bracket
+    for _ in range(max_iter):
+        f, s, _, _ = evaluate(torch.where(done, best, cur))
+        feas = f <= budget
+        hit = feas & (f >= budget * (1 - rtol))
+        lo = torch.where(~done & ~feas, torch.maximum(lo, cur), lo)
+        hi = torch.where(~done & feas, torch.minimum(hi, cur), hi)
+        best = torch.where(~done & feas, cur, best)
+        done = done | hit | ((hi - lo) <= 1e-15 * hi)
+        if bool(done.all()):
+            break
+        nxt = cur + (f - budget) / (-s).clamp_min(1e-300)
+        cur = torch.where((nxt > lo) & (nxt < hi) & (s < 0), nxt, 0.5 * (lo + hi))
+    return torch.where(ok0, zero, best)
 
 
 def repair_box(p: BallPoint, cost: LocalCost, *, max_rounds: int = 200) -> BallPoint:
