@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -185,7 +187,7 @@ def _penalised_sweeps(
     return f, g, z, iters, resid, conv
 
 
-def _budget_records(budget: dict, B: int, dt: torch.dtype, dev: torch.device) -> dict[str, torch.Tensor]:
+def _budget_records(budget: dict[str, Any], B: int, dt: torch.dtype, dev: torch.device) -> dict[str, torch.Tensor]:
     """Per-image records of the multiplier search that travel with the working set (budgeted mode)."""
     return {
         "eps": budget["eps"],
@@ -247,7 +249,9 @@ class _PenalisedSweep:
         return torch.nan_to_num(diff, nan=math.inf).amax(dim=(1, 2, 3))
 
 
-def _budget_hooks(budget: dict, best: dict[str, torch.Tensor], cost: LocalCost, tau: float, tol: float) -> dict:
+def _budget_hooks(
+    budget: dict[str, Any], best: dict[str, torch.Tensor], cost: LocalCost, tau: float, tol: float
+) -> dict[str, Callable[..., Any]]:
     """The engine hooks of the budgeted mode: ``decide`` moves psi (:func:`_budget_step`) and measures
     progress afresh where it moved; ``on_leave`` records the last ``log psi`` and ``F`` of leaving images."""
     rtol, max_upd = float(budget["rtol"]), int(budget["max_updates"])
@@ -268,7 +272,9 @@ def _budget_hooks(budget: dict, best: dict[str, torch.Tensor], cost: LocalCost, 
     return {"decide": decide, "on_leave": on_leave}
 
 
-def _restart_hook(f0: torch.Tensor, g0: torch.Tensor, z0: torch.Tensor, cost: LocalCost):
+def _restart_hook(
+    f0: torch.Tensor, g0: torch.Tensor, z0: torch.Tensor, cost: LocalCost
+) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], None]:
     """The engine's ``restart``: images with a non-finite iterate go back to the initial potentials."""
 
     def restart(ws, bad, idx) -> None:
@@ -465,7 +471,20 @@ def uot_project(
     return _budgeted(*args)
 
 
-def _check_project(x, w, cost, eta, tau, gamma, tol, max_iter, radius_rtol, max_search, state, relax):
+def _check_project(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+    gamma: float,
+    tol: float | None,
+    max_iter: int,
+    radius_rtol: float,
+    max_search: int,
+    state: dict[str, torch.Tensor] | None,
+    relax: float,
+) -> tuple[float, float, float, float, int, dict[str, torch.Tensor | None]]:
     """:func:`uot_project`'s argument checks, in order (clear errors naming the argument). Returns the checked
     ``eta, tau, gamma, tol`` (default 1e-5 float32 / 1e-10 float64), ``max_iter`` and the warm-start
     potentials ``{"f": ..., "g": ...}`` (``None`` where absent)."""
@@ -496,7 +515,20 @@ def _check_project(x, w, cost, eta, tau, gamma, tol, max_iter, radius_rtol, max_
     return eta, tau, gamma, tol, max_iter, warm
 
 
-def _penalised(x, w, lx, cost, eta, tau, gamma, tol, max_iter, f, g, relax) -> ProjectionResult:
+def _penalised(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lx: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+    gamma: float,
+    tol: float,
+    max_iter: int,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    relax: float,
+) -> ProjectionResult:
     """The penalised projection (a) from the potentials ``f``, ``g`` and ``z = clip(w, 0, 1)``, with its report."""
     B = x.shape[0]
     z = w.clamp(0, 1).clone()

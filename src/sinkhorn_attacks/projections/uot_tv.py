@@ -192,7 +192,19 @@ def uot_tv_project(
     return _tv_result(x, eps, best_F, best_z, best_f, best_g, best_t, iters, conv)
 
 
-def _check_tv_project(x, w, cost, eta, tau, radius, gamma, tol, max_iter, radius_rtol, max_search):
+def _check_tv_project(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    cost: LocalCost,
+    eta: float,
+    tau: float,
+    radius: float | torch.Tensor,
+    gamma: float,
+    tol: float,
+    max_iter: int,
+    radius_rtol: float,
+    max_search: int,
+) -> tuple[float, float, float, float, int, int, torch.Tensor]:
     """:func:`uot_tv_project`'s argument checks, in order; returns the checked ``eta, tau, gamma, tol,
     max_iter, max_search`` and the per-image budgets ``eps`` (B,)."""
     check_images(x, "x")
@@ -263,7 +275,17 @@ def _tv_search_step(
     done[act[both & ((hi - lo) < 1e-6)]] = True
 
 
-def _tv_result(x, eps, best_F, best_z, best_f, best_g, best_t, iters, conv) -> TVProjectionResult:
+def _tv_result(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    best_F: torch.Tensor,
+    best_z: torch.Tensor,
+    best_f: torch.Tensor,
+    best_g: torch.Tensor,
+    best_t: torch.Tensor,
+    iters: torch.Tensor,
+    conv: torch.Tensor,
+) -> TVProjectionResult:
     """The result from the best feasible iterates; an image never feasible falls back to ``x`` (``F = 0``,
     ``psi = inf``, as for a zero radius)."""
     never = ~torch.isfinite(best_F)
