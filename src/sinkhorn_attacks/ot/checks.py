@@ -59,6 +59,16 @@ def check_same(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
         raise TypeError(f"{na} is {a.dtype} but {nb} is {b.dtype}; use one floating dtype")
 
 
+def check_step_point(x: torch.Tensor, w: torch.Tensor) -> None:
+    """The point ``w`` a projection starts from: a finite ``(B, C, H, W)`` tensor like the clean images ``x``."""
+    check_images(x, "x")
+    if not isinstance(w, torch.Tensor) or w.dim() != 4:
+        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
+    check_same(x, w, "x", "w")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("w contains NaN or inf")
+
+
 def check_positive(value: float, name: str, *, allow_inf: bool = False) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from ..ot.checks import check_cost, check_count, check_images, check_positive, check_potential, check_same
+from ..ot.checks import (
+    check_cost,
+    check_count,
+    check_positive,
+    check_potential,
+    check_step_point,
+)
 from ..ot.cost import LocalCost
 from ..ot.engine import CHECK, Decision, SweepOptions, relaxed, run_sweeps
 from ..ot.kernel import empty_windows, local_lse
@@ -488,12 +494,7 @@ def _check_project(
     """:func:`uot_project`'s argument checks, in order (clear errors naming the argument). Returns the checked
     ``eta, tau, gamma, tol`` (default 1e-5 float32 / 1e-10 float64), ``max_iter`` and the warm-start
     potentials ``{"f": ..., "g": ...}`` (``None`` where absent)."""
-    check_images(x, "x")
-    if not isinstance(w, torch.Tensor) or w.dim() != 4:
-        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
-    check_same(x, w, "x", "w")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("w contains NaN or inf")
+    check_step_point(x, w)
     check_cost(cost)
     eta = check_positive(eta, "eta")
     tau = check_positive(tau, "tau")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..ot.checks import check_cost, check_count, check_images, check_positive, check_same
+from ..ot.checks import check_cost, check_count, check_positive, check_step_point
 from ..ot.cost import LocalCost
 from ..ot.engine import SweepOptions, relaxed, run_sweeps
 from ..ot.kernel import local_lse
@@ -207,12 +207,7 @@ def _check_tv_project(
 ) -> tuple[float, float, float, float, int, int, torch.Tensor]:
     """:func:`uot_tv_project`'s argument checks, in order; returns the checked ``eta, tau, gamma, tol,
     max_iter, max_search`` and the per-image budgets ``eps`` (B,)."""
-    check_images(x, "x")
-    if not isinstance(w, torch.Tensor) or w.dim() != 4:
-        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
-    check_same(x, w, "x", "w")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("w contains NaN or inf")
+    check_step_point(x, w)
     check_cost(cost)
     eta, tau, gamma = check_positive(eta, "eta"), check_positive(tau, "tau"), check_positive(gamma, "gamma")
     tol = check_positive(tol, "tol")
