@@ -201,10 +201,21 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
     ``grids_from``: the run folder whose ``units/<model>/<attack>/*.grid.json`` hold example images (default
     ``out_dir``)."""
     from .._util import atomic_write
-    from ..eval.leaderboard import find_unit_file, read_grid
 
     out = Path(out_dir)
-    src = Path(grids_from) if grids_from else out
+    parts = _html_header(board) + _html_per_attack(board) + _html_head_to_head(board)
+    parts.append("<h2>Robust accuracy vs radius</h2>")
+    for m in board["models"]:
+        parts.append(_b64(board_plot_png(board, m), f"robust accuracy vs radius, {m['label']}"))
+    parts += _html_examples(board, Path(grids_from) if grids_from else out)
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
+    atomic_write(out / "index.html", "\n".join(parts))
+    atomic_write(out / "leaderboard.md", board_markdown(board))
+    return out / "index.html"
+
+
+def _html_header(board: dict[str, Any]) -> list[str]:
+    """Title, units, yardstick, protocol and the ranking table (worst case per model, Wilson intervals)."""
     ys = board["yardstick"]
     radii = board["radii"]
     steps = board["line_search"]
@@ -256,6 +267,13 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
         cells.append(f"<td data-v='{m['cpu_s']}'>{m['cpu_s']:.0f}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
+    return parts
+
+
+def _html_per_attack(board: dict[str, Any]) -> list[str]:
+    """Robust accuracy of each attack alone, its median minimal radius and its time per image."""
+    radii = board["radii"]
+    parts: list[str] = []
     parts.append(
         "<h2>Per attack</h2><table class='sortable'><thead><tr><th class='l'>model</th><th class='l'>attack</th>"
     )
@@ -274,6 +292,12 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
             cells.append(f"<td data-v='{a['s_per_image']}'>{_num(a['s_per_image'])}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
+    return parts
+
+
+def _html_head_to_head(board: dict[str, Any]) -> list[str]:
+    """The UOT attack against every other attack: mean robust-accuracy difference over the radii, in points."""
+    parts: list[str] = []
     uot = [a["label"] for a in board["attacks"] if a["preset"].startswith("uot")]
     h2h = head_to_head(board, uot[0]) if uot else []
     if h2h:
@@ -295,9 +319,14 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
             )
             parts.append(f"<tr><td class='l'>{html.escape(mod)}</td>{cells}</tr>")
         parts.append("</tbody></table>")
-    parts.append("<h2>Robust accuracy vs radius</h2>")
-    for m in board["models"]:
-        parts.append(_b64(board_plot_png(board, m), f"robust accuracy vs radius, {m['label']}"))
+    return parts
+
+
+def _html_examples(board: dict[str, Any], src: Path) -> list[str]:
+    """Example grids: per model, the clean images and the image each attack returned, with its radius."""
+    from ..eval.leaderboard import find_unit_file, read_grid
+
+    parts: list[str] = []
     parts.append("<h2>Examples</h2><p>First images of the board; each row is the image an attack returned "
                  "(after the line search), r its yardstick radius (inf: not fooled, shown clean).</p>")  # fmt: skip
     first = board["dataset"]["first"]
@@ -312,7 +341,4 @@ def write_board_html(board: dict[str, Any], out_dir: str | os.PathLike[str], gri
                 rows.append((lab, a, r))
         if clean is not None and rows:
             parts.append(f"<h3>{html.escape(m['label'])}</h3>" + _b64(_grid_png(clean, rows), f"examples {m['label']}"))
-    parts.append(f"<script>{_SORT_JS}</script></body></html>")
-    atomic_write(out / "index.html", "\n".join(parts))
-    atomic_write(out / "leaderboard.md", board_markdown(board))
-    return out / "index.html"
+    return parts
