@@ -67,10 +67,9 @@ def _train(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> torch.nn
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attacks import from_preset
     from ..data import load_dataset
-    from ..eval.io import save_npz, write_json
-    from ..report.plots import plot_accuracy_vs_iteration, plot_grid
+    from ..eval.io import write_json
+    from ..report.plots import plot_accuracy_vs_iteration
 
     if args.n_images < 1 or args.steps < 1:
         raise UserError("--n-images and --steps must be >= 1")
@@ -94,70 +93,86 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"dataset": "sklearn digits 8x8", "n_images": len(y), "train_seconds": train_s}
     curves: dict[str, list[float]] = {}
     rows = []
-    grid_done = False
-    for name, kw in attacks.items():
-        acc_t: list[float] = []
-        with torch.no_grad():
-            correct = model(x).argmax(1) == y
-        y_sub = y[correct]  # the loop attacks only the clean-correct images; clean errors stay errors
-
-        bar = StepBar(args.steps, f"{name:<8}", disable=args.quiet)
-
-        def cb(
-            step: int, cur: torch.Tensor, done: torch.Tensor, acc_t: list[float] = acc_t, y_sub=y_sub, bar=bar
-        ) -> None:
-            with torch.no_grad():
-                acc_t.append(float((model(cur).argmax(1) == y_sub).sum()) / len(y))
-            bar(step, cur, done)
-
-        atk = from_preset(name, model, callback=cb, early_stop=False, **kw)
-        try:
-            res = atk(x, y)
-        finally:
-            bar.close()
-        with torch.no_grad():
-            clean = float((model(x).argmax(1) == y).float().mean())
-        curves[f"digits-cnn|{name}"] = [clean] + acc_t
+    for i, (name, kw) in enumerate(attacks.items()):
+        res, curves[f"digits-cnn|{name}"] = _attack(name, kw, model, x, y, args)
         s = res.summary()
         results[name] = {"summary": s, "config": res.config}
         rows.append((name, s))
-        if not grid_done or name == "uot":
-            with torch.no_grad():
-                pa = model(res.adv).argmax(1)
-                pc = model(x).argmax(1)
-            k = min(8, len(y))
-            save_npz(
-                out / f"grid_{name}.npz",
-                x=x[:k].numpy(),
-                adv=res.adv[:k].numpy(),
-                label=y[:k].numpy(),
-                pred_clean=pc[:k].numpy(),
-                pred_adv=pa[:k].numpy(),
-                metered_radius=res.metered_radius[:k].numpy(),
-                success=res.success[:k].numpy(),
-                model=np.array("digits-cnn"),
-                attack=np.array(name),
-            )
-            plot_grid(out / f"grid_{name}.npz", out / f"grid_{name}.png")
-            grid_done = True
+        if i == 0 or name == "uot":
+            _save_grid(out, name, model, x, y, res)
     plot_accuracy_vs_iteration({"iteration": curves}, out / "accuracy_vs_iteration.png")
     results["accuracy_vs_iteration"] = curves
     write_json(out / "results.json", results)
+    _print_table(rows, out)
+    return 0
+
+
+def _attack(
+    name: str, kw: dict[str, Any], model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> tuple[Any, list[float]]:
+    """Run one attack with a progress bar; returns its result and accuracy per iteration (clean first)."""
+    from ..attacks import from_preset
+
+    acc_t: list[float] = []
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    y_sub = y[correct]  # the loop attacks only the clean-correct images; clean errors stay errors
+    bar = StepBar(args.steps, f"{name:<8}", disable=args.quiet)
+
+    def cb(step: int, cur: torch.Tensor, done: torch.Tensor) -> None:
+        with torch.no_grad():
+            acc_t.append(float((model(cur).argmax(1) == y_sub).sum()) / len(y))
+        bar(step, cur, done)
+
+    atk = from_preset(name, model, callback=cb, early_stop=False, **kw)
+    try:
+        res = atk(x, y)
+    finally:
+        bar.close()
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    return res, [clean] + acc_t
+
+
+def _save_grid(out: Path, name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, res: Any) -> None:
+    """The first 8 images: clean, perturbation and adversarial, as ``grid_<attack>.npz`` and ``.png``."""
+    from ..eval.io import save_npz
+    from ..report.plots import plot_grid
+
+    with torch.no_grad():
+        pa = model(res.adv).argmax(1)
+        pc = model(x).argmax(1)
+    k = min(8, len(y))
+    save_npz(
+        out / f"grid_{name}.npz",
+        x=x[:k].numpy(),
+        adv=res.adv[:k].numpy(),
+        label=y[:k].numpy(),
+        pred_clean=pc[:k].numpy(),
+        pred_adv=pa[:k].numpy(),
+        metered_radius=res.metered_radius[:k].numpy(),
+        success=res.success[:k].numpy(),
+        model=np.array("digits-cnn"),
+        attack=np.array(name),
+    )
+    plot_grid(out / f"grid_{name}.npz", out / f"grid_{name}.png")
+
+
+def _print_table(rows: list[tuple[str, dict[str, Any]]], out: Path) -> None:
+    """Clean / robust accuracy, median metered radius, transported fraction and time per attack."""
+    from ..ot import Yardstick
+
     header = (
         f"{'attack':<10} {'clean acc':>9} {'robust acc':>10} {'median radius':>18} {'transported':>11} {'time s':>7}"
     )
     print(header)
     print("-" * len(header))
     for name, s in rows:
-        med = s["median_metered_radius"]
-        med_s = fmt(med, 4)
+        med_s = fmt(s["median_metered_radius"], 4)
         print(
             f"{name:<10} {fmt(s['clean_accuracy']):>9} {fmt(s['robust_accuracy']):>10} {med_s:>18} "
             f"{fmt(s.get('mean_transported_fraction'), 2):>11} {fmt(s['time_s'], 1):>7}"
         )
-    from ..ot import Yardstick
-
     print(f"\nradius: {Yardstick().label}")
     print(f"wrote {out / 'results.json'}, {out / 'accuracy_vs_iteration.png'}, {out / 'grid_uot.png'}")
     print(json.dumps({n: round(s["robust_accuracy"], 3) for n, s in rows}))
-    return 0
