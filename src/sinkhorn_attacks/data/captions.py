@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -428,22 +429,7 @@ def load_flickr8k(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Flickr8k root folder not found: {root}")
-    if captions_file is None:
-        found = [root / f for f in _FLICKR_CAPTION_FILES if (root / f).is_file()]
-        if not found:
-            raise FileNotFoundError(f"no Flickr8k caption file in {root}; expected one of {_FLICKR_CAPTION_FILES}")
-        cap_path = found[0]
-    else:
-        cap_path = _require_file(Path(captions_file), "Flickr8k caption file")
-    if image_dir is None:
-        dirs = [root / d for d in _FLICKR_IMAGE_DIRS if (root / d).is_dir()]
-        if not dirs:
-            raise FileNotFoundError(f"no Flickr8k image folder in {root}; expected one of {_FLICKR_IMAGE_DIRS}")
-        img_dir = dirs[0]
-    else:
-        img_dir = Path(image_dir)
-        if not img_dir.is_dir():
-            raise FileNotFoundError(f"Flickr8k image folder not found: {img_dir}")
+    cap_path, img_dir = _flickr_files(root, captions_file, image_dir)
     caps, json_splits = _read_flickr_captions(cap_path)
     present = {p.name for p in img_dir.iterdir() if p.is_file()}
     missing = sorted(n for n in caps if n not in present)
@@ -457,6 +443,40 @@ def load_flickr8k(
         for n in missing:
             del caps[n]
     want = _norm_split(split)
+    names = _flickr_split_names(caps, json_splits, want, root, split_dir, seed)
+    store = FileImageStore([img_dir / n for n in names])
+    return _image_matched(f"flickr8k/{want}", store, names, [caps[n] for n in names])
+
+
+def _flickr_files(root: Path, captions_file: str | Path | None, image_dir: str | Path | None) -> tuple[Path, Path]:
+    """The caption file and the image folder: the given ones, else the first known name found under ``root``."""
+    if captions_file is None:
+        found = [root / f for f in _FLICKR_CAPTION_FILES if (root / f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no Flickr8k caption file in {root}; expected one of {_FLICKR_CAPTION_FILES}")
+        cap_path = found[0]
+    else:
+        cap_path = _require_file(Path(captions_file), "Flickr8k caption file")
+    if image_dir is None:
+        dirs = [root / d for d in _FLICKR_IMAGE_DIRS if (root / d).is_dir()]
+        if not dirs:
+            raise FileNotFoundError(f"no Flickr8k image folder in {root}; expected one of {_FLICKR_IMAGE_DIRS}")
+        return cap_path, dirs[0]
+    img_dir = Path(image_dir)
+    if not img_dir.is_dir():
+        raise FileNotFoundError(f"Flickr8k image folder not found: {img_dir}")
+    return cap_path, img_dir
+
+
+def _flickr_split_names(
+    caps: dict[str, list[str]],
+    json_splits: dict[str, str],
+    want: str,
+    root: Path,
+    split_dir: str | Path | None,
+    seed: int,
+) -> list[str]:
+    """Image names of split ``want``: the official split file, else the JSON's split, else a seeded split."""
     sdir = Path(split_dir) if split_dir is not None else root
     split_files = {k: sdir / v for k, v in _FLICKR_SPLIT_FILES.items()}
     if split_files[want].is_file():
@@ -466,27 +486,23 @@ def load_flickr8k(
             warnings.warn(
                 f"Flickr8k: {len(absent)} names of {split_files[want].name} have no image/captions "
                 f"(e.g. {absent[0]!r}); skipped",
-                stacklevel=2,
+                stacklevel=3,
             )
-        names = [n for n in listed if n in caps]
-    elif json_splits:
-        names = sorted(n for n in caps if json_splits.get(n) == want)
-    else:
-        if split_dir is not None:
-            raise FileNotFoundError(f"split file not found: {split_files[want]}")
-        warnings.warn(
-            f"Flickr8k: no split files in {sdir}; using a seeded random split (seed {seed}), "
-            "which is not the official one",
-            stacklevel=2,
-        )
-        allnames = sorted(caps)
-        code = seeded_split(
-            len(allnames), seed=seed, n_test=min(1000, len(allnames) // 4), n_val=min(1000, len(allnames) // 4)
-        )
-        target = {"train": 0, "val": 1, "test": 2}[want]
-        names = [n for n, c in zip(allnames, code) if c == target]
-    store = FileImageStore([img_dir / n for n in names])
-    return _image_matched(f"flickr8k/{want}", store, names, [caps[n] for n in names])
+        return [n for n in listed if n in caps]
+    if json_splits:
+        return sorted(n for n in caps if json_splits.get(n) == want)
+    if split_dir is not None:
+        raise FileNotFoundError(f"split file not found: {split_files[want]}")
+    warnings.warn(
+        f"Flickr8k: no split files in {sdir}; using a seeded random split (seed {seed}), which is not the official one",
+        stacklevel=3,
+    )
+    allnames = sorted(caps)
+    code = seeded_split(
+        len(allnames), seed=seed, n_test=min(1000, len(allnames) // 4), n_val=min(1000, len(allnames) // 4)
+    )
+    target = {"train": 0, "val": 1, "test": 2}[want]
+    return [n for n, c in zip(allnames, code) if c == target]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -533,41 +549,10 @@ def load_cuhk_pedes(
     if not isinstance(records, list):
         raise ValueError(f"{ann}: expected a JSON list of records")
     want = _norm_split(split)
-    if any("split" in r for r in records):
-        keep = [r for r in records if _norm_split(r.get("split", "train")) == want]
-    else:
-        order: list[int] = []
-        seen: set[int] = set()
-        for r in records:
-            pid = int(r["id"])
-            if pid not in seen:
-                seen.add(pid)
-                order.append(pid)
-        if n_val_ids + n_test_ids >= len(order):
-            raise ValueError(f"{ann}: {len(order)} persons cannot hold {n_val_ids} val + {n_test_ids} test ids")
-        cut_t = len(order) - n_test_ids
-        cut_v = cut_t - n_val_ids
-        chosen = {"train": order[:cut_v], "val": order[cut_v:cut_t], "test": order[cut_t:]}[want]
-        chosen_set = set(chosen)
-        keep = [r for r in records if int(r["id"]) in chosen_set]
+    keep = _cuhk_split_records(records, want, n_val_ids, n_test_ids, ann)
     if not keep:
         raise ValueError(f"{ann}: no records in split {want!r}")
-    paths: list[str] = []
-    path_index: dict[str, int] = {}
-    img_pid: list[int] = []
-    caps: list[str] = []
-    cap_img: list[int] = []
-    for r in keep:
-        fp = str(r["file_path"])
-        if fp not in path_index:
-            path_index[fp] = len(paths)
-            paths.append(fp)
-            img_pid.append(int(r["id"]))
-        elif img_pid[path_index[fp]] != int(r["id"]):
-            raise ValueError(f"{ann}: {fp} appears with two person ids")
-        for c in r.get("captions", []):
-            caps.append(" ".join(str(c).split()))
-            cap_img.append(path_index[fp])
+    paths, img_pid, caps, cap_img = _cuhk_gallery(keep, ann)
     if check_images:
         absent = [p for p in paths if not (img_dir / p).is_file()]
         if absent:
@@ -588,6 +573,48 @@ def load_cuhk_pedes(
         match="identity",
         label_names=[str(int(u)) for u in uniq],
     )
+
+
+def _cuhk_split_records(
+    records: list[dict[str, Any]], want: str, n_val_ids: int, n_test_ids: int, ann: Path
+) -> list[dict[str, Any]]:
+    """The records of split ``want``: by their ``split`` field, else by person id in order of appearance."""
+    if any("split" in r for r in records):
+        return [r for r in records if _norm_split(r.get("split", "train")) == want]
+    order: list[int] = []
+    seen: set[int] = set()
+    for r in records:
+        pid = int(r["id"])
+        if pid not in seen:
+            seen.add(pid)
+            order.append(pid)
+    if n_val_ids + n_test_ids >= len(order):
+        raise ValueError(f"{ann}: {len(order)} persons cannot hold {n_val_ids} val + {n_test_ids} test ids")
+    cut_t = len(order) - n_test_ids
+    cut_v = cut_t - n_val_ids
+    chosen = set({"train": order[:cut_v], "val": order[cut_v:cut_t], "test": order[cut_t:]}[want])
+    return [r for r in records if int(r["id"]) in chosen]
+
+
+def _cuhk_gallery(keep: list[dict[str, Any]], ann: Path) -> tuple[list[str], list[int], list[str], list[int]]:
+    """Deduplicated image paths with their person ids, and every caption with the index of its image."""
+    paths: list[str] = []
+    path_index: dict[str, int] = {}
+    img_pid: list[int] = []
+    caps: list[str] = []
+    cap_img: list[int] = []
+    for r in keep:
+        fp = str(r["file_path"])
+        if fp not in path_index:
+            path_index[fp] = len(paths)
+            paths.append(fp)
+            img_pid.append(int(r["id"]))
+        elif img_pid[path_index[fp]] != int(r["id"]):
+            raise ValueError(f"{ann}: {fp} appears with two person ids")
+        for c in r.get("captions", []):
+            caps.append(" ".join(str(c).split()))
+            cap_img.append(path_index[fp])
+    return paths, img_pid, caps, cap_img
 
 
 # ----------------------------------------------------------------------------------------------------------
