@@ -72,7 +72,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_config_mismatch_and_existing_run(tmp_path: Path) -> None:
     train(_cfg(tmp_path, epochs=1, attack="none"), verbose=False)
-    with pytest.raises(ConfigMismatchError, match=r"lr: .*0\.1.*0\.2"):
+    with pytest.raises(ConfigMismatchError, match=r"differing keys: lr 0\.1 -> 0\.2"):
         train(_cfg(tmp_path, epochs=1, attack="none", lr=0.2), resume=True, verbose=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train(_cfg(tmp_path, epochs=1, attack="none"), verbose=False)

@@ -60,6 +60,8 @@ __all__ = [
 LOCK_NAME = ".lock"
 RECORD_NAME = "config.json"
 
+#: Keys of the bare ``config.json`` that ``train`` wrote before it recorded its command and fingerprint.
+_LEGACY_TRAIN = frozenset({"arch", "dataset", "epochs", "optimizer", "seed"})
 _PLAIN = re.compile(r"[a-z0-9.-]+(?:_[a-z0-9.-]+)*")
 _PLAIN_MAX = 64
 _SLUG_MAX = 40
@@ -309,7 +311,8 @@ class RunFolder:
         """``config.json`` as ``{"command", "fingerprint", "config"}``, or ``None`` when the folder has none.
 
         Folders of earlier versions are recognised (an evaluate record holds ``fingerprint``, a leaderboard
-        record ``digest``); a file of any other form gives ``command`` ``None``. ``config`` is the stored
+        record ``digest``, a train record the bare training configuration, ``fingerprint`` ``None``); a file of
+        any other form gives ``command`` ``None``. ``config`` is the stored
         configuration without the bookkeeping keys.
         """
         path = self.root / RECORD_NAME
@@ -324,6 +327,8 @@ class RunFolder:
         command = d.get("command")
         if command is None:
             command = "leaderboard" if "digest" in d else "evaluate" if "fingerprint" in d else None
+        if command is None and _LEGACY_TRAIN <= d.keys():
+            command = "train"  # a train folder of earlier versions: the bare configuration, no fingerprint
         fp = d.get("fingerprint", d.get("digest"))
         config = {k: v for k, v in d.items() if k not in ("command", "fingerprint", "digest")}
         return {"command": command, "fingerprint": fp, "config": config}

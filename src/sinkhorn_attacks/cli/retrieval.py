@@ -111,6 +111,7 @@ def _attack(args: argparse.Namespace) -> int:
         meter_kernel=args.meter_kernel or None,
         meter_p=args.meter_p,
         library_meter=not args.no_library_meter,
+        fresh=args.fresh,
     )
     print(
         f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "
@@ -219,6 +220,11 @@ def _attack_parser(acts: Any) -> None:
     a.add_argument("--directions", default="i2t,t2i")
     a.add_argument("--time-budget", type=float, default=None, help="minutes; no new cell starts after it")
     a.add_argument("--no-plots", action="store_true")
+    a.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the cells in --out (of another configuration too) and start over; a rerun without it resumes",
+    )
     a.add_argument(
         "--meter-images",
         type=int,

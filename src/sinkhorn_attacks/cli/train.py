@@ -28,9 +28,11 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help=help_text,
         description="Train a zoo architecture, optionally on adversarial examples of any attack preset. "
         "Writes <out>/checkpoint.pt atomically after every epoch (model, optimizer, scheduler, RNG state; "
-        "loads with torch.load(weights_only=True)), history.csv/json/png, config.json and, at the end, the "
-        "weights-only model.pt. Launch with torchrun for data parallelism (NCCL on GPUs, gloo on CPU): "
-        "`torchrun --nproc_per_node N -m sinkhorn_attacks train ...`; --batch-size is the global batch.",
+        "loads with torch.load(weights_only=True)), history.csv/json/png, config.json (the configuration and its "
+        "fingerprint: --resume with another configuration is refused) and, at the end, the weights-only model.pt. "
+        "One run per --out at a time, whatever the command. Launch with torchrun for data parallelism (NCCL on "
+        "GPUs, gloo on CPU): `torchrun --nproc_per_node N -m sinkhorn_attacks train ...`; --batch-size is the "
+        "global batch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -138,6 +140,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="output folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the run in --out (checkpoint, model.pt, history), even of another configuration, and start over",
+    )
     add_device(g)
     g.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision (GPU only)")
     g.add_argument("--eval-batch-size", type=int, default=256)
@@ -258,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.resume_hint = f"continue with the same options plus --resume (checkpoint in {args.out})"
     try:
         cfg = config_from_args(args)
-        result = train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+        result = train(cfg, resume=args.resume, fresh=args.fresh, stop_after_epochs=args.stop_after_epochs)
     except (ConfigMismatchError, FileExistsError, ValueError) as err:
         raise UserError(str(err)) from None
     except TrainingDiverged as err:

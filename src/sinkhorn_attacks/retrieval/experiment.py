@@ -5,8 +5,11 @@
 * ``run_evaluate``: clean R@K both ways on a split (``evaluate.json``).
 * ``run_attack``: attack the first ``n_images`` gallery images of a split with one or more attacks of
   ``sinkhorn_attacks.attacks`` (each optionally swept over a radius), record R@K at chosen iterations,
-  meter the radii, and write ``attack.json`` plus plots. Every (attack, radius) cell is stored in
-  ``parts/`` as soon as it finishes (atomically), and a rerun skips finished cells, so long runs resume.
+  meter the radii, and write ``attack.json`` plus plots. The output folder follows the run-folder engine
+  (:mod:`sinkhorn_attacks._runfolder`): one lock for every command, ``config.json`` with the run's identity
+  (a rerun of another identity is refused, naming the differing keys), every (attack, radius) cell stored in
+  ``parts/`` under a collision-free key as soon as it finishes (its examples file first, then the part that
+  lists it, atomically), and a rerun reuses the finished cells whose settings, images and examples check out.
 
 Dataset specs (``--data``): ``flickr8k-npz:PATH``, ``flickr8k:ROOT``, ``cuhk-pedes:ROOT``,
 ``captions:FILE[@IMAGE_ROOT]``, ``coco-mini-npz:PATH``, ``synthetic[:N]``.
@@ -26,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._util import atomic_write
+from .._runfolder import RunFolder, check_examples, conflict_message, differing_keys, fingerprint, key_part
+from .._util import UserError, atomic_write
 from ..data.captions import (
     RetrievalData,
     load_captions_file,
@@ -41,6 +45,7 @@ from .encoders import make_image_backbone, make_text_backbone
 from .features import image_features, text_features
 from .metrics import retrieval_metrics
 from .model import DualEncoder, load_heads, save_heads
+from .study import _sha256, data_identity
 from .train import TrainConfig, embed_features, train_heads
 
 __all__ = [
@@ -367,6 +372,17 @@ def matched_radius_table(cells: dict[str, dict], grid: Sequence[float] | None = 
     return out
 
 
+ATTACK_COMMAND = "retrieval attack"
+PART_FORMAT = "sinkhorn_attacks.retrieval.cell/1"
+_ATTACK_OUTPUTS = ("attack.json", "recall_vs_iterations.png", "recall_vs_radius.png", "examples.png")
+
+
+def part_stem(key: str) -> str:
+    """The file name stem of a cell's files in ``OUT/parts`` (a collision-free
+    :func:`~sinkhorn_attacks._runfolder.key_part` of the cell key)."""
+    return key_part(key)
+
+
 def run_attack(
     heads_path: str | Path,
     specs: Sequence[AttackSpec],
@@ -389,59 +405,108 @@ def run_attack(
     meter_kernel: int | None = 5,
     meter_p: float = 1.0,
     library_meter: bool = True,
+    fresh: bool = False,
 ) -> dict:
     """Attack the first ``n_images`` images of a split and write ``attack.json`` (+ plots) to ``out``.
 
     Each cell runs ``steps`` iterations with ``success_fn=None`` (no early stop, so the R@K-vs-iteration
     curve is complete) and records the embeddings after the iterations in ``record_steps`` through the
-    attack's ``callback``. Cells already in ``out/parts/`` are loaded instead of recomputed. With
-    ``time_budget_s`` no new cell starts once the budget is spent (the skipped cells are listed).
-    ``meter_images > 0`` measures the first that many images of every cell with the yardstick
-    ``ot.measure`` (``Yardstick(meter_kernel, meter_p)``): one ruler for all attacks (including l_p ones), used
-    by the matched-radius table.
-    ``library_meter=False`` passes ``meter_cost=None`` so that the attacks do not meter every returned image
-    themselves (their ``metered_radius`` is then ``nan``).
+    attack's ``callback``. With ``time_budget_s`` no new cell starts once the budget is spent (the skipped
+    cells are listed). ``meter_images > 0`` measures the first that many images of every cell with the
+    yardstick ``ot.measure`` (``Yardstick(meter_kernel, meter_p)``): one ruler for all attacks (including l_p
+    ones), used by the matched-radius table. ``library_meter=False`` passes ``meter_cost=None`` so that the
+    attacks do not meter every returned image themselves (their ``metered_radius`` is then ``nan``).
+
+    The folder follows the run-folder engine: one lock for every command; ``config.json`` records the run's
+    identity (heads and data by content, images, iterations, objective, meter), and a rerun of another
+    identity is refused naming the differing keys (``fresh`` discards the folder's cells instead). Each
+    finished cell is kept in ``out/parts`` (its examples file first, then the part that lists it, both
+    atomic) and reused by a rerun once its settings, images and examples file check out.
     """
-    out = Path(out)
     t_start = time.time()
-    model, meta = load_model(heads_path)
-    ds = load_dataset(data or meta["data"], split)
-    ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
-    n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
-    rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
-    obj = RetrievalObjective(et, ds.caption_labels, ei, ds.image_labels, kind=objective, directions=directions)
-    ctx = _CellContext(
-        factory=attack_factory or default_attack_factory, tower=model.image_tower(),
-        load=lambda ii: ds.load_images(ii, size=meta.get("image_size")), obj=obj, ds=ds, ei=ei, et=et,
-        idx=np.arange(n), steps=steps, rec=rec, batch_size=batch_size, library_meter=library_meter,
-        meter_images=meter_images, log=log,
-    )  # fmt: skip
-    if meter_images > 0:
-        ctx.set_meter(meter_kernel, meter_p)
-    cells, skipped = ctx.run_all(specs, out, t_start, time_budget_s)
-    result = {
-        "heads": str(heads_path),
-        "data": data or meta["data"],
+    folder = RunFolder(out, ATTACK_COMMAND)
+    _check_cell_keys(specs)
+    with folder.lock():
+        model, meta = load_model(heads_path)
+        ds = load_dataset(data or meta["data"], split)
+        n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
+        rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
+        identity = {
+            "heads": _sha256(Path(heads_path)), "data": data_identity(ds), "split": split, "n_images": n,
+            "steps": steps, "record_steps": rec, "batch_size": batch_size, "objective": objective,
+            "directions": list(directions), "library_meter": library_meter, "meter_images": meter_images,
+            **({"meter_kernel": meter_kernel, "meter_p": meter_p} if meter_images > 0 else {}),
+        }  # fmt: skip
+        fp = _open_attack_folder(folder, identity, fresh)
+        ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
+        obj = RetrievalObjective(et, ds.caption_labels, ei, ds.image_labels, kind=objective, directions=directions)
+        ctx = _CellContext(
+            factory=attack_factory or default_attack_factory, tower=model.image_tower(),
+            load=lambda ii: ds.load_images(ii, size=meta.get("image_size")), obj=obj, ds=ds, ei=ei, et=et,
+            idx=np.arange(n), steps=steps, rec=rec, batch_size=batch_size, library_meter=library_meter,
+            meter_images=meter_images, log=log, folder=folder, fp=fp,
+        )  # fmt: skip
+        if meter_images > 0:
+            ctx.set_meter(meter_kernel, meter_p)
+        cells, skipped = ctx.run_all(specs, t_start, time_budget_s)
+        result = _attack_result(ctx, str(heads_path), data or meta["data"], split, meta, cells, skipped)
+        result.update({"seconds": round(time.time() - t_start, 1), **(extra_meta or {})})
+        write_json(folder.path("attack.json"), result)
+        if plots and cells:
+            _attack_plots(result, folder.root)
+    return result
+
+
+def _check_cell_keys(specs: Sequence[AttackSpec]) -> None:
+    """Refuse two attack specs that make the same cell (one would be reported under the other's key)."""
+    seen: set[str] = set()
+    for spec in specs:
+        for key, _ in spec.cells():
+            if key in seen:
+                raise UserError(f"two --attack specs make the cell {key!r}; give one of them another #LABEL")
+            seen.add(key)
+
+
+def _open_attack_folder(folder: RunFolder, identity: dict[str, Any], fresh: bool) -> str:
+    """Check ``config.json`` against ``identity`` (another command's folder is refused whatever ``fresh`` says;
+    another identity unless ``fresh``, which discards the folder's cells), then record it. Returns the
+    fingerprint the cells of this run carry."""
+    rec = folder.refuse_foreign()
+    fp = fingerprint(identity)
+    if rec is not None and rec["fingerprint"] != fp and not fresh:
+        raise UserError(conflict_message(folder.root, ATTACK_COMMAND, rec["config"], identity))
+    if fresh:
+        parts = folder.path("parts")
+        for f in [*parts.glob("*.json"), *parts.glob("*.examples.pt")] if parts.is_dir() else []:
+            f.unlink()
+        for name in _ATTACK_OUTPUTS:
+            folder.path(name).unlink(missing_ok=True)
+    folder.write_record(fp, identity)
+    return fp
+
+
+def _attack_result(
+    ctx: _CellContext, heads: str, data: str, split: str, meta: dict, cells: dict[str, dict], skipped: list[str]
+) -> dict:
+    """The content of ``attack.json`` (without the timing and the caller's extra keys)."""
+    ds = ctx.ds
+    return {
+        "heads": heads,
+        "data": data,
         "split": split,
         "match": ds.match,
         "model": {k: meta.get(k) for k in ("image_backbone", "text_backbone", "image_size", "train_config")},
-        "objective": obj.describe(),
-        "steps": steps,
-        "record_steps": rec,
-        "n_images": n,
+        "objective": ctx.obj.describe(),
+        "steps": ctx.steps,
+        "record_steps": ctx.rec,
+        "n_images": int(ctx.idx.size),
         "n_caption_queries": int(np.isin(ds.caption_image, ctx.idx).sum()),
-        "clean_full_split": retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels),
+        "clean_full_split": retrieval_metrics(ctx.ei, ds.image_labels, ctx.et, ds.caption_labels),
         "cells": cells,
         "skipped_cells": skipped,
         "matched_radius": matched_radius_table(cells),
         "conventions": _conventions(ds.match),
-        "seconds": round(time.time() - t_start, 1),
-        **(extra_meta or {}),
     }
-    write_json(out / "attack.json", result)
-    if plots and cells:
-        _attack_plots(result, out)
-    return result
 
 
 def _attack_plots(result: dict, out: Path) -> None:
@@ -463,6 +528,11 @@ def _conventions(match: str) -> dict[str, str]:
     }
 
 
+def _settings(spec: AttackSpec, overrides: dict) -> dict[str, Any]:
+    """What a cell's result depends on besides the run's identity."""
+    return {"attack": spec.name, "preset": spec.preset, "overrides": overrides, "sweep_key": spec.sweep_key}
+
+
 @dataclass
 class _CellContext:
     """What every (attack, radius) cell of :func:`run_attack` shares."""
@@ -481,6 +551,8 @@ class _CellContext:
     library_meter: bool
     meter_images: int
     log: Log | None
+    folder: RunFolder
+    fp: str
     meter: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     meter_desc: str | None = None
 
@@ -492,16 +564,17 @@ class _CellContext:
         self.meter = lambda a, b: measure(a, b, yardstick).value
 
     def run_all(
-        self, specs: Sequence[AttackSpec], out: Path, t_start: float, budget_s: float | None
+        self, specs: Sequence[AttackSpec], t_start: float, budget_s: float | None
     ) -> tuple[dict[str, dict], list[str]]:
-        """Every cell of ``specs``: loaded from ``out/parts`` when finished, else run (unless over the budget)."""
+        """Every cell of ``specs``: loaded from ``parts/`` when finished, else run (unless over the budget)."""
         cells: dict[str, dict] = {}
         skipped: list[str] = []
         for spec in specs:
             for key, overrides in spec.cells():
-                part = out / "parts" / (re.sub(r"[^A-Za-z0-9_.@=+-]", "_", key) + ".json")
-                if part.is_file():
-                    cells[key] = json.loads(part.read_text())
+                part = self.folder.path("parts", part_stem(key) + ".json")
+                cell = self.load_part(part, key, _settings(spec, overrides))
+                if cell is not None:
+                    cells[key] = cell
                     if self.log:
                         self.log(f"[{key}] loaded from {part}")
                 elif budget_s is not None and time.time() - t_start > budget_s:
@@ -510,8 +583,60 @@ class _CellContext:
                     cells[key] = self.run_cell(spec, key, overrides, part)
         return cells, skipped
 
+    def load_part(self, path: Path, key: str, settings: dict[str, Any]) -> dict | None:
+        """The finished cell in ``path``, or ``None`` when there is none, or it was written by an earlier version
+        or for another identity (then it is recomputed). A part of other settings, or whose images or examples
+        file do not check out, is refused."""
+        if not path.is_file():
+            return None
+        remedy = f"delete {path.name} and its examples file to recompute the cell, or use --fresh"
+        try:
+            part = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{path} is corrupt (not JSON); {remedy}") from None
+        if not isinstance(part, dict) or part.get("format") != PART_FORMAT or part.get("fingerprint") != self.fp:
+            if self.log:
+                self.log(f"[{key}] {path} is of an earlier version or another run: recomputed")
+            return None
+        cell = part.get("cell")
+        if part.get("key") != key or not isinstance(cell, dict):
+            raise UserError(f"{path} does not hold the cell {key!r} (edited?); {remedy}")
+        diff = differing_keys({k: cell.get(k) for k in settings}, settings)
+        if diff:
+            raise UserError(
+                f"{path} holds the cell {key!r} of other settings (differing keys: {', '.join(diff)}); use another "
+                "--out, or --fresh to discard it"
+            )
+        check_examples(path, key, part.get("image_indices") or [], self.idx.tolist(), remedy)
+        self._check_examples_file(path, key, part.get("examples"), remedy)
+        return cell
+
+    def _check_examples_file(self, path: Path, key: str, listed: Any, remedy: str) -> None:
+        """The examples file a part lists must be the one written with it (same SHA-256, the listed images)."""
+        if listed is None:
+            return
+        if not isinstance(listed, dict) or not isinstance(listed.get("file"), str):
+            raise UserError(f"{path} lists its examples file in an unknown form; {remedy}")
+        f = self.folder.path("parts", listed["file"])
+        if not f.is_file():
+            raise UserError(f"{f} is missing but {path.name} lists it; {remedy}")
+        if _sha256(f) != listed.get("sha256"):
+            raise UserError(f"{f} is truncated or not the file {path.name} lists (its SHA-256 differs); {remedy}")
+        ex = torch.load(f, map_location="cpu", weights_only=True)
+        n = int(ex["clean"].shape[0]) if ex["adv"].shape == ex["clean"].shape else -1
+        check_examples(f, f"{key} (examples)", list(range(n)), listed.get("indices") or [], remedy)
+
+    def _write_examples(self, key: str, examples: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+        """Write a cell's example images (uint8) atomically; what its part lists about them."""
+        if not examples:
+            return None
+        ex = {k: (v * 255).round().to(torch.uint8) for k, v in examples.items()}
+        f = self.folder.path("parts", part_stem(key) + ".examples.pt")
+        atomic_write(f, lambda fh: torch.save(ex, fh))
+        return {"file": f.name, "indices": self.idx[: ex["clean"].shape[0]].tolist(), "sha256": _sha256(f)}
+
     def run_cell(self, spec: AttackSpec, key: str, overrides: dict, part: Path) -> dict:
-        """Attack every image with one (attack, radius) cell; write ``part`` (and its examples) atomically."""
+        """Attack every image with one (attack, radius) cell; write its examples, then ``part``, atomically."""
         log = self.log
         if log:
             log(f"[{key}] {self.idx.size} images x {self.steps} iterations, overrides {overrides}")
@@ -530,12 +655,10 @@ class _CellContext:
             ds.caption_image, self.idx, record_steps=self.rec, batch_size=self.batch_size, log=log,
             meter=self.meter, meter_images=self.meter_images, meter_description=self.meter_desc,
         )  # fmt: skip
-        cell = {"attack": spec.name, "preset": spec.preset, "overrides": overrides, "sweep_key": spec.sweep_key}
-        cell.update(res.summary())
-        write_json(part, cell)
-        if res.examples:
-            ex = {k: (v * 255).round().to(torch.uint8) for k, v in res.examples.items()}
-            atomic_write(part.with_suffix(".examples.pt"), lambda f: torch.save(ex, f))
+        cell = {**_settings(spec, overrides), **res.summary()}
+        examples = self._write_examples(key, res.examples)  # before the part that lists them
+        write_json(part, {"format": PART_FORMAT, "fingerprint": self.fp, "key": key,
+                          "image_indices": self.idx.tolist(), "examples": examples, "cell": cell})  # fmt: skip
         if log:
             f = cell["final"]
             log(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from .._runfolder import key_part
+from .._util import atomic_write
 
 __all__ = ["plot_recall_vs_iterations", "plot_recall_vs_radius", "plot_examples"]
 
@@ -20,6 +23,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: str | Path, dpi: int) -> None:
+    """Write the figure atomically (a reader never sees a half-written image)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi))
 
 
 def _short(spec: str) -> str:
@@ -79,7 +88,7 @@ def plot_recall_vs_iterations(result: dict, path: str | Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
     return Path(path)
 
@@ -132,7 +141,7 @@ def plot_recall_vs_radius(result: dict, path: str | Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
     return Path(path)
 
@@ -149,7 +158,7 @@ def plot_examples(out: str | Path, result: dict, path: str | Path, n: int = 3) -
             chosen[c["attack"]] = key
     rows = []
     for key in chosen.values():
-        f = out / "parts" / (re.sub(r"[^A-Za-z0-9_.@=+-]", "_", key) + ".examples.pt")
+        f = out / "parts" / (key_part(key) + ".examples.pt")  # as experiment.part_stem names it
         if f.is_file():
             ex = torch.load(f, weights_only=True)
             rows.append((key, ex["clean"].float() / 255, ex["adv"].float() / 255))
@@ -172,6 +181,6 @@ def plot_examples(out: str | Path, result: dict, path: str | Path, n: int = 3) -
                 if j == 0 and k == 0:
                     ax.set_ylabel(key, fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
     return Path(path)

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .._util import FolderLock
+from .._runfolder import RunFolder
+from .._util import UserError
+from . import folder as run_folder
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
@@ -286,35 +289,85 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+_Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None,
+    fresh: bool = False,
+    data: _Data | None = None,
     stop_after_epochs: int | None = None,
     verbose: bool = True,
 ) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the history and the trained model.
 
+    The output folder follows the run-folder engine (:mod:`.folder`): one lock for every command,
+    ``config.json`` with the configuration's fingerprint, atomic writes.
+
     Args:
         resume: continue from ``<out_dir>/checkpoint.pt`` (a fresh start if there is none). Without it an
             existing checkpoint is an error, so that a finished run is never overwritten by accident.
+        fresh: discard the folder's run (checkpoint, model, history) and start over, even when it holds
+            another configuration; excludes ``resume``.
         data: ``(train_x, train_y, test_x, test_y)`` instead of loading ``cfg.dataset``.
         stop_after_epochs: return after this many epochs *of this call* (simulates a killed run).
 
     Raises:
-        ConfigMismatchError: the checkpoint to resume was written by a different configuration.
+        ConfigMismatchError: the folder or its checkpoint holds a run of a different configuration.
+        UserError: another run (of any command) writes to the folder, or it holds another command's run.
         TrainingDiverged: the loss became non-finite (the previous checkpoint is left as it was).
     """
+    if resume and fresh:
+        raise UserError("--resume continues the run in --out and --fresh discards it: give one of them")
     info, device = setup_distributed(cfg.device)
     try:
-        # one training run per output folder (the main process writes every file)
-        lock = FolderLock(cfg.out_dir, ".lock", what="train run") if info.is_main else contextlib.nullcontext()
-        with lock:
-            return _train(cfg, info, device, resume, data, stop_after_epochs, verbose)
+        folder = RunFolder(cfg.out_dir, run_folder.COMMAND)
+        with _held_lock(folder, info, device):
+            return _train(cfg, info, device, folder, resume, fresh, data, stop_after_epochs, verbose)
     finally:
         if info.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _agree(info: DistInfo, device: torch.device, err: Exception | None) -> None:
+    """Raise ``err`` here, and stop every other process too, when one process failed a check (a collective:
+    every process of a distributed run calls it)."""
+    if info.distributed:
+        ok = torch.tensor([0.0 if err else 1.0], device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if err is None and float(ok) < 1:
+            err = RuntimeError("the main process refused to start (see its message); stopped")
+    if err is not None:
+        raise err
+
+
+@contextlib.contextmanager
+def _held_lock(folder: RunFolder, info: DistInfo, device: torch.device) -> Iterator[None]:
+    """The folder's lock, taken by the main process (the one that writes); every process stops when refused."""
+    with contextlib.ExitStack() as stack:
+        err: Exception | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(folder.lock())
+            except UserError as e:
+                err = e
+        _agree(info, device, err)
+        yield
+
+
+def _check_folder(folder: RunFolder, cfg: TrainConfig, info: DistInfo, device: torch.device, fresh: bool) -> None:
+    """The main process checks the stored configuration (and with ``fresh`` discards the folder's run)."""
+    err: Exception | None = None
+    if info.is_main:
+        try:
+            run_folder.check_record(folder, cfg, fresh)
+            if fresh:
+                run_folder.discard(folder)
+        except (UserError, ValueError, OSError) as e:
+            err = e
+    _agree(info, device, err)
 
 
 @dataclass
@@ -353,7 +406,9 @@ class _Epoch:
         )
 
 
-def _open_checkpoint(cfg: TrainConfig, ck_path: Path, resume: bool, info: DistInfo) -> dict[str, Any] | None:
+def _open_checkpoint(
+    cfg: TrainConfig, ck_path: Path, resume: bool, info: DistInfo, root: Path
+) -> dict[str, Any] | None:
     """The checkpoint to resume (checked against ``cfg``; a larger ``epochs`` extends a run), or None."""
     if not ck_path.exists():
         if resume:
@@ -361,20 +416,18 @@ def _open_checkpoint(cfg: TrainConfig, ck_path: Path, resume: bool, info: DistIn
         return None
     if not resume:
         raise FileExistsError(
-            f"{ck_path} exists: pass --resume to continue that run, or choose another --out directory"
+            f"{ck_path} exists: pass --resume to continue that run, --fresh to discard it, or choose another --out "
+            "directory"
         )
     ck = load_checkpoint(ck_path)
     written = TrainConfig.from_json(ck["config_json"])
-    if cfg.epochs > written.epochs:  # extending a run: everything but the number of epochs must match
-        cfg.check_same_run(TrainConfig.from_dict({**written.to_dict(), "epochs": cfg.epochs}), str(ck_path))
-        if cfg.schedule in ("cosine", "onecycle") and info.is_main:
-            warnings.warn(
-                f"extending the run from {written.epochs} to {cfg.epochs} epochs: the {cfg.schedule} schedule "
-                "is laid out anew for the new length, so the rate jumps where the old run stopped",
-                stacklevel=3,
-            )
-    else:
-        cfg.check_same_run(written, source=str(ck_path))
+    run_folder.check_checkpoint_config(cfg, written, root)
+    if cfg.epochs > written.epochs and cfg.schedule in ("cosine", "onecycle") and info.is_main:
+        warnings.warn(
+            f"extending the run from {written.epochs} to {cfg.epochs} epochs: the {cfg.schedule} schedule "
+            "is laid out anew for the new length, so the rate jumps where the old run stopped",
+            stacklevel=3,
+        )
     if ck["epoch"] > cfg.epochs:
         raise ValueError(
             f"{ck_path}: records {ck['epoch']} finished epochs but the run has epochs={cfg.epochs}; the checkpoint "
@@ -510,28 +563,56 @@ def _epoch_row(
     return row
 
 
-def _train(
-    cfg: TrainConfig,
-    info: DistInfo,
-    device: torch.device,
-    resume: bool,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None,
-    stop_after_epochs: int | None,
-    verbose: bool,
-) -> TrainResult:
-    out = Path(cfg.out_dir)
-    ck_path = out / CHECKPOINT_NAME
-    W, rank = info.world_size, info.rank
-    if cfg.batch_size % W:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {W}")
-    local_bs = cfg.batch_size // W
-    ck = _open_checkpoint(cfg, ck_path, resume, info)
-    amp = cfg.amp
-    if amp != "off" and device.type != "cuda":
-        if info.is_main:
-            warnings.warn(f"amp={amp} needs a GPU; training in float32 on {device}", stacklevel=2)
-        amp = "off"
+@dataclass
+class _Run:
+    """What the steps of one training run share: data, model, optimisation state, attacks, history."""
 
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    data: _Data
+    model: nn.Module  # the module trained (DistributedDataParallel around ``raw`` when distributed)
+    raw: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    n_batches: int
+    attack: Any
+    eval_attack: Any
+    autocast: Callable[[], Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0
+    partial: dict[str, Any] | None = None
+
+    @property
+    def ck_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def local_bs(self) -> int:
+        return self.cfg.batch_size // self.info.world_size
+
+    def save(self, epochs_done: int, step: int = 0, st: _Epoch | None = None) -> None:
+        """The resumable checkpoint after ``epochs_done`` epochs (and ``step`` steps of the next, with ``st``)."""
+        sums, partial = (None, None) if st is None else (st.sums, st.partial())
+        _save_checkpoint(self.ck_path, self.cfg, self.raw, self.opt, self.sched, self.scaler, self.history,
+                         self.info, epochs_done, step, sums, partial)  # fmt: skip
+
+
+def _resolve_amp(cfg: TrainConfig, info: DistInfo, device: torch.device) -> str:
+    """``cfg.amp``, or ``"off"`` (with a warning) when the device is not a GPU."""
+    if cfg.amp != "off" and device.type != "cuda":
+        if info.is_main:
+            warnings.warn(f"amp={cfg.amp} needs a GPU; training in float32 on {device}", stacklevel=4)
+        return "off"
+    return cfg.amp
+
+
+def _load_data(cfg: TrainConfig, data: _Data | None) -> _Data:
+    """The training and test tensors (``data`` as given, else ``cfg.dataset``), the test part cut to
+    ``eval_limit``."""
     train_x, train_y, test_x, test_y = (
         data
         if data is not None
@@ -541,7 +622,13 @@ def _train(
     )
     if test_x is not None and cfg.eval_limit:
         test_x, test_y = test_x[: cfg.eval_limit], test_y[: cfg.eval_limit]
+    return train_x, train_y, test_x, test_y
 
+
+def _build(
+    cfg: TrainConfig, info: DistInfo, device: torch.device, train_x: torch.Tensor, train_y: torch.Tensor
+) -> nn.Module:
+    """The seeded model (with ``init_weights``) on ``device``, SyncBatchNorm when asked in a distributed run."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, train_x[:1], int(train_y.max()) + 1)
     if cfg.init_weights:
@@ -551,25 +638,42 @@ def _train(
     model = model.to(device)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    raw = model
-    N = train_x.shape[0]
-    n_batches = N // cfg.batch_size
+    return model
+
+
+def _count_batches(cfg: TrainConfig, n: int) -> int:
+    """Steps per epoch: the full global batches of ``n`` examples, at most ``max_steps_per_epoch``."""
+    n_batches = n // cfg.batch_size
     if cfg.max_steps_per_epoch is not None:
         n_batches = min(n_batches, cfg.max_steps_per_epoch)
     if n_batches < 1:
-        raise ValueError(f"{N} training examples are fewer than one batch of {cfg.batch_size}")
+        raise ValueError(f"{n} training examples are fewer than one batch of {cfg.batch_size}")
+    return n_batches
+
+
+def _setup(
+    cfg: TrainConfig, info: DistInfo, device: torch.device, ck: dict[str, Any] | None, data: _Data | None
+) -> _Run:
+    """Data, model, optimiser, schedule and attacks of the run, restored from ``ck`` when resuming."""
+    out = Path(cfg.out_dir)
+    amp = _resolve_amp(cfg, info, device)
+    data = _load_data(cfg, data)
+    raw = _build(cfg, info, device, data[0], data[1])
+    n_batches = _count_batches(cfg, data[0].shape[0])
     opt = _make_optimizer(cfg, raw.parameters())
     sched = _make_scheduler(cfg, opt, n_batches)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     history: list[dict[str, Any]] = []
     start_epoch, start_step, partial = 0, 0, None
     if ck is not None:
-        history, start_epoch, start_step, partial = _restore(ck, cfg, raw, opt, sched, scaler, info, ck_path)
+        history, start_epoch, start_step, partial = _restore(
+            ck, cfg, raw, opt, sched, scaler, info, out / CHECKPOINT_NAME
+        )
     else:
-        torch.manual_seed(cfg.seed + 1 + rank)
+        torch.manual_seed(cfg.seed + 1 + info.rank)
+    model = raw
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-
     attack = _make_attack(cfg, raw, cfg.attack_overrides)
     eval_attack = (
         _make_attack(cfg, raw, {**cfg.attack_overrides, **cfg.eval_attack_overrides})
@@ -581,83 +685,134 @@ def _train(
         if amp != "off"
         else contextlib.nullcontext
     )
+    return _Run(cfg, info, device, out, data, model, raw, opt, sched, scaler, n_batches, attack, eval_attack,
+                autocast, history, start_epoch, start_step, partial)  # fmt: skip
+
+
+def _train(
+    cfg: TrainConfig,
+    info: DistInfo,
+    device: torch.device,
+    folder: RunFolder,
+    resume: bool,
+    fresh: bool,
+    data: _Data | None,
+    stop_after_epochs: int | None,
+    verbose: bool,
+) -> TrainResult:
+    """Check the folder, set the run up (or restore it), train the remaining epochs, write ``model.pt``."""
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {info.world_size}")
+    _check_folder(folder, cfg, info, device, fresh)
+    ck = _open_checkpoint(cfg, Path(cfg.out_dir) / CHECKPOINT_NAME, resume, info, folder.root)
+    run = _setup(cfg, info, device, ck, data)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.json", (json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+        run.out.mkdir(parents=True, exist_ok=True)
+        run_folder.write_record(folder, cfg)
         if verbose:
             _log(
                 info,
-                f"train {cfg.arch} on {cfg.dataset} ({N} examples, {n_batches} steps of {cfg.batch_size} per epoch, "
-                f"{W} process(es), device {device}, attack {cfg.attack}) epochs {start_epoch + 1}..{cfg.epochs}",
+                f"train {cfg.arch} on {cfg.dataset} ({run.data[0].shape[0]} examples, {run.n_batches} steps of "
+                f"{cfg.batch_size} per epoch, {info.world_size} process(es), device {device}, attack {cfg.attack}) "
+                f"epochs {run.start_epoch + 1}..{cfg.epochs}",
             )
-
     epochs_run = 0
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
-        if cfg.shuffle:
-            perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        else:
-            perm = torch.arange(N)
-        first_step = 0
-        if epoch == start_epoch and start_step and partial is not None:  # resume inside this epoch
-            st, first_step = _Epoch.resumed(partial, rank), start_step
-        else:
-            st = _Epoch(lr=float(opt.param_groups[0]["lr"]))
-        for b in range(first_step, n_batches):
-            where = f"epoch {epoch + 1}, step {b + 1}"
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * local_bs : (rank + 1) * local_bs]
-            x, y = train_x[idx].to(device), train_y[idx].to(device)
-            if cfg.augment == "flip-crop":
-                x = augment_flip_crop(x, torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 100_003 + b))
-            xa = None if attack is None else _adversarial(attack, x, y, cfg, st, info.is_main, where, ck_path)
-            loss = _batch_loss(model, x, y, xa, cfg, autocast, st)
-            ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-            if info.distributed:
-                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-            if float(ok) < 1:
-                raise TrainingDiverged(
-                    f"non-finite training loss at {where}: stopped; the last good checkpoint "
-                    f"({ck_path if ck_path.exists() else 'none written yet'}) is unchanged. Lower --lr or check the "
-                    "data."
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if cfg.schedule == "onecycle":
-                sched.step()
-            st.sums[0] += float(loss.detach()) * y.shape[0]
-            st.sums[1] += y.shape[0]
-            if cfg.log_every and (b + 1) % cfg.log_every == 0:
-                spent = time.perf_counter() - st.t0
-                left = spent / (b + 1) * (n_batches - b - 1)  # spent counts the steps before a resume too
-                _log(info, f"  {where}/{n_batches} loss {float(loss.detach()):.4f} ({spent:.0f} s, about {left:.0f} s "
-                     "left in this epoch)")  # fmt: skip
-            if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < n_batches:
-                _check_finite_weights(raw, where)
-                _save_checkpoint(
-                    ck_path, cfg, raw, opt, sched, scaler, history, info, epoch, b + 1, st.sums, st.partial()
-                )
-        if cfg.schedule != "onecycle":
-            sched.step()
-        row = _epoch_row(cfg, st, epoch, n_batches, info, device, raw, (test_x, test_y), eval_attack)
-        history.append(row)
-        _check_finite_weights(raw, f"epoch {epoch + 1}")
-        _save_checkpoint(ck_path, cfg, raw, opt, sched, scaler, history, info, epoch + 1)
-        if info.is_main:
-            _write_history(out, history, cfg.plot)
-            if verbose:
-                _log(info, _format_row(row))
-        if info.distributed:
-            dist.barrier()
+        _run_epoch(run, epoch, verbose)
         epochs_run += 1
+    return _finish(run)
 
+
+def _finish(run: _Run) -> TrainResult:
+    """``model.pt`` (weights only, written after the final checkpoint and history it belongs to) once every
+    epoch is done; the result."""
     files: dict[str, str] = {}
-    if info.is_main and len(history) == cfg.epochs:
-        atomic_torch_save({k: v.detach().cpu() for k, v in raw.state_dict().items()}, out / "model.pt")
+    out = run.out
+    if run.info.is_main and len(run.history) == run.cfg.epochs:
+        _check_finite_weights(run.raw, "the last epoch")
+        atomic_torch_save({k: v.detach().cpu() for k, v in run.raw.state_dict().items()}, out / "model.pt")
         files = {k: str(out / k) for k in ("checkpoint.pt", "model.pt", "history.csv", "history.json", "history.png")}
-    return TrainResult(cfg, history, raw, out, start_epoch, files)
+    return TrainResult(run.cfg, run.history, run.raw, out, run.start_epoch, files)
+
+
+def _run_epoch(run: _Run, epoch: int, verbose: bool) -> None:
+    """One epoch (or its rest, when resuming inside it), then its history row and checkpoint."""
+    cfg, N = run.cfg, run.data[0].shape[0]
+    if cfg.shuffle:
+        perm = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+    else:
+        perm = torch.arange(N)
+    first_step = 0
+    if epoch == run.start_epoch and run.start_step and run.partial is not None:  # resume inside this epoch
+        st, first_step = _Epoch.resumed(run.partial, run.info.rank), run.start_step
+    else:
+        st = _Epoch(lr=float(run.opt.param_groups[0]["lr"]))
+    for b in range(first_step, run.n_batches):
+        _step(run, st, epoch, b, perm)
+    _end_epoch(run, st, epoch, verbose)
+
+
+def _step(run: _Run, st: _Epoch, epoch: int, b: int, perm: torch.Tensor) -> None:
+    """One optimisation step on batch ``b`` of ``epoch``; a non-finite loss stops the run before the update."""
+    cfg, info, device, rank, bs = run.cfg, run.info, run.device, run.info.rank, run.local_bs
+    train_x, train_y = run.data[0], run.data[1]
+    where = f"epoch {epoch + 1}, step {b + 1}"
+    idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size][rank * bs : (rank + 1) * bs]
+    x, y = train_x[idx].to(device), train_y[idx].to(device)
+    if cfg.augment == "flip-crop":
+        x = augment_flip_crop(x, torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 100_003 + b))
+    xa = None if run.attack is None else _adversarial(run.attack, x, y, cfg, st, info.is_main, where, run.ck_path)
+    loss = _batch_loss(run.model, x, y, xa, cfg, run.autocast, st)
+    _check_loss(run, loss, where)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    if cfg.schedule == "onecycle":
+        run.sched.step()
+    st.sums[0] += float(loss.detach()) * y.shape[0]
+    st.sums[1] += y.shape[0]
+    if cfg.log_every and (b + 1) % cfg.log_every == 0:
+        spent = time.perf_counter() - st.t0
+        left = spent / (b + 1) * (run.n_batches - b - 1)  # spent counts the steps before a resume too
+        _log(info, f"  {where}/{run.n_batches} loss {float(loss.detach()):.4f} ({spent:.0f} s, about {left:.0f} s "
+             "left in this epoch)")  # fmt: skip
+    if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < run.n_batches:
+        _check_finite_weights(run.raw, where)
+        run.save(epoch, b + 1, st)
+
+
+def _check_loss(run: _Run, loss: torch.Tensor, where: str) -> None:
+    """Stop every process when the loss of any is not finite (the last good checkpoint is kept)."""
+    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if run.info.distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if float(ok) < 1:
+        ck = run.ck_path
+        raise TrainingDiverged(
+            f"non-finite training loss at {where}: stopped; the last good checkpoint "
+            f"({ck if ck.exists() else 'none written yet'}) is unchanged. Lower --lr or check the data."
+        )
+
+
+def _end_epoch(run: _Run, st: _Epoch, epoch: int, verbose: bool) -> None:
+    """The epoch's schedule step, history row, checkpoint (finite weights only), then the history files."""
+    cfg, info = run.cfg, run.info
+    if cfg.schedule != "onecycle":
+        run.sched.step()
+    test = (run.data[2], run.data[3])
+    row = _epoch_row(cfg, st, epoch, run.n_batches, info, run.device, run.raw, test, run.eval_attack)
+    run.history.append(row)
+    _check_finite_weights(run.raw, f"epoch {epoch + 1}")
+    run.save(epoch + 1)
+    if info.is_main:
+        _write_history(run.out, run.history, cfg.plot)
+        if verbose:
+            _log(info, _format_row(row))
+    if info.distributed:
+        dist.barrier()
 
 
 def _save_checkpoint(

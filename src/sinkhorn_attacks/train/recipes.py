@@ -35,6 +35,16 @@ def bundled_recipes() -> list[str]:
     return sorted(f.name[: -len(".toml")] for f in _folder().iterdir() if f.name.endswith(".toml"))
 
 
+def _without_record_keys(p: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config.json`` less the run folder's bookkeeping (``command``, ``fingerprint``); a record of
+    another command is refused."""
+    if "command" not in table:
+        return table
+    if table["command"] != "train":
+        raise UserError(f"{p}: the config.json of a {table['command']} run, not a training recipe")
+    return {k: v for k, v in table.items() if k not in ("command", "fingerprint")}
+
+
 def load_recipe(name_or_path: str | os.PathLike[str], _depth: int = 0) -> dict[str, Any]:
     """The ``TrainConfig`` fields of a recipe: a bundled name, a TOML file with a ``[train]`` table, or a JSON
     file of fields (a run's ``config.json``). ``extends = "other"`` starts from another recipe's fields (a
@@ -61,7 +71,7 @@ def load_recipe(name_or_path: str | os.PathLike[str], _depth: int = 0) -> dict[s
         raise UserError(f"{p}: syntax error: {err}") from None
     if not isinstance(table, dict):
         raise UserError(f"{p}: no [train] table of TrainConfig fields")
-    table = dict(table)
+    table = _without_record_keys(p, dict(table))
     known_fields = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(table) - known_fields - {"extends"})
     if unknown:
