@@ -124,6 +124,51 @@ def test_board_worst_case_intervals_resume_and_growth(digits_setup, tmp_path) ->
         run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
 
 
+def test_board_gains_an_attack_keeping_finished_units_and_those_of_earlier_versions(digits_setup, tmp_path) -> None:
+    from sinkhorn_attacks.eval.leaderboard import board_fingerprint
+
+    model, x, y, path = digits_setup
+    calls: list[str] = []
+
+    def load(m):
+        calls.append(m.label)
+        return model
+
+    one = _config(path)
+    one["attacks"] = one["attacks"][:1]
+    out = tmp_path / "board"
+    first = run_leaderboard(load_board_config(one), out, load_model=load, images=x, labels=y)
+    linf_units = {p: p.read_bytes() for p in (out / "units").glob("*/linf/*.json")}
+    assert linf_units
+    both = load_board_config(_config(path))
+    grown = run_leaderboard(both, out, load_model=load, images=x, labels=y)
+    assert {p: p.read_bytes() for p in (out / "units").glob("*/linf/*.json")} == linf_units  # not recomputed
+    assert set(grown["models"][0]["attacks"]) == {"linf", "hu"}
+    worst = np.asarray(grown["models"][0]["per_example_worst"])
+    assert (worst <= np.asarray(first["models"][0]["per_example_worst"]) + 1e-12).all()
+    # the same label defined differently is refused, naming it
+    changed = _config(path)
+    changed["attacks"][0]["overrides"]["steps"] = 6
+    with pytest.raises(UserError, match=r"defined differently.*linf|linf.*defined differently"):
+        run_leaderboard(load_board_config(changed), out, load_model=load, images=x, labels=y)
+    # a folder written by an earlier version (one fingerprint for the whole board, in every unit) is resumed
+    legacy = board_fingerprint(both)
+    (out / "config.json").write_text(json.dumps({"digest": legacy, "n": both.n, **both.identity()}, default=str))
+    for p in (out / "units").glob("**/0*.json"):
+        if not p.name.endswith(".grid.json"):
+            p.write_text(json.dumps({**json.loads(p.read_text()), "config": legacy}))
+    n_calls = len(calls)
+    again = run_leaderboard(both, out, load_model=load, images=x, labels=y)
+    assert len(calls) == n_calls
+    assert again["models"][0]["per_example_worst"] == grown["models"][0]["per_example_worst"]
+    # ... and its units count only for the model and attack definitions it held
+    for p in (out / "units").glob("*/hu/*.json"):
+        if not p.name.endswith(".grid.json"):
+            p.write_text(json.dumps({**json.loads(p.read_text()), "config": "0123456789abcdef"}))
+    with pytest.raises(UserError, match="another configuration"):
+        run_leaderboard(both, out, load_model=load, images=x, labels=y)
+
+
 def test_config_errors_are_one_line_user_errors(tmp_path) -> None:
     base = _config(tmp_path / "m.pt")
     bad = json.loads(json.dumps(base))

@@ -53,19 +53,14 @@ STATE = "benchmark_state.json"
 ADV = "benchmark_adversarial.pt"  # the image behind every radius (clean where not fooled)
 
 
-#: Attacks of the cascade that are not on the board: the yardstick-ball attack at every reporting radius.
-EXTRA_PRESET = {"mnist": {"yardstick-pgd": "yardstick-pgd"}, "cifar10": {"yardstick-pgd": "yardstick-pgd-cifar"}}
-
-
 def cascade_attacks(dataset: str, labels: Sequence[str] | None = None) -> tuple[list[BoardAttack], Any]:
     """The cascade of ``dataset`` (in :data:`CASCADE_ORDER`, or in the order of ``labels``): the board
-    config's attacks with their settings, plus ``yardstick-pgd`` run at each of the board's radii; and the
-    board config (radii, yardstick, line search, batch)."""
+    config's attacks with their settings (``yardstick-pgd`` at each reporting radius); and the board config
+    (radii, yardstick, line search, batch)."""
     if dataset not in BOARD_FOR:
         raise ValueError(f"no cascade for dataset {dataset!r}; known: {', '.join(BOARD_FOR)}")
     cfg = load_board_config(resolve_config(BOARD_FOR[dataset]))
-    by_label = {label: BoardAttack(label, preset, radii=cfg.radii) for label, preset in EXTRA_PRESET[dataset].items()}
-    by_label.update({a.label: a for a in cfg.attacks})
+    by_label = {a.label: a for a in cfg.attacks}
     if labels is None:
         return [by_label[k] for k in CASCADE_ORDER if k in by_label], cfg
     unknown = [k for k in labels if k not in by_label]
@@ -304,7 +299,7 @@ def benchmark(
     batch_size = cfg.batch if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own mode, restored afterwards
     model.eval()
     try:
         with _intra_op_threads(threads):
@@ -317,7 +312,8 @@ def benchmark(
                     model, images, labels, cascade, cfg, radii, batch_size, seed, out, fresh, progress
                 )
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     result = BenchmarkResult(
         per_example_radius=torch.tensor([math.inf if r is None else r for r in state["radius"]], dtype=torch.float64),
         per_example_attack=state["attack"],

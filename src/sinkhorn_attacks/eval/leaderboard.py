@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .. import __version__ as LIBRARY_VERSION
-from .._runfolder import RunFolder, check_examples, conflict_message, fingerprint, key_part, legacy_slug
+from .._runfolder import RunFolder, _canonical, check_examples, conflict_message, fingerprint, key_part, legacy_slug
 from .._util import UserError, suggest
 from ..attacks.base import Attack
 from ..attacks.presets import from_preset, preset_names
@@ -302,6 +302,39 @@ def board_fingerprint(cfg: BoardConfig) -> str:
     return fingerprint(cfg.identity())
 
 
+def _settings(identity: dict[str, Any]) -> dict[str, Any]:
+    """The settings every unit of a board shares: its identity without the models and attacks."""
+    return {k: v for k, v in identity.items() if k not in ("n", "models", "attacks", "unit_scheme", "legacy_units")}
+
+
+def unit_digest(cfg: BoardConfig, model: BoardModel, attack: BoardAttack) -> str:
+    """The fingerprint of everything that defines one (model, attack)'s per-example results: the board's
+    settings, the model and the attack. Units of other models and attacks do not enter it (every unit seeds
+    torch from its own labels), so a board that gains a model or an attack keeps its finished units."""
+    return fingerprint({"settings": _settings(cfg.identity()), "model": asdict(model), "attack": asdict(attack)})
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """The digests a finished unit of a (model, attack) may carry: its :func:`unit_digest`, or the whole-board
+    fingerprint under which earlier versions wrote every unit, where that board defined both identically."""
+
+    cfg: BoardConfig
+    legacy: dict[str, Any] | None = None  # {"fingerprint", "models", "attacks"} of an earlier-version board
+
+    def __call__(self, model: BoardModel, attack: BoardAttack) -> set[str]:
+        ok = {unit_digest(self.cfg, model, attack)}
+        old = self.legacy
+        if old and _canonical(asdict(model)) in old["models"] and _canonical(asdict(attack)) in old["attacks"]:
+            ok.add(old["fingerprint"])
+        return ok
+
+    def record(self) -> dict[str, Any]:
+        """``config.json``'s body: the configuration, its unit scheme and the earlier board it accepts."""
+        return {"digest": board_fingerprint(self.cfg), "n": self.cfg.n, **self.cfg.identity(), "unit_scheme": 2,
+                "legacy_units": self.legacy}  # fmt: skip
+
+
 def unit_file(model: str, attack: str, first: int) -> str:
     """The file of a unit, relative to the run folder: ``units/<model>/<attack>/<first>.json`` with model and
     attack as :func:`~sinkhorn_attacks._runfolder.key_part` components."""
@@ -341,7 +374,7 @@ def _unit_path(folder: RunFolder, cfg: BoardConfig, m: BoardModel, a: BoardAttac
     return find_unit_file(folder.root, m.label, a.label, lo, labels_m, labels_a)
 
 
-def _check_unit(path: Path, m: str, a: str, lo: int, n_expected: int, digest: str) -> dict[str, Any] | None:
+def _check_unit(path: Path, m: str, a: str, lo: int, n_expected: int, digests: set[str]) -> dict[str, Any] | None:
     """A finished unit, or ``None`` if absent or to be recomputed (a partial last batch of a run with a smaller
     ``n``); a corrupt or foreign unit, one of another model, attack or first image, or one holding more images
     than this run's batch, is a :class:`UserError`."""
@@ -352,7 +385,7 @@ def _check_unit(path: Path, m: str, a: str, lo: int, n_expected: int, digest: st
         u = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is corrupt ({err}); {remedy}") from err
-    if not isinstance(u, dict) or u.get("config") != digest:
+    if not isinstance(u, dict) or u.get("config") not in digests:
         raise UserError(f"{path} belongs to another configuration; use another --out (or --fresh to discard it)")
     have = len(u.get("min_radius", []))
     if (
@@ -383,22 +416,37 @@ def _batch_end(cfg: BoardConfig, lo: int) -> int:
     return min(lo + cfg.batch, cfg.first + cfg.n)
 
 
-def _finished(folder: RunFolder, cfg: BoardConfig, unit: Unit, digest: str) -> dict[str, Any] | None:
+def _finished(folder: RunFolder, cfg: BoardConfig, unit: Unit, accepted: _Accepted) -> dict[str, Any] | None:
     m, a, lo = unit
-    return _check_unit(_unit_path(folder, cfg, m, a, lo), m.label, a.label, lo, _batch_end(cfg, lo) - lo, digest)
+    path = _unit_path(folder, cfg, m, a, lo)
+    return _check_unit(path, m.label, a.label, lo, _batch_end(cfg, lo) - lo, accepted(m, a))
 
 
-def _open_board(folder: RunFolder, cfg: BoardConfig, digest: str, fresh: bool) -> None:
-    """Refuse a folder of another command, or (without ``fresh``) of another configuration; with ``fresh``,
-    rank 0 deletes the finished units."""
+def _open_board(folder: RunFolder, cfg: BoardConfig, fresh: bool) -> _Accepted:
+    """Refuse a folder of another command, or (without ``fresh``) of other settings or of another definition
+    under a model or attack label; models and attacks may be added or dropped. With ``fresh``, rank 0 deletes
+    the finished units. Returns the digests each unit may carry."""
     record = folder.refuse_foreign()
     if fresh and folder.rank == 0:
         for p in sorted(folder.path("units").glob("**/*.json")):
             p.unlink()
-    if record is not None and not fresh and record["fingerprint"] != digest:
-        stored = record["config"]
-        before = {k: v for k, v in stored.items() if k != "n"} if isinstance(stored, dict) else None
-        raise UserError(conflict_message(folder.root, COMMAND, before, cfg.identity()))
+    if record is None or fresh:
+        return _Accepted(cfg)
+    stored = record["config"]
+    new = _canonical(cfg.identity())
+    if not isinstance(stored, dict) or _settings(stored) != _settings(new):
+        before = _settings(stored) if isinstance(stored, dict) else None
+        raise UserError(conflict_message(folder.root, COMMAND, before, _settings(new)))
+    for kind in ("models", "attacks"):
+        old = {d.get("label"): d for d in stored.get(kind) or [] if isinstance(d, dict)}
+        changed = [d["label"] for d in new[kind] if d["label"] in old and old[d["label"]] != d]
+        if changed:
+            raise UserError(
+                f"{folder.root} holds a {COMMAND} run whose {kind} {changed} are defined differently "
+                f"({[old[k] for k in changed]}); give the new definition another label, use another --out, or "
+                "--fresh to discard the finished units"
+            )
+    return _accepted_in(folder, cfg)
 
 
 def _run_unit(
@@ -439,7 +487,7 @@ def _run_unit(
 def _run_units(
     folder: RunFolder,
     cfg: BoardConfig,
-    digest: str,
+    accepted: _Accepted,
     mine: list[Unit],
     load_model: Callable,
     images: torch.Tensor,
@@ -447,9 +495,10 @@ def _run_units(
     progress: Callable | None,
 ) -> None:
     """This rank's units, in order; finished ones (all checked before the first write) are skipped."""
-    finished = [_finished(folder, cfg, u, digest) is not None for u in mine]
+    finished = [_finished(folder, cfg, u, accepted) is not None for u in mine]
     if folder.rank == 0:
-        folder.write_record(digest, {"digest": digest, "n": cfg.n, **cfg.identity()}, dumps=json_text)
+        body = accepted.record()
+        folder.write_record(body["digest"], body, dumps=json_text)
     models: dict[str, nn.Module] = {}
     for k, (unit, done) in enumerate(zip(mine, finished)):
         if done:
@@ -463,7 +512,7 @@ def _run_units(
             if progress is not None:
                 progress(_tag, t, -1)
 
-        _run_unit(folder, cfg, digest, unit, models[m.label], images, labels, on_step)
+        _run_unit(folder, cfg, unit_digest(cfg, m, a), unit, models[m.label], images, labels, on_step)
         if progress is not None:
             progress(tag, 1, 1)
 
@@ -488,25 +537,24 @@ def run_leaderboard(
     if images.shape[0] < cfg.n:
         raise UserError(f"the dataset slice has {images.shape[0]} images but the board asks for n = {cfg.n}")
     folder = RunFolder(out, COMMAND, rank=rank, world=world)
-    digest = board_fingerprint(cfg)
     with folder.lock():
-        _open_board(folder, cfg, digest, fresh)
+        accepted = _open_board(folder, cfg, fresh)
         batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
         units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
-        _run_units(folder, cfg, digest, units[rank::world], load_model, images, labels, progress)
+        _run_units(folder, cfg, accepted, units[rank::world], load_model, images, labels, progress)
         if rank != 0:
             return {}
         if world > 1:
-            _wait_for_ranks(folder, units, cfg, digest, progress)
+            _wait_for_ranks(folder, units, cfg, accepted, progress)
         board = aggregate_board(cfg, folder.root)
         write_json(folder.path("leaderboard.json"), board)
         return board
 
 
-def _wait_for_ranks(folder: RunFolder, units: list[Unit], cfg: BoardConfig, digest: str, progress: Any) -> None:
+def _wait_for_ranks(folder: RunFolder, units: list[Unit], cfg: BoardConfig, accepted: _Accepted, progress: Any) -> None:
     """Rank 0: poll until every unit is written or no other rank holds its lock any more."""
     while True:
-        missing = sum(_finished(folder, cfg, u, digest) is None for u in units)
+        missing = sum(_finished(folder, cfg, u, accepted) is None for u in units)
         if missing == 0:
             return
         if not any(folder.rank_alive(r) for r in range(1, folder.world)):
@@ -517,6 +565,20 @@ def _wait_for_ranks(folder: RunFolder, units: list[Unit], cfg: BoardConfig, dige
 
 
 # ------------------------------------------------------------------------------------------------ aggregate
+def _accepted_in(folder: RunFolder, cfg: BoardConfig) -> _Accepted:
+    """The unit digests a report of ``cfg`` accepts in ``folder`` (its record's earlier-version board)."""
+    rec = folder.record()
+    stored = rec["config"] if rec is not None and rec["command"] == COMMAND else None
+    if not isinstance(stored, dict):
+        return _Accepted(cfg)
+    if stored.get("unit_scheme") == 2:
+        return _Accepted(cfg, stored.get("legacy_units"))
+    if _settings(stored) != _settings(_canonical(cfg.identity())):
+        return _Accepted(cfg)
+    return _Accepted(cfg, {"fingerprint": rec["fingerprint"], "models": stored.get("models"),
+                           "attacks": stored.get("attacks")})  # fmt: skip
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ``k / n``."""
     if n == 0:
@@ -528,15 +590,17 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _load_units(cfg: BoardConfig, out: Path, model: BoardModel, attack: BoardAttack) -> dict[str, Any] | None:
-    folder, digest = RunFolder(out, COMMAND), board_fingerprint(cfg)
+def _load_units(
+    cfg: BoardConfig, out: Path, model: BoardModel, attack: BoardAttack, accepted: _Accepted
+) -> dict[str, Any] | None:
+    folder = RunFolder(out, COMMAND)
     rad: list[float] = []
     nom: list[float] = []
     cc: list[bool] = []
     wall: list[float] = []
     cpu: list[float] = []
     for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch):
-        u = _finished(folder, cfg, (model, attack, lo), digest)
+        u = _finished(folder, cfg, (model, attack, lo), accepted)
         if u is None:
             break  # the board covers the leading finished batches only
         rad += [float(v) for v in u["min_radius"]]
@@ -563,9 +627,10 @@ def _acc_rows(r: np.ndarray, radii: tuple[float, ...]) -> list[dict[str, Any]]:
 def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     """Combine the finished units into the leaderboard document (schema in docs/leaderboard.md)."""
     out = Path(out)
+    accepted = _accepted_in(RunFolder(out, COMMAND), cfg)
     models = []
     for m in cfg.models:
-        per = {a.label: _load_units(cfg, out, m, a) for a in cfg.attacks}
+        per = {a.label: _load_units(cfg, out, m, a, accepted) for a in cfg.attacks}
         done = {k: v for k, v in per.items() if v is not None}
         if not done:
             continue
