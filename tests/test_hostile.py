@@ -494,3 +494,216 @@ def test_train_refuses_a_folder_in_use(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="another train run"):
         train(_train_cfg(out), data=_train_data(), verbose=False)
     assert not (out / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------- issue 24: the remaining public numerical helpers
+def _images(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, 6, 6, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    return x, x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+def _helpers():
+    from sinkhorn_attacks.projections.lp import L2Projection, LinfProjection
+    from sinkhorn_attacks.projections.sinkhorn import conjugate_sinkhorn
+
+    r = torch.tensor([0.1, 0.1], dtype=torch.float64)
+    return {
+        "sinkhorn_project": lambda x, w, r=0.1: sinkhorn_project(x, w, C3P2, r, max_iter=5),
+        "hu_project": lambda x, w, r=0.1: hu_project(x, w, C3P2, r, max_iter=5, extra_iter=0),
+        "conjugate_sinkhorn": lambda x, w, r=0.1: conjugate_sinkhorn(x, w, C3P2, r, max_iter=5),
+        "LinfProjection": lambda x, w, r=r: LinfProjection()(x, w, r, None),
+        "L2Projection": lambda x, w, r=r: L2Projection()(x, w, r, None),
+    }
+
+
+def _poison(t: torch.Tensor, v: float) -> torch.Tensor:
+    t = t.clone()
+    t[0, 0, 0, 0] = v
+    return t
+
+
+@pytest.mark.parametrize("fn", list(_helpers()))
+@pytest.mark.parametrize(
+    "case, err, msg",
+    [
+        ("x_nan", ValueError, "x contains NaN"),
+        ("w_inf", ValueError, r"(w|grad) contains NaN or inf"),
+        ("x_negative", ValueError, "x has negative entries"),
+        ("x_above_one", ValueError, "x has entries above 1"),
+        ("int_images", TypeError, "x must be float32 or float64, got torch.int64"),
+        ("float16", TypeError, "x must be float32 or float64, got torch.float16"),
+        ("dtype_mismatch", TypeError, "x is torch.float64 but (w|grad) is torch.float32"),
+        ("rank3", ValueError, r"x must have shape \(B, C, H, W\)"),
+        ("radius_nan", ValueError, "radius must be finite and >= 0, got nan"),
+        ("radius_negative", ValueError, "radius must be finite and >= 0, got -1.0"),
+        ("radius_inf", ValueError, "radius must be finite and >= 0, got inf"),
+        ("radius_length", ValueError, r"radius must be a scalar or have one entry per image \(2\)"),
+    ],
+)
+def test_public_helpers_refuse_hostile_arguments(fn: str, case: str, err: type, msg: str) -> None:
+    call = _helpers()[fn]
+    x, w = _images()
+    args = {
+        "x_nan": (_poison(x, math.nan), w),
+        "w_inf": (x, _poison(w, math.inf)),
+        "x_negative": (_poison(x, -0.5), w),
+        "x_above_one": (_poison(x, 2.0), w),
+        "int_images": ((x * 255).long(), (w * 255).long()),
+        "float16": (x.half(), w.half()),
+        "dtype_mismatch": (x, w.float()),
+        "rank3": (x[0], w[0]),
+    }.get(case, (x, w))
+    radius = {
+        "radius_nan": torch.tensor([math.nan, 0.1]),
+        "radius_negative": torch.tensor([-1.0, 0.1]),
+        "radius_inf": math.inf,
+        "radius_length": torch.tensor([0.1, 0.1, 0.1]),
+    }.get(case)
+    with pytest.raises(err, match=msg):
+        call(*args) if radius is None else call(*args, radius)
+
+
+def test_lp_projections_take_a_scalar_radius_like_the_others() -> None:
+    from sinkhorn_attacks.projections.lp import L2Projection, LinfProjection
+
+    x, w = _images()
+    for proj in (LinfProjection(), L2Projection()):
+        z, _, info = proj(x, w, 0.01, None)  # was AttributeError: 'float' object has no attribute 'to'
+        assert torch.isfinite(z).all() and bool((info["certified_radius"] <= 0.01 + 1e-12).all())
+
+
+@pytest.mark.parametrize(
+    "kw, err, msg",
+    [
+        (dict(lam=math.nan), ValueError, "conjugate_sinkhorn: lam"),
+        (dict(lam=math.inf), ValueError, "conjugate_sinkhorn: lam"),
+        (dict(max_iter=0), ValueError, "conjugate_sinkhorn: max_iter must be an integer >= 1, got 0"),
+        (dict(max_iter=-3), ValueError, "conjugate_sinkhorn: max_iter"),
+        (dict(rtol=math.nan), ValueError, "conjugate_sinkhorn: rtol"),
+        (dict(dtype=torch.float16), TypeError, "conjugate_sinkhorn: dtype"),
+        (dict(cost=3), TypeError, r"LocalCost\(3\)"),
+    ],
+)
+def test_conjugate_sinkhorn_checks_its_parameters(kw: dict, err: type, msg: str) -> None:
+    from sinkhorn_attacks.projections.sinkhorn import conjugate_sinkhorn
+
+    x, g = _images()
+    args = dict(cost=C3P2, radius=0.1) | kw
+    with pytest.raises(err, match=msg):
+        conjugate_sinkhorn(x, g, args.pop("cost"), args.pop("radius"), **args)
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(offset=math.nan), "hu_project: offset must be a finite number >= 0"),
+        (dict(budget_tol=-1.0), "hu_project: budget_tol"),
+        (dict(mass_tol=math.inf), "hu_project: mass_tol"),
+        (dict(extra_iter=-1), "hu_project: extra_iter must be an integer >= 0"),
+        (dict(atol="1e-3"), "hu_project: atol must be a number"),
+    ],
+)
+def test_hu_project_tolerances_checked_once(kw: dict, msg: str) -> None:
+    x, w = _images()
+    with pytest.raises((ValueError, TypeError), match=msg):
+        hu_project(x, w, C3P2, 0.1, **kw)
+
+
+def test_wright_omega_arguments_and_extremes() -> None:
+    from sinkhorn_attacks.projections.sinkhorn import wright_omega
+
+    with pytest.raises(TypeError, match="wright_omega: y must be a real tensor"):
+        wright_omega([0.0, 1.0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="complex64"):
+        wright_omega(torch.zeros(2, dtype=torch.complex64))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="wright_omega: iterations must be an integer >= 0"):
+            wright_omega(torch.zeros(2), iterations=bad)
+    # the iterate overflowed (NaN) above ~1e19 in float32 and ~1e150 in float64: omega = y - log y there
+    for dtype, big in ((torch.float32, [1e16, 1e30, 3e38]), (torch.float64, [1e16, 1e200, 1e300])):
+        y = torch.tensor(big, dtype=dtype)
+        w = wright_omega(y)
+        assert torch.isfinite(w).all()
+        assert torch.allclose(w.double(), y.double() - torch.log(y.double()), rtol=1e-6)
+    w = wright_omega(torch.tensor([math.inf, -math.inf, math.nan, 0.0], dtype=torch.float64))
+    assert w[0] == math.inf and w[1] == 0 and math.isnan(w[2]) and abs(float(w[3]) - 0.5671432904097838) < 1e-15
+    half = wright_omega(torch.tensor([0.0, 50.0, 1000.0], dtype=torch.float16))  # f16 iterate overflowed at w ~ 256
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+@pytest.mark.parametrize(
+    "kw, err, msg",
+    [
+        (dict(p=1e300), ValueError, "p = 1e\\+300 makes the cost d\\*\\*p overflow"),
+        (dict(p=700.0, price=1.0, kernel_size=None), None, None),  # whole image: checked at measure time
+        (dict(price="2"), TypeError, "price must be a number, got '2'"),
+        (dict(price=True), TypeError, "price must be a number, got True"),
+        (dict(price=1e308), ValueError, "price must be at most 1e\\+100"),
+        (dict(mass_floor=True), TypeError, "mass_floor must be a number"),
+        (dict(mass_floor=1e-300), ValueError, "mass_floor must be at least 1e-100"),
+    ],
+)
+def test_yardstick_refuses_extreme_parameters(kw: dict, err: type | None, msg: str | None) -> None:
+    from sinkhorn_attacks.ot import Yardstick, measure
+
+    if err is None:
+        ys = Yardstick(**kw)
+        x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+        with pytest.raises(ValueError, match="p = 700 makes the cost d\\*\\*p overflow"):
+            measure(x, x.flip(-1), ys)
+        return
+    with pytest.raises(err, match=msg):
+        Yardstick(**kw)
+
+
+def test_local_cost_that_overflows_is_refused_not_inf() -> None:
+    with pytest.raises(ValueError, match="p = 1e\\+300"):
+        LocalCost(5, 1e300).offsets(5, 5)  # was OverflowError
+    with pytest.raises(ValueError, match="overflow torch.float32"):
+        LocalCost(5, 100.0).table(5, 5, dtype=torch.float32)  # was a table of inf
+    with pytest.raises(ValueError, match="p = 1e\\+300"):
+        LocalCost(5, 1e300).dense(4, 4)
+
+
+def test_exact_uot_windowed_cost_never_exceeds_the_balanced_cost_at_large_tau() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64)
+    z = z * x.sum() / z.sum()  # equal masses: U_tau <= balanced cost at every tau
+    balanced = float(exact_ot(x, z, C3).value) * float(x.sum())  # exact_ot is per unit mass
+    values = [float(exact_uot(x, z, C3, tau)) for tau in (1e3, 1e6, 1e9, 1e12, 1e300)]
+    assert all(v <= balanced * (1 + 1e-9) for v in values), (values, balanced)  # 1e9 read 6.44 vs 4.84
+    assert values[-1] == pytest.approx(balanced, rel=1e-9)
+
+
+@pytest.mark.parametrize("kw", [dict(tol=math.nan), dict(tol=-1.0), dict(max_iter=0), dict(max_iter=2.0)])
+def test_exact_uot_refuses_bad_solver_settings(kw: dict) -> None:
+    x, _ = _images()
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        exact_uot(x, x, C3, 1.0, **kw)
+
+
+def test_meters_survive_subnormal_and_tiny_masses_in_a_child_process() -> None:
+    """exact_uot segfaulted the process at 1e-200 (network simplex), measure overflowed at 5e-324."""
+    code = (
+        "import torch\n"
+        "from sinkhorn_attacks.ot import LocalCost, Yardstick, exact_uot, measure\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, z = (torch.rand(2, 1, 6, 6, generator=g, dtype=torch.float64) for _ in range(2))\n"
+        "c = LocalCost(3, 1.0)\n"
+        "ref_u, ref_m = exact_uot(x, z, c, 1.0), measure(x, z, Yardstick(normalisation='none')).value\n"
+        "for s in (1e-200, 1e-300, 2.0 ** -1060):\n"
+        "    u = exact_uot(x * s, z * s, c, 1.0) / s\n"
+        "    m = measure(x * s, z * s, Yardstick(normalisation='none')).value / s\n"
+        "    tol = 1e-6 if s > 1e-300 else 1e-3  # subnormal masses keep only a few bits\n"
+        "    assert torch.allclose(u, ref_u, rtol=tol), (s, u, ref_u)\n"
+        "    assert torch.allclose(m, ref_m, rtol=tol), (s, m, ref_m)\n"
+        "one = torch.zeros(1, 1, 4, 4, dtype=torch.float64)\n"
+        "one[0, 0, 0, 0] = 5e-324\n"
+        "assert torch.isfinite(measure(one, one.roll(1, -1)).value).all()\n"
+        "assert torch.isfinite(exact_uot(one, one.roll(1, -1), c, 1.0)).all()\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", (run.returncode, run.stderr[-2000:])

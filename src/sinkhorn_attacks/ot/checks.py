@@ -11,6 +11,9 @@ __all__ = [
     "check_images",
     "check_same",
     "check_positive",
+    "check_nonnegative",
+    "check_radius",
+    "check_step_point",
     "check_tau",
     "check_cost",
     "check_count",
@@ -59,29 +62,62 @@ def check_same(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
         raise TypeError(f"{na} is {a.dtype} but {nb} is {b.dtype}; use one floating dtype")
 
 
-def check_step_point(x: torch.Tensor, w: torch.Tensor) -> None:
-    """The point ``w`` a projection starts from: a finite ``(B, C, H, W)`` tensor like the clean images ``x``."""
+def check_step_point(x: torch.Tensor, w: torch.Tensor, name: str = "w") -> None:
+    """The point ``w`` a projection starts from (or a gradient): a finite ``(B, C, H, W)`` tensor like the
+    clean images ``x``."""
     check_images(x, "x")
     if not isinstance(w, torch.Tensor) or w.dim() != 4:
-        raise ValueError(f"w must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
-    check_same(x, w, "x", "w")
+        raise ValueError(f"{name} must be a (B, C, H, W) tensor, got {getattr(w, 'shape', type(w))}")
+    check_same(x, w, "x", name)
     if not bool(torch.isfinite(w).all()):
-        raise ValueError("w contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _number(value: object, name: str) -> float:
+    """A real number: a Python or NumPy number or a one-element tensor (not a bool or a string)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number, got {value!r}") from err
 
 
 def check_positive(value: float, name: str, *, allow_inf: bool = False) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar")
-        value = float(value)
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number, got {value!r}") from err
+    """A number ``> 0``, finite unless ``allow_inf``."""
+    v = _number(value, name)
     if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
         extra = " or inf" if allow_inf else ""
         raise ValueError(f"{name} must be a positive finite number{extra}, got {value!r}")
     return v
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """A finite number ``>= 0`` (tolerances, offsets)."""
+    v = _number(value, name)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_radius(radius: float | torch.Tensor, batch: int, name: str = "radius") -> torch.Tensor:
+    """A budget: a scalar or one entry per image, finite and ``>= 0``; returned as a float64 tensor."""
+    if isinstance(radius, (bool, str, bytes)) or not isinstance(radius, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(radius).__name__} {radius!r}")
+    r = torch.as_tensor(radius).detach()
+    if r.is_complex() or r.dtype == torch.bool:
+        raise TypeError(f"{name} must be real, got {r.dtype}")
+    if r.dim() > 1 or (r.dim() == 1 and r.numel() != batch):
+        raise ValueError(f"{name} must be a scalar or have one entry per image ({batch}), got shape {tuple(r.shape)}")
+    r = r.to(torch.float64)
+    bad = ~torch.isfinite(r) | (r < 0)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite and >= 0, got {float(r[bad].flatten()[0])!r}")
+    return r
 
 
 def check_tau(tau: float) -> float:

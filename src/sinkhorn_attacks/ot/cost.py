@@ -53,8 +53,23 @@ class LocalCost:
         """True when every pair of pixels of an ``height x width`` image is inside the window."""
         return self.window(height, width) >= 2 * max(height, width) - 1
 
+    def largest(self, height: int, width: int, dtype: torch.dtype = torch.float64) -> float:
+        """The window's largest cost (its corner, ``(sqrt 2 r) ** p``); ``ValueError`` if it overflows ``dtype``."""
+        r = self.radius(height, width)
+        try:
+            c = math.hypot(r, r) ** self.p
+        except OverflowError:
+            c = math.inf
+        if c > torch.finfo(dtype).max:
+            raise ValueError(
+                f"p = {self.p:g} makes the cost d**p overflow {dtype} at the window's corner (distance "
+                f"{math.hypot(r, r):.3g}, {2 * r + 1}x{2 * r + 1} window); use a smaller p or window"
+            )
+        return c
+
     def offsets(self, height: int, width: int) -> list[tuple[int, int, float]]:
         """The window as a list of ``(di, dj, cost)``; the zero offset comes first."""
+        self.largest(height, width)
         r = self.radius(height, width)
         out = [(0, 0, 0.0)]
         for di in range(-r, r + 1):
@@ -67,6 +82,7 @@ class LocalCost:
         self, height: int, width: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """The ``k x k`` cost table ``c(delta)`` (centre = 0)."""
+        self.largest(height, width, dtype)
         r = self.radius(height, width)
         d = torch.arange(-r, r + 1, dtype=torch.float64)
         c = torch.sqrt(d[:, None] ** 2 + d[None, :] ** 2) ** self.p
@@ -76,6 +92,7 @@ class LocalCost:
         self, height: int, width: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """Dense ``(HW, HW)`` cost of one channel, row-major pixels, ``+inf`` outside the window."""
+        self.largest(height, width, dtype)
         rows = torch.arange(height, dtype=torch.float64).repeat_interleave(width)
         cols = torch.arange(width, dtype=torch.float64).repeat(height)
         di = rows[:, None] - rows[None, :]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import check_cost, check_images, check_measure, check_positive, check_same
+from .checks import check_cost, check_count, check_images, check_measure, check_nonnegative, check_positive, check_same
 from .cost import LocalCost
 
 __all__ = ["exact_ot", "MeterResult", "exact_uot", "exact_ot_pair", "tv_pair", "TVPair"]
@@ -343,9 +343,9 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
     if 0.0 < max(mp, mq) < _TINY_MASS:
         # D is positively homogeneous: solve at unit scale (a power of two, so exactly) and scale back; masses
         # near 1e-170 underflow inside the network simplex (products of masses), which then crashes
-        k = 2.0 ** -math.floor(math.log2(max(mp, mq)))
-        r = tv_pair(p * k, q * k, cost, price)
-        return TVPair(r.raw / k, r.lower / k, r.transported / k)
+        e = _unit_exponent(max(mp, mq))
+        r = tv_pair(np.ldexp(p, e), np.ldexp(q, e), cost, price)
+        return TVPair(math.ldexp(r.raw, -e), math.ldexp(r.lower, -e), math.ldexp(r.transported, -e))
     if sp.size == 0 or sq.size == 0:  # nothing to match: destroy all of one, create all of the other
         return TVPair(price * (mp + mq), price * (mp + mq), 0.0)
     # mass with no partner inside its window can only be destroyed / created: settle it up front
@@ -365,6 +365,11 @@ def tv_pair(p: np.ndarray, q: np.ndarray, cost: LocalCost, price: float) -> TVPa
     else:
         return _tv_flow(p, q, cost, price)
     return TVPair(raw, min(_tv_dual_bound(p, q, g0, cost, price), raw), transported)
+
+
+def _unit_exponent(mass: float) -> int:
+    """``e`` with ``mass * 2**e`` in ``[1, 2)`` (subnormal masses included, where ``2.0 ** e`` overflows)."""
+    return 1 - math.frexp(mass)[1]
 
 
 def _tv_dense(
@@ -544,13 +549,51 @@ def exact_ot(x: torch.Tensor, z: torch.Tensor, cost: LocalCost) -> MeterResult:
     return MeterResult(value=torch.tensor(vals, dtype=torch.float64), mass_change=torch.tensor(dm))
 
 
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Generalised KL ``sum p log(p/q) - p + q`` (``>= 0``: rounding below 0 is cut, as ``tau`` may be huge;
+    NaN from an overflowing ratio reads ``inf``)."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        v = float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0.0) - p + q))
+    return math.inf if math.isnan(v) else max(v, 0.0)
+
+
 def _kl_uot_objective(plan: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, tau: float) -> float:
-    """``<P,C> + tau KL(P1|a) + tau KL(P^T1|b)`` (generalised KL: ``sum p log(p/q) - p + q``)."""
+    """``<P,C> + tau KL(P1|a) + tau KL(P^T1|b)`` (``c``: 0 where ``plan`` is 0 by construction)."""
+    return float((plan * c).sum()) + tau * (_kl(plan.sum(1), a) + _kl(plan.sum(0), b))
 
-    def kl(p: np.ndarray, q: np.ndarray) -> float:
-        return float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0.0) - p + q))
 
-    return float((plan * c).sum()) + tau * (kl(plan.sum(1), a) + kl(plan.sum(0), b))
+def _uot_pair(a: np.ndarray, b: np.ndarray, c: np.ndarray, tau: float, max_iter: int, tol: float) -> float:
+    """:func:`exact_uot` of one channel pair (flat raw masses; ``c`` dense, ``+inf`` outside the window).
+
+    ``U_tau`` is positively homogeneous, so the pair is solved at unit scale (an exact power of two; masses near
+    1e-200 crashed the network simplex). Candidates, the lowest wins: the empty plan, the exact balanced plan
+    rescaled to ``a``'s mass (valued with its exact marginals: at large ``tau`` the rounding of its sums,
+    times ``tau``, would exceed the cost itself) and the MM solver from POT's start and from that plan.
+    """
+    import ot
+
+    if a.sum() == 0 and b.sum() == 0:
+        return 0.0
+    e = _unit_exponent(max(float(a.sum()), float(b.sum())))
+    a, b = np.ldexp(a, e), np.ldexp(b, e)
+    sa, sb = a > 0, b > 0
+    if not sa.any() or not sb.any():
+        return math.ldexp(tau * float(a.sum() + b.sum()), -e)
+    aa, bb = a[sa], b[sb]
+    cc = c[np.ix_(sa, sb)]
+    inside = np.isfinite(cc)
+    c0 = np.where(inside, cc, 0.0)
+    big = float(c0.max() + 1.0) * 1e3 + 1e3  # out-of-window pairs for the network simplex (never a 1e6 tau)
+    b_bal = bb * (aa.sum() / bb.sum())
+    balanced = ot.emd(aa, b_bal, np.where(inside, cc, big), numItermax=10_000_000)
+    values = [tau * float(aa.sum() + bb.sum())]
+    if not (balanced[~inside] > 1e-12 * aa.sum()).any():  # a windowed plan exists
+        values.append(float((balanced * c0).sum()) + tau * _kl(b_bal, bb))
+    for start in (None, balanced):  # +inf outside the window: MM's kernel is exactly 0 there
+        plan = ot.unbalanced.mm_unbalanced(aa, bb, cc, reg_m=tau, div="kl", G0=start, numItermax=max_iter,
+                                           stopThr=tol)  # fmt: skip
+        values.append(_kl_uot_objective(plan, aa, bb, c0, tau))
+    return math.ldexp(min(values), -e)
 
 
 def exact_uot(
@@ -568,43 +611,19 @@ def exact_uot(
     KL divergence, no entropy) on the dense cost; meant for small images (it is O(n^2) per iteration).
     Every MM step lowers the objective, so the solver is run twice, from POT's default start and from the
     exact balanced plan between ``x`` and ``z`` rescaled to the mass of ``x`` (whose objective is the
-    balanced cost plus the KL price of the rescaling), and the lower value is returned: for large ``tau``,
-    where MM steps are tiny, the result never exceeds that balanced bound. Returns ``(B,)`` float64, summed
-    over channels.
+    balanced cost plus the KL price of the rescaling), and the lowest of these and the empty plan's value is
+    returned: for large ``tau``, where MM steps are tiny, the result never exceeds that balanced bound
+    (:func:`_uot_pair`). Returns ``(B,)`` float64, summed over channels.
     """
-    import ot
-
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    max_iter = check_count(max_iter, "max_iter")
+    tol = check_nonnegative(tol, "tol")
     check_measure(x, "x")
     check_measure(z, "z")
     check_same(x, z, "x", "z")
     check_cost(cost)
     tau = check_positive(tau, "tau")
-    h, w = x.shape[-2:]
-    c = cost.dense(h, w).numpy()
-    finite = np.isfinite(c)
-    c = np.where(finite, c, 1e6 * tau)
+    c = cost.dense(*x.shape[-2:]).numpy()
     out = []
     for xb, zb in zip(x.detach().double().cpu().numpy(), z.detach().double().cpu().numpy()):
-        tot = 0.0
-        for xc, zc in zip(xb, zb):
-            a, b = xc.ravel(), zc.ravel()
-            if a.sum() == 0 and b.sum() == 0:
-                continue
-            sa, sb = a > 0, b > 0
-            if not sa.any() or not sb.any():
-                tot += tau * (a.sum() + b.sum())
-                continue
-            aa, bb, cc = a[sa], b[sb], c[np.ix_(sa, sb)]
-            balanced = ot.emd(aa, bb * (aa.sum() / bb.sum()), cc, numItermax=10_000_000)
-            values = []
-            for start in (None, balanced):
-                plan = ot.unbalanced.mm_unbalanced(
-                    aa, bb, cc, reg_m=tau, div="kl", G0=start, numItermax=max_iter, stopThr=tol
-                )
-                values.append(_kl_uot_objective(plan, aa, bb, cc, tau))
-            values.append(_kl_uot_objective(balanced, aa, bb, cc, tau))
-            tot += min(values)
-        out.append(tot)
+        out.append(sum(_uot_pair(xc.ravel(), zc.ravel(), c, tau, max_iter, tol) for xc, zc in zip(xb, zb)))
     return torch.tensor(out, dtype=torch.float64)

@@ -35,6 +35,8 @@ from .meter import tv_pair
 
 __all__ = ["Yardstick", "Measurement", "measure"]
 
+_MAX_PRICE = 1e100  # with _MIN_FLOOR: every reading of an image stays finite in float64
+_MIN_FLOOR = 1e-100
 _NORMALISATIONS = {
     "clean_mass": "per unit clean mass",
     "none": "raw (unnormalised)",
@@ -53,12 +55,14 @@ class Yardstick:
         kernel_size: odd transport window width in pixels (``None``: the whole image; then ``price`` must
             be given).
         p: exponent of the Euclidean pixel distance (``1``: W1).
-        price: cost per unit of destroyed clean mass and, again, per unit of created perturbed mass.
-            ``None``: the window's largest ground cost ``((k - 1) / sqrt 2) ** p`` (2.83 for 5 x 5, ``p = 1``).
+        price: cost per unit of destroyed clean mass and, again, per unit of created perturbed mass, at most
+            ``1e100``. ``None``: the window's largest ground cost ``((k - 1) / sqrt 2) ** p`` (2.83 for 5 x 5,
+            ``p = 1``).
         normalisation: ``"clean_mass"`` (the value is ``D / max(||x||_1, mass_floor)``, ``||x||_1`` summed
             over channels) or ``"none"`` (``D`` itself).
         mass_floor: the smallest clean mass divided by (default one pixel of one channel at full value), so
-            a black clean image gives a finite value.
+            a black clean image gives a finite value; at least ``1e-100`` (with the price bound, every value
+            stays finite in float64).
         name: derived from ``p`` (``"W1-TV"``); may be passed (e.g. by :meth:`from_dict`) only if it agrees.
     """
 
@@ -77,13 +81,20 @@ class Yardstick:
                 raise ValueError(
                     f"kernel_size={self.kernel_size!r} has no largest in-window move to price by default; give price"
                 )
-            price = cost.offsets(self.kernel_size, self.kernel_size)[-1][2]  # the window's corner
+            price = cost.largest(self.kernel_size, self.kernel_size)  # the window's corner
         else:
             price = check_positive(self.price, "price")
+            if self.kernel_size is not None:
+                cost.largest(self.kernel_size, self.kernel_size)  # the window's costs are finite
+        if price > _MAX_PRICE:
+            raise ValueError(f"price must be at most {_MAX_PRICE:g}, got {price!r}")
         object.__setattr__(self, "price", float(price))
         if self.normalisation not in _NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {sorted(_NORMALISATIONS)}, got {self.normalisation!r}")
-        object.__setattr__(self, "mass_floor", check_positive(self.mass_floor, "mass_floor"))
+        floor = check_positive(self.mass_floor, "mass_floor")
+        if floor < _MIN_FLOOR:
+            raise ValueError(f"mass_floor must be at least {_MIN_FLOOR:g}, got {self.mass_floor!r}")
+        object.__setattr__(self, "mass_floor", floor)
         derived = _name(self.p)
         if self.name and self.name != derived:
             raise ValueError(f"name {self.name!r} does not match p = {self.p:g} (expected {derived!r})")
@@ -180,6 +191,7 @@ def measure(x: torch.Tensor, z: torch.Tensor, yardstick: Yardstick | None = None
     check_images(z, "z")
     check_same(x, z, "x", "z")
     cost, price = ys.cost, ys.price
+    cost.largest(*x.shape[-2:])  # a whole-image window: its costs must be finite at this size
     xs = x.detach().to("cpu", torch.float64).numpy()
     zs = z.detach().to("cpu", torch.float64).numpy()
     rows = []

@@ -40,13 +40,19 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
-from ..ot.checks import check_cost, check_positive
+from ..ot.checks import (
+    check_cost,
+    check_count,
+    check_nonnegative,
+    check_positive,
+    check_radius,
+    check_step_point,
+)
 from ..ot.cost import LocalCost
 from ..ot.engine import Decision, SweepOptions, run_sweeps
 from ..ot.kernel import FixedSupport, local_lse, local_lse_powers, scaling_floor, window_sums
@@ -62,6 +68,7 @@ __all__ = [
 ]
 
 _PSI_FLOOR = 1e-20
+_OMEGA_BIG = 1e15  # above this, wright_omega's iterate would overflow (float32: w**2 > 3.4e38 past 1.8e19)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,15 +124,28 @@ def wright_omega(y: torch.Tensor, iterations: int | None = None) -> torch.Tensor
     (returned directly, also avoids ``log 0``); ``omega(-inf) = 0``, ``omega(+inf) = +inf``; NaN
     propagates. No comparisons or selections (slow CPU kernels): the iterate is computed from ``y`` where
     it is finite and ``>= -40``, from a safe value elsewhere, and replaced there with exact 0/1 weights.
+    Above ``1e15`` ``omega = y - log y`` to within a relative ``1e-28``. Integer tensors are computed in
+    float64, float16 / bfloat16 in float32 (and returned in their dtype).
     """
+    if not isinstance(y, torch.Tensor) or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"wright_omega: y must be a real tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if iterations is not None:
+        iterations = check_count(iterations, "wright_omega: iterations", lower=0)
     if not y.is_floating_point():
         y = y.double()
+    if y.dtype in (torch.float16, torch.bfloat16):
+        return wright_omega(y.float(), iterations).to(y.dtype)
     if iterations is None:
         iterations = 2 if y.dtype == torch.float64 else 1
     c = _consts(y.dtype, y.device)
-    w = _omega_iterate(torch.nan_to_num(y, nan=1.0, posinf=1.0, neginf=1.0).clamp_(min=-40.0), iterations)
+    ys = torch.nan_to_num(y, nan=1.0, posinf=1.0, neginf=1.0).clamp_(min=-40.0, max=_OMEGA_BIG)
+    w = _omega_iterate(ys, iterations)
     ok = torch.sign(y + c["forty"]).add_(c["one"]).clamp_(max=1.0)  # 1.0 where y >= -40, 0.0 below (NaN: NaN)
     w = w.mul_(ok).add_(torch.exp(y.clamp(max=-40.0)).mul_(c["one"] - ok))
+    if y.numel() and float(y.amax()) > _OMEGA_BIG:  # the iterate would overflow: omega = y - log y there
+        big = torch.sign(y - _OMEGA_BIG).clamp_(min=0.0)  # 1.0 where y > 1e15 (+inf included)
+        yb = y.clamp(min=_OMEGA_BIG)
+        return w.mul_(c["one"] - big).add_((yb - torch.log(yb.clamp(max=c["big"]))).mul_(big))
     return w.add_(y.clamp(min=torch.finfo(y.dtype).max).sub_(c["big"]))  # +inf where y = +inf, + 0 elsewhere
 
 
@@ -685,32 +705,21 @@ def _solve(
     return state["z"], la, beta, psi, state.get("phi"), log.iterations, m1, m0, log.converged
 
 
-def _check_int(v: object, name: str, lo: int) -> int:
-    try:
-        i = operator.index(v)  # ints and NumPy integers, not floats
-    except TypeError:
-        i = None
-    if isinstance(v, bool) or i is None or i < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(i)
-
-
 def _check_common(cost: object, lam: object, max_iter: object, rtol: object, atol: object, who: str) -> None:
     """Argument checks shared by the projections (before any work): clear errors naming the parameter."""
     check_cost(cost, f"{who}: cost")
     check_positive(lam, f"{who}: lam")  # finite: lam = inf or NaN would make every sweep NaN
-    _check_int(max_iter, f"{who}: max_iter", 1)
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{who}: {name} must be a finite number >= 0, got {v!r}")
+    check_count(max_iter, f"{who}: max_iter")
+    check_nonnegative(rtol, f"{who}: rtol")
+    check_nonnegative(atol, f"{who}: atol")
 
 
-def _check_radius(radius: float | torch.Tensor, B: int, who: str) -> None:
-    r = torch.as_tensor(radius, dtype=torch.float64)
-    if r.dim() and r.numel() != B:
-        raise ValueError(f"{who}: radius must be a scalar or have one entry per image ({B}), got {r.numel()}")
-    if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
-        raise ValueError(f"{who}: radius must be finite and >= 0")
+def _check_points(x: torch.Tensor, w: torch.Tensor, radius: object, dtype: object, who: str, name: str = "w") -> None:
+    """The clean images ``x`` in [0, 1], a finite ``w`` (or gradient) like them, the radius and the dtype."""
+    check_step_point(x, w, name)
+    check_radius(radius, x.shape[0], f"{who}: radius")
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{who}: dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
 
 
 def _check_state(state: object, x: torch.Tensor, who: str, *, phi: bool) -> None:
@@ -733,15 +742,12 @@ def _check_state(state: object, x: torch.Tensor, who: str, *, phi: bool) -> None
 
 
 def _normalise(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype | None):
-    if x.dim() != 4 or w.shape != x.shape:
-        raise ValueError(f"x and w must be (B, C, H, W) of the same shape, got {tuple(x.shape)}, {tuple(w.shape)}")
-    dt = dtype or (x.dtype if x.is_floating_point() else torch.float32)
-    x, w = x.to(dt), w.to(dt)
-    if bool((x < 0).any()):
-        raise ValueError("x must be non-negative (an image/histogram)")
+    """``x`` and ``w`` divided by ``||x||_1`` in the computation dtype (checked by :func:`_check_points`)."""
+    x, w = x.to(dtype or x.dtype), w.to(dtype or x.dtype)
     mass = _bsum(x)
     if bool((mass <= 0).any()):
-        raise ValueError("every image x must have positive total mass")
+        i = int((mass <= 0).nonzero()[0])
+        raise ValueError(f"image {i} of x is all zero: every clean image needs positive total mass")
     return x / _b4(mass), w / _b4(mass), mass
 
 
@@ -781,9 +787,8 @@ def sinkhorn_project(
     if stopping not in ("wong", "dual"):
         raise ValueError("stopping must be 'wong' or 'dual'")
     _check_common(cost, lam, max_iter, rtol, atol, "sinkhorn_project")
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        _check_radius(radius, x.shape[0], "sinkhorn_project")
-        _check_state(state, x, "sinkhorn_project", phi=False)
+    _check_points(x, w, radius, dtype, "sinkhorn_project")
+    _check_state(state, x, "sinkhorn_project", phi=False)
     xn, wn, mass = _normalise(x, w, dtype)
     eps = _as_batch(radius, x.shape[0], xn)
     zn, la, beta, psi, phi, iters, m1, m0, conv = _solve(
@@ -830,15 +835,13 @@ def hu_project(
     if stopping not in ("hu", "dual"):
         raise ValueError("stopping must be 'hu' or 'dual'")
     _check_common(cost, lam, max_iter, rtol, atol, "hu_project")
-    _check_int(extra_iter, "hu_project: extra_iter", 0)
+    check_count(extra_iter, "hu_project: extra_iter", lower=0)
     for name, v in (("budget_tol", budget_tol), ("mass_tol", mass_tol)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"hu_project: {name} must be None or a finite number >= 0, got {v!r}")
-    if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
-        raise ValueError(f"hu_project: offset must be a finite number >= 0, got {offset!r}")
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        _check_radius(radius, x.shape[0], "hu_project")
-        _check_state(state, x, "hu_project", phi=True)
+        if v is not None:
+            check_nonnegative(v, f"hu_project: {name} (None or a number)")
+    check_nonnegative(offset, "hu_project: offset")
+    _check_points(x, w, radius, dtype, "hu_project")
+    _check_state(state, x, "hu_project", phi=True)
     xn, wn, mass = _normalise(x, w, dtype)
     xn = xn + offset
     eps = _as_batch(radius, x.shape[0], xn)
@@ -875,7 +878,9 @@ def conjugate_sinkhorn(
     ``z = e^{-beta} (K * e^{-alpha})`` in raw units (``* ||x||_1``); zero for examples whose support
     cannot meet the gradient's (Wong's early exit), with ``alpha = log(1/m) + 0.5`` initially.
     """
-    dt = dtype or (x.dtype if x.is_floating_point() else torch.float32)
+    _check_common(cost, lam, max_iter, rtol, atol, "conjugate_sinkhorn")
+    _check_points(x, grad, radius, dtype, "conjugate_sinkhorn", "grad")
+    dt = dtype or x.dtype
     x, grad = x.to(dt), grad.to(dt)
     mass = _bsum(x)
     xn = x / _b4(mass)
@@ -974,9 +979,8 @@ class HuProjection:
         dtype: torch.dtype | None = None,
     ) -> None:
         _check_common(cost, lam, max_iter, 0.0, 0.0, "HuProjection")
-        _check_int(extra_iter, "HuProjection: extra_iter", 0)
-        if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
-            raise ValueError(f"HuProjection: offset must be a finite number >= 0, got {offset!r}")
+        check_count(extra_iter, "HuProjection: extra_iter", lower=0)
+        check_nonnegative(offset, "HuProjection: offset")
         self.cost, self.lam, self.max_iter = cost, lam, max_iter
         self.warm_start, self.pre_clamp, self.extra_iter, self.dtype = warm_start, pre_clamp, extra_iter, dtype
         self.offset = offset
