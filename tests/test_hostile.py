@@ -707,3 +707,85 @@ def test_meters_survive_subnormal_and_tiny_masses_in_a_child_process() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", (run.returncode, run.stderr[-2000:])
+
+
+# ------------------------------------------------------------- issue 24: attacks on hostile models
+class _NanOnBright(nn.Module):
+    """Finite logits on the clean images, NaN once a pixel saturates (a model that breaks under attack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.flatten(1))
+        bad = (x.flatten(1).amax(1) > 0.95).unsqueeze(1)
+        return out + torch.where(bad, torch.full_like(out, math.nan), torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("preset", ["linf-pgd", "l2-pgd", "uot", "hu2020-mnist"])
+def test_nan_logits_under_attack_are_neither_fooled_nor_robust(preset: str) -> None:
+    from sinkhorn_attacks.attacks import from_preset
+
+    model = _NanOnBright()
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.9
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    kw = dict(radius=0.3, step_size=0.1 if preset == "linf-pgd" else 0.5) if preset.endswith("pgd") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # NaN gradients once an image saturates: the step is skipped there (the projections refuse NaN points)
+        res = from_preset(preset, model, steps=3, yardstick=None, **kw)(x, y)
+    nan = res.nonfinite
+    assert nan.any()
+    assert not (res.success & nan).any()  # never fooled by a NaN
+    robust = res.clean_correct & ~res.success & ~nan
+    assert res.robust_accuracy == pytest.approx(float(robust.float().mean()))  # nor robust
+    assert res.summary()["nonfinite_logits"] == int(nan.sum())
+
+
+def test_nan_logits_are_no_class() -> None:
+    from sinkhorn_attacks.attacks.base import misclassified, predicted_class
+
+    out = torch.tensor([[1.0, 2.0], [math.nan, 0.0], [math.inf, 0.0]])
+    assert predicted_class(out).tolist() == [1, -1, -1]  # argmax read NaN as class 0
+    assert misclassified(out, torch.tensor([0, 1, 1])).tolist() == [True, False, False]
+
+
+def test_eval_rows_with_nan_logits_count_as_neither() -> None:
+    from sinkhorn_attacks.eval import curves as C
+
+    rows = [
+        dict(index=0, clean_correct=True, success=False, pred_adv=1, metered_radius=math.nan, first_fooled=-1),
+        dict(index=1, clean_correct=True, success=False, pred_adv=-1, metered_radius=math.nan, first_fooled=-1),
+        dict(index=2, clean_correct=True, success=True, pred_adv=2, metered_radius=0.1, first_fooled=1),
+    ]
+    assert C.robust(rows).tolist() == [True, False, False]
+    assert C.accuracy_at_radii(rows, [0.0, 1.0]) == pytest.approx([2 / 3, 1 / 3])
+    assert C.accuracy_vs_iteration(rows, 1) == pytest.approx([2 / 3, 1 / 3])
+    worst = C.worst_case({"a": rows, "b": rows}, ["a", "b"])
+    assert [r["no_class"] for r in worst] == [False, True, False]
+    assert C.robust(worst).tolist() == [True, False, False]
+
+
+def test_benchmark_keeps_each_submodules_mode() -> None:
+    from sinkhorn_attacks.eval.cascade import benchmark
+
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(784, 10))
+    model.train()
+    model[1].eval()  # a mixed tree: restored exactly, not to the top module's mode
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        benchmark(model, x, torch.tensor([0, 1]), attacks=["linf-pgd"], radii=[0.1])
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
+@pytest.mark.parametrize("preset", ["linf-pgd", "uot", "wu2020-fw-mnist", "wu2020-pgd-mnist"])
+@pytest.mark.parametrize("steps", [0, -1, 2.5])
+def test_attack_steps_must_be_a_positive_integer(preset: str, steps: float) -> None:
+    from sinkhorn_attacks.attacks import from_preset
+
+    with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {steps}"):
+        from_preset(preset, nn.Identity(), steps=steps)  # 0 steps returned the clean images as "robust"

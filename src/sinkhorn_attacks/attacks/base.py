@@ -30,7 +30,16 @@ from ..ot.yardstick import Yardstick, measure
 
 DEFAULT_YARDSTICK = Yardstick()  # W1-TV, 5x5 window, price 2 sqrt 2, per unit clean mass
 
-__all__ = ["Attack", "AttackResult", "LossFn", "SuccessFn", "OutputFn", "cross_entropy", "misclassified"]
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "LossFn",
+    "SuccessFn",
+    "OutputFn",
+    "cross_entropy",
+    "misclassified",
+    "predicted_class",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SuccessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,9 +89,17 @@ def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, labels, reduction="none")
 
 
+def predicted_class(outputs: torch.Tensor) -> torch.Tensor:
+    """The argmax class of each row of logits, ``-1`` where a logit is NaN or inf (no class)."""
+    finite = torch.isfinite(outputs.flatten(1)).all(1)
+    return torch.where(finite, outputs.argmax(1), torch.full_like(finite, -1, dtype=torch.long))
+
+
 def misclassified(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Default untargeted success: the predicted class differs from the label."""
-    return outputs.argmax(1) != labels
+    """Default untargeted success: the predicted class differs from the label (non-finite logits are no
+    class, so never a success)."""
+    pred = predicted_class(outputs)
+    return (pred != labels) & (pred >= 0)
 
 
 @dataclass
@@ -112,8 +129,14 @@ class AttackResult:
         return int(self.success.numel())
 
     @property
+    def nonfinite(self) -> torch.Tensor:
+        """Examples whose returned image gave NaN / inf logits: neither fooled nor robust."""
+        nf = self.extras.get("nonfinite_logits")
+        return torch.zeros_like(self.success) if nf is None else nf.nan_to_num(0.0).bool()
+
+    @property
     def robust_accuracy(self) -> float:
-        return float((self.clean_correct & ~self.success).float().mean())
+        return float((self.clean_correct & ~self.success & ~self.nonfinite).float().mean())
 
     @property
     def clean_accuracy(self) -> float:
@@ -123,7 +146,7 @@ class AttackResult:
         """Fraction of examples classified correctly on the clean image and not fooled by an image within
         ``radius`` on the yardstick (an example fooled farther away counts as robust at ``radius``)."""
         fooled_within = self.success & (self.metered_radius <= radius)
-        return float((self.clean_correct & ~fooled_within).float().mean())
+        return float((self.clean_correct & ~fooled_within & ~self.nonfinite).float().mean())
 
     def summary(self) -> dict[str, Any]:
         """Aggregate numbers (JSON-friendly; floats rounded to 4 significant digits)."""
@@ -136,6 +159,7 @@ class AttackResult:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "success_rate_on_correct": float(ok.sum()) / max(1, int(self.clean_correct.sum())),
+            "nonfinite_logits": int(self.nonfinite.sum()),
             "median_metered_radius": float(mr.median()) if mr.numel() else None,
             "max_metered_radius": float(mr.max()) if mr.numel() else None,
             "yardstick": self.yardstick.label if self.yardstick is not None else None,
@@ -305,7 +329,7 @@ class Attack:
         if self.success_fn is None:
             return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
         if self.targeted and self.success_fn is misclassified:
-            return outputs.argmax(1) == labels
+            return predicted_class(outputs) == labels
         return self.success_fn(outputs, labels).bool()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -432,7 +456,7 @@ class Attack:
     @torch.no_grad()
     def _success_on(self, adv: torch.Tensor, goal: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         """Success evaluated on exactly the returned images; NaN / inf logits are no class, so such an image
-        is not counted as fooled (``extras["nonfinite_logits"]`` marks it, with a warning)."""
+        is neither fooled nor robust (``extras["nonfinite_logits"]`` marks it, with a warning)."""
         out_adv = self._forward(adv)
         success = self.is_success(out_adv, goal)
         nonfinite = ~torch.isfinite(out_adv.flatten(1)).all(1)
@@ -440,7 +464,7 @@ class Attack:
             extras["nonfinite_logits"] = nonfinite.double()
             warnings.warn(
                 f"{self.name}: the model returned non-finite logits on {int(nonfinite.sum())} returned image(s); "
-                "they are counted as not fooled (extras['nonfinite_logits'] marks them)",
+                "they count as neither fooled nor robust (extras['nonfinite_logits'] marks them)",
                 RuntimeWarning,
                 stacklevel=4,
             )

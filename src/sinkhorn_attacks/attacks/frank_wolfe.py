@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ot.checks import check_count, check_positive
 from ..ot.cost import LocalCost
 from ..ot.kernel import gather_window
 from ..projections.coupling import (
@@ -174,8 +175,8 @@ class _WuBase(Attack):
         self.check_zero = bool(check_zero)
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        self.cost, self.eps, self.steps = cost, float(eps), int(steps)
-        self.postprocess, self.post_iterations = postprocess, int(post_iterations)
+        self.cost, self.eps, self.steps = cost, float(eps), check_count(steps, "steps")
+        self.postprocess, self.post_iterations = postprocess, check_count(post_iterations, "post_iterations", lower=0)
         if name:
             self.name = name
 
@@ -216,7 +217,7 @@ class WuFrankWolfe(_WuBase):
 
     def __init__(self, model: nn.Module, *, gamma: float = 1e-3, dual_max_iter: int = 50, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.gamma, self.dual_max_iter = float(gamma), int(dual_max_iter)
+        self.gamma, self.dual_max_iter = check_positive(gamma, "gamma"), check_count(dual_max_iter, "dual_max_iter")
 
     def _run(self, x, y):
         return wu_frank_wolfe(
@@ -237,7 +238,7 @@ class WuPGD(_WuBase):
     def __init__(self, model: nn.Module, *, lr: float = 0.1, dual_max_iter: int = 25, **kwargs: Any) -> None:
         kwargs.setdefault("postprocess", True)
         super().__init__(model, **kwargs)
-        self.lr, self.dual_max_iter = float(lr), int(dual_max_iter)
+        self.lr, self.dual_max_iter = check_positive(lr, "lr"), check_count(dual_max_iter, "dual_max_iter")
 
     def _run(self, x, y):
         return wu_pgd(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..ot.checks import check_count
 from .base import Attack
 from .steps import StepRule, get_step
 
@@ -101,8 +102,10 @@ class PGDAttack(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if steps < 0:
-            raise ValueError("steps must be >= 0")
+        steps, restarts = (
+            check_count(steps, "steps"),
+            check_count(restarts, "restarts"),
+        )  # 0 steps returned the clean images
         if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
             raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
         if not (math.isfinite(step_size) and step_size > 0):
@@ -147,7 +150,8 @@ class PGDAttack(Attack):
         xa = xa.detach().requires_grad_(True)
         obj = self.objective(self._forward(xa), ya)
         (grad,) = torch.autograd.grad(obj.sum(), xa)
-        return grad
+        # a model with NaN / inf output here gives no direction: no step (the projections refuse NaN points)
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor):
         best, found_r, iters, cert, extras, grad_evals, done = self._run(x, y, self.random_start)

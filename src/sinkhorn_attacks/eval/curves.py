@@ -1,7 +1,8 @@
 """Curves and the worst case, computed from per-example rows (pure numpy, no attack code).
 
 Conventions: an example counts as robust only if the model classifies it correctly clean and the attack
-did not fool it. ``first_fooled`` is the PGD iteration after which the example was first fooled (0 for
+did not fool it; an adversarial image whose logits are NaN / inf (``pred_adv = -1``) is no class: neither
+fooled nor robust. ``first_fooled`` is the PGD iteration after which the example was first fooled (0 for
 clean errors, -1 if never). Metered radii are yardstick values (:func:`sinkhorn_attacks.ot.measure`; the
 units travel with the results as ``yardstick``); a non-finite value never counts as "within radius r".
 """
@@ -21,6 +22,7 @@ __all__ = [
     "radius_grid",
     "worst_case",
     "summarize",
+    "robust",
 ]
 
 
@@ -28,11 +30,25 @@ def _arr(rows: Sequence[dict[str, Any]], key: str, dtype: Any = float) -> np.nda
     return np.asarray([r[key] for r in rows], dtype=dtype)
 
 
+def _no_class_row(r: dict[str, Any]) -> bool:
+    """The adversarial image gave non-finite logits: ``pred_adv = -1`` (worst-case rows: ``no_class``)."""
+    return bool(r.get("no_class", False)) or int(r.get("pred_adv", 0)) < 0
+
+
+def _no_class(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.asarray([_no_class_row(r) for r in rows], dtype=bool)
+
+
+def robust(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Per example: correct clean, not fooled, and a class on the adversarial image."""
+    return _arr(rows, "clean_correct", bool) & ~_arr(rows, "success", bool) & ~_no_class(rows)
+
+
 def accuracy_vs_iteration(rows: Sequence[dict[str, Any]], steps: int) -> list[float]:
     """Robust accuracy after t = 0..steps iterations (t = 0: clean accuracy)."""
     if not rows:
         return [math.nan] * (steps + 1)
-    cc = _arr(rows, "clean_correct", bool)
+    cc = _arr(rows, "clean_correct", bool) & ~_no_class(rows)
     ff = _arr(rows, "first_fooled", int)
     return [float(np.mean(cc & ((ff < 0) | (ff > t)))) for t in range(steps + 1)]
 
@@ -48,7 +64,7 @@ def accuracy_at_radii(rows: Sequence[dict[str, Any]], radii: Sequence[float]) ->
     """Accuracy against the attack's successes whose metered radius is <= r, for each r."""
     if not rows:
         return [math.nan] * len(radii)
-    cc = _arr(rows, "clean_correct", bool)
+    cc = _arr(rows, "clean_correct", bool) & ~_no_class(rows)
     return [float(np.mean(cc & ~_fooled_within(rows, float(r)))) for r in radii]
 
 
@@ -77,7 +93,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "n": n,
         "clean_accuracy": float(cc.mean()),
-        "robust_accuracy": float((cc & ~s).mean()),
+        "robust_accuracy": float(robust(rows).mean()),
         "success_rate_on_correct": float(ok.sum() / max(1, cc.sum())),
         "median_metered_radius": float(np.median(m[fin])) if fin.any() else (math.inf if ok.any() else None),
         "mean_metered_radius": float(np.mean(m[fin])) if fin.any() else None,
@@ -106,6 +122,7 @@ def worst_case(per_attack: dict[str, Sequence[dict[str, Any]]], order: Sequence[
         row: dict[str, Any] = {
             "index": i,
             "label": rs[0][1].get("label"),
+            "no_class": not fooled and any(_no_class_row(r) for _, r in rs),  # NaN logits: not robust
             "clean_correct": cc,
             "success": bool(fooled) or not cc,
             "worst_attack": fooled[0][0] if fooled else "",

@@ -33,6 +33,7 @@ from torch import nn
 
 from .._runfolder import RunFolder, check_examples, conflict_message, key_part, legacy_slug
 from .._util import UserError, resolve_device
+from ..attacks.base import misclassified, predicted_class
 from ..ot.yardstick import Yardstick
 from . import curves as C
 from .config import AttackSpec, EvalConfig, config_identity, preflight
@@ -151,7 +152,7 @@ class _FirstFooled:
             self.mismatch = True
             return
         with torch.no_grad():
-            fooled = (done | (self.model(cur).argmax(1) != self.y[self.todo])).cpu()
+            fooled = (done | misclassified(self.model(cur), self.y[self.todo])).cpu()  # NaN logits: no class
         idx = self.todo.cpu()
         newly = fooled & (self.first[idx] < 0)
         self.first[idx[newly]] = t
@@ -216,14 +217,14 @@ def run_unit(
     np.random.seed(seed % (2**32))  # noqa: NPY002 - presets may use the global RNG
     atk = _build_attack(model, spec)
     with torch.no_grad():
-        pred_clean = model(x).argmax(1)
+        pred_clean = predicted_class(model(x))
     tracker = _FirstFooled(model, y, pred_clean, on_step)
     atk.callback = tracker
     t0 = time.perf_counter()
     res = atk(x, y)
     elapsed = time.perf_counter() - t0
     with torch.no_grad():
-        pred_adv = model(res.adv).argmax(1).cpu()
+        pred_adv = predicted_class(model(res.adv)).cpu()  # -1: non-finite logits (neither fooled nor robust)
     first, source = tracker.result(res)
     rows = _example_rows(res, y, index, pred_clean, pred_adv, first, source)
     info = {
@@ -711,11 +712,10 @@ def _cell_summary(rows: list[dict[str, Any]], infos: list[dict[str, Any]]) -> di
 def _worst_summary(cfg: EvalConfig, w: list[dict[str, Any]], cells: Cells, m: str) -> dict[str, Any]:
     grid_labels = {a.label for a in cfg.attacks}
     cc = np.asarray([r["clean_correct"] for r in w], dtype=bool)
-    s_ = np.asarray([r["success"] for r in w], dtype=bool)
     return {
         "n": len(w),
         "clean_accuracy": float(cc.mean()) if len(w) else math.nan,
-        "robust_accuracy": float((cc & ~s_).mean()) if len(w) else math.nan,
+        "robust_accuracy": float(C.robust(w).mean()) if len(w) else math.nan,
         "order": cfg.worst_case_labels,
         "median_metered_radius": _median_finite(w),
         "fooled_by": {lab: sum(1 for r in w if r["worst_attack"] == lab) for lab in cfg.worst_case_labels},
