@@ -112,3 +112,223 @@ def test_json_floats_and_helpers(tmp_path: Path) -> None:
     atomic_write(tmp_path / "b.txt", "hi")
     assert (tmp_path / "b.txt").read_text() == "hi" and len(list(tmp_path.iterdir())) == 2
     assert issubclass(ConfigError, UserError)
+
+
+# ------------------------------------------------------- issue 24: every user mistake in one line
+def _ckpts(tmp_path: Path) -> dict[str, str]:
+    """Checkpoint files: a good digits CNN, and files that fail to load in every way the audit tried."""
+    import torch
+
+    from sinkhorn_attacks.zoo.models import small_cnn
+
+    good = tmp_path / "cnn.pt"
+    torch.save(small_cnn(1, 10, 8).state_dict(), good)
+    files = {"good": good, "corrupt": tmp_path / "corrupt.pt", "text": tmp_path / "text.pt",
+             "list": tmp_path / "list.pt", "empty": tmp_path / "empty.pt", "keys": tmp_path / "keys.pt",
+             "rgb": tmp_path / "rgb.pt"}  # fmt: skip
+    files["corrupt"].write_bytes(good.read_bytes()[:200])  # truncated download
+    files["text"].write_text("not a checkpoint\n")
+    torch.save([1, 2, 3], files["list"])
+    files["empty"].write_bytes(b"")
+    torch.save({"foo.weight": torch.zeros(3)}, files["keys"])
+    torch.save(small_cnn(3, 10, 8).state_dict(), files["rgb"])  # a colour model, not for the 8x8 digits
+    return {k: str(v) for k, v in files.items()}
+
+
+def _one_line_error(capsys, rc: int, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and all(n in err for n in needles), err
+    return err
+
+
+def _board(tmp_path: Path, model: str, attack: str = 'preset = "fgsm"', arch: str | None = "small_cnn") -> str:
+    p = tmp_path / "board.toml"
+    line = f'arch = "{arch}"\n' if arch else ""
+    p.write_text(f'[board]\ndataset = "digits"\nn = 2\nbatch = 2\n[[models]]\nlabel = "m"\npath = "{model}"\n{line}'
+                 f'[[attacks]]\nlabel = "a"\n{attack}\n')  # fmt: skip
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--limit", "0"], "--limit ([data] limit) must be an integer >= 1, got 0"),
+        (["--limit", "-3"], "--limit ([data] limit) must be an integer >= 1, got -3"),
+        (["--batch-size", "-1"], "--batch-size ([run] batch_size) must be an integer >= 1, got -1"),
+        (["--batch-size", "0"], "--batch-size ([run] batch_size) must be an integer >= 1, got 0"),
+        (["--offset", "-1"], "--offset ([data] offset) must be an integer >= 0, got -1"),
+        (["--grid", "-1"], "--grid ([run] grid_examples) must be an integer >= 0, got -1"),
+        (["--set", "steps=0"], "steps must be an integer >= 1, got 0"),
+        (["--set", "steps=-2"], "steps must be an integer >= 1, got -2"),
+    ],
+)
+def test_attack_zero_or_negative_sizes(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    out = tmp_path / "o"
+    ck = _ckpts(tmp_path)["good"]
+    rc = main(["attack", ck, "--dataset", "digits", "--preset", "fgsm", "--out", str(out), "--quiet", *flags])
+    _one_line_error(capsys, rc, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--radii", "nan"], "--radii ([curves] radii) must be finite numbers >= 0, got [nan]"),  # was ValueError
+        (["--radii", "-1"], "--radii ([curves] radii) must be finite numbers >= 0, got [-1.0]"),  # was accepted
+        (["--limit", "0"], "--limit ([data] limit)"),
+    ],
+)
+def test_evaluate_sizes_and_radii(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    out = tmp_path / "o"
+    ck = _ckpts(tmp_path)["good"]
+    argv = ["evaluate", "--models", ck, "--attacks", "fgsm", "--dataset", "digits", "--out", str(out), "--quiet"]
+    _one_line_error(capsys, main(argv + flags), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "device, needle",
+    [("foo", "--device 'foo': use auto, cpu, cuda, cuda:N or mps"), ("cuda:x", "--device 'cuda:x'"),
+     ("cuda", "--device cuda"), ("cuda:7", "--device cuda:7"), ("mps", "--device mps")],
+)  # fmt: skip
+def test_devices_the_machine_lacks(tmp_path: Path, capsys, device: str, needle: str) -> None:
+    import torch
+
+    if device.startswith("cuda:7") and torch.cuda.device_count() > 7 or device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has that device")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has that device")
+    ck = _ckpts(tmp_path)["good"]
+    out = tmp_path / "o"
+    for argv in (
+        ["attack", ck, "--dataset", "digits", "--out", str(out)],
+        ["evaluate", "--models", ck, "--attacks", "fgsm", "--dataset", "digits", "--out", str(out)],
+        ["leaderboard", "--config", _board(tmp_path, ck), "--out", str(out)],
+        ["benchmark", ck, "--out", str(out)],
+    ):
+        _one_line_error(capsys, main([*argv, "--device", device, "--quiet"]), needle)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [("corrupt", "not a readable torch checkpoint"), ("text", "not a readable torch checkpoint"),
+     ("empty", "not a readable torch checkpoint (0 bytes"), ("keys", "does not fit the architecture"),
+     ("rgb", "does not fit the architecture")],
+)  # fmt: skip
+def test_checkpoint_that_fails_to_load_or_to_run(tmp_path: Path, capsys, kind: str, needle: str) -> None:
+    """With --arch the checkpoint was not opened before the run (a traceback mid-run); now every command loads it
+    and runs it on one image of the data first."""
+    ck = _ckpts(tmp_path)[kind]
+    out = tmp_path / "o"
+    for argv in (
+        ["attack", ck, "--arch", "small_cnn", "--dataset", "digits", "--preset", "fgsm", "--out", str(out)],
+        ["evaluate", "--models", ck, "--arch", "small_cnn", "--attacks", "fgsm", "--dataset", "digits", "--out",
+         str(out)],
+        ["leaderboard", "--config", _board(tmp_path, ck), "--out", str(out)],
+    ):  # fmt: skip
+        _one_line_error(capsys, main([*argv, "--quiet"]), needle)
+        assert not out.exists()
+
+
+def test_model_for_other_images(tmp_path: Path, capsys) -> None:
+    """A colour model on the grey 8x8 digits: a RuntimeError traceback from the first attack step before."""
+    ck = _ckpts(tmp_path)["rgb"]
+    out = tmp_path / "o"
+    for argv in (
+        ["attack", ck, "--dataset", "digits", "--preset", "fgsm", "--out", str(out)],
+        ["evaluate", "--models", ck, "--attacks", "fgsm", "--dataset", "digits", "--out", str(out)],
+        ["leaderboard", "--config", _board(tmp_path, ck, arch=None), "--out", str(out)],
+    ):
+        _one_line_error(capsys, main([*argv, "--quiet"]), "cannot take digits/", "images of shape (1, 8, 8)")
+        assert not out.exists()
+
+
+def test_mnist_model_with_cifar10(tmp_path: Path, capsys) -> None:
+    from conftest import data_dir, models_dir
+
+    data, models = str(data_dir()), str(models_dir())
+    out = tmp_path / "o"
+    common = ["--data-dir", data, "--models-dir", models, "--out", str(out), "--quiet"]
+    needle = "cannot take cifar10/test"
+    rc = main(["attack", "wong2019-mnist-vanilla", "--dataset", "cifar10", "--preset", "fgsm", "--limit", "2", *common])
+    _one_line_error(capsys, rc, needle, "(3, 32, 32)")
+    rc = main(["benchmark", "wong2019-mnist-vanilla", "--dataset", "cifar10", "--n", "2", *common])
+    _one_line_error(capsys, rc, needle)
+    assert not out.exists()
+
+
+def test_output_folder_that_cannot_be_written(tmp_path: Path, capsys) -> None:
+    import os
+
+    ck = _ckpts(tmp_path)["good"]
+    blocked = f"{ck}/sub"  # under a file: no folder can be made there, whoever runs the test
+    for argv in (
+        ["attack", ck, "--dataset", "digits", "--preset", "fgsm", "--limit", "2", "--out", blocked],
+        ["attack", ck, "--dataset", "digits", "--preset", "fgsm", "--limit", "2", "--out", str(tmp_path / "o"),
+         "--save-adv", blocked],
+        ["evaluate", "--models", ck, "--attacks", "fgsm", "--dataset", "digits", "--limit", "2", "--out", blocked],
+        ["leaderboard", "--config", _board(tmp_path, ck), "--out", blocked],
+        ["benchmark", ck, "--n", "2", "--out", blocked],
+    ):  # fmt: skip
+        flag = "--save-adv" if "--save-adv" in argv else "--out"
+        _one_line_error(capsys, main([*argv, "--quiet"]), f"{flag} {blocked}: {ck} is a file")
+    assert not (tmp_path / "o").exists()
+    if os.geteuid() == 0:
+        return  # root writes into read-only folders: the mode check below cannot be seen
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    try:
+        rc = main(["attack", ck, "--dataset", "digits", "--preset", "fgsm", "--limit", "2", "--out", str(ro / "o")])
+        _one_line_error(capsys, rc, f"--out {ro / 'o'}: {ro} is not writable")
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "attack, needle",
+    [
+        ('preset = "fgsm"\noverrides = { bogus = 1 }', "'a' overrides: preset 'fgsm' has no parameter 'bogus'"),
+        ('preset = "fgsm"\noverrides = { steps = -1 }', "steps must be an integer >= 1, got -1"),
+        ('preset = "fgsm"\noverrides = { radius = nan }', "radius must be a finite number >= 0, got nan"),
+        ('preset = "fgsm"\nradii = [-0.1]', "[[attacks]] 'a': radii must be a non-empty list of finite numbers >= 0"),
+        ('preset = "fgsm"\nradii = []', "[[attacks]] 'a': radii must be a non-empty list"),
+        ('preset = "wu2020-fw-mnist"\noverrides = { gamma = -1.0 }', "[[attacks]] 'a' overrides"),
+    ],
+)  # fmt: skip
+def test_leaderboard_overrides_and_radii_checked_before_any_work(tmp_path: Path, capsys, attack: str, needle: str):
+    """A bad override was a traceback after the first units had run (or, for radii, never noticed)."""
+    ck = _ckpts(tmp_path)["good"]
+    out = tmp_path / "o"
+    _one_line_error(capsys, main(["leaderboard", "--config", _board(tmp_path, ck, attack), "--out", str(out)]), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [(["--n", "0"], "--n must be >= 1, got 0"), (["--n", "-2"], "--n must be >= 1, got -2"),
+     (["--first", "-1"], "--first must be >= 0, got -1"), (["--batch-size", "0"], "--batch-size must be >= 1, got 0")],
+)  # fmt: skip
+def test_benchmark_sizes_name_their_flag(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    out = tmp_path / "o"
+    _one_line_error(capsys, main(["benchmark", _ckpts(tmp_path)["good"], "--out", str(out), *flags]), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [(["zoo", "verify", "-n", "0"], "-n/--num must be >= 1, got 0"),  # was ZeroDivisionError
+     (["zoo", "verify", "-n", "-1"], "-n/--num must be >= 1, got -1"),
+     (["zoo", "verify", "--tolerance", "nan"], "--tolerance must be a finite number >= 0, got nan"),
+     (["zoo", "verify", "--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
+     (["zoo", "download", "nosuch"], "unknown model 'nosuch'"),  # was exit 1
+     (["zoo", "list", "--dataset", "nosuch"], "--dataset 'nosuch': no checkpoints for it; datasets: cifar10")],
+)  # fmt: skip
+def test_zoo_mistakes(capsys, argv: list[str], needle: str) -> None:
+    _one_line_error(capsys, main(argv), needle)
+
+
+def test_zoo_verify_models_dir_must_be_a_folder(tmp_path: Path, capsys) -> None:
+    ck = _ckpts(tmp_path)["good"]
+    _one_line_error(capsys, main(["zoo", "verify", "--models-dir", ck, "wong2019-mnist-vanilla"]), "not a folder")

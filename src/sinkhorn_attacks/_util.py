@@ -129,20 +129,30 @@ class Registry(dict[str, T]):
 
 
 def resolve_device(name: str | None) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; a clear error for CUDA on a CPU-only build."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a clear error for a device this machine lacks (CUDA on
+    a CPU-only build, ``cuda:N`` past the visible GPUs, ``mps`` without Metal)."""
     import torch
 
     name = (name or "auto").strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:]
+        if index and not index.isdigit():
+            raise UserError(f"--device {name!r}: use cuda or cuda:N with N a GPU index")
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build but no GPU is visible"
             raise UserError(f"--device {name}: torch {torch.__version__} is {build}; use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 and up)")
         return name
-    if name == "cpu" or name == "mps":
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: Apple's Metal (MPS) backend is not available here; use --device cpu")
         return name
-    raise UserError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name == "cpu":
+        return name
+    raise UserError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def fmt(v: Any, digits: int = 3) -> str:

@@ -11,8 +11,11 @@ prints how (``args.resume_hint``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from .._util import Registry, UserError
 
@@ -76,10 +79,34 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
-        # a path the user gave (input missing, output not writable)
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except OSError as err:
+        if not isinstance(err, _USER_OSERRORS) and err.errno not in _USER_ERRNOS:
+            raise
+        # a path the user gave (input missing, output not writable or full)
+        print(f"{prog}: error: {_path_flag(err, args)}{err}", file=sys.stderr)
         return 2
+
+
+# missing input, unwritable / read-only / full output, a file where a folder is expected (and the reverse)
+_USER_OSERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_USER_ERRNOS = {
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+    errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+}  # fmt: skip
+
+
+def _path_flag(err: OSError, args: argparse.Namespace) -> str:
+    """``"--out DIR: "`` when the failing path lies under a path flag of the command, else ``""``."""
+    if not err.filename:
+        return ""
+    failing = Path(os.fspath(err.filename)).expanduser().absolute()
+    for dest in ("out", "save_adv", "data_dir", "models_dir", "cache_dir", "config"):
+        given = getattr(args, dest, None)
+        if isinstance(given, str) and given:
+            root = Path(given).expanduser().absolute()
+            if failing == root or root in failing.parents:
+                return f"--{dest.replace('_', '-')} {given}: "
+    return ""
 
 
 if __name__ == "__main__":

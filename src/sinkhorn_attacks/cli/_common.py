@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .._util import UserError, fmt, resolve_device
@@ -31,6 +32,8 @@ __all__ = [
     "fmt",
     "StepBar",
     "smoke_limit",
+    "check_output",
+    "check_count_flag",
 ]
 
 ENV_THREADS = "SINKHORN_ATTACKS_THREADS"
@@ -90,6 +93,28 @@ def user_errors(what: str = "") -> Iterator[None]:
         raise UserError(f"{prefix}{msg}") from err
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         raise UserError(f"{prefix}{err}") from err
+
+
+def check_output(path: str | os.PathLike[str] | None, flag: str) -> None:
+    """Before any work: the output folder ``path`` (given by ``flag``) is, or can be made, a writable folder.
+    Nothing is created; a folder whose writes still fail later (root on a read-only mount point) is reported
+    by :func:`sinkhorn_attacks.cli.main`, naming the flag too."""
+    if path is None:
+        return
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
+    existing = next(a for a in (p, *p.parents) if a.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable (read-only folder or file system)")
+
+
+def check_count_flag(value: int | None, flag: str, lower: int = 1) -> None:
+    """An integer flag ``>= lower`` (``None``: not given)."""
+    if value is not None and value < lower:
+        raise UserError(f"{flag} must be >= {lower}, got {value}")
 
 
 def smoke_limit() -> int | None:

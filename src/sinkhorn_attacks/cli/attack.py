@@ -7,7 +7,7 @@ import ast
 import sys
 from pathlib import Path
 
-from ._common import UserError, add_device, add_threads, fmt, smoke_limit, user_errors
+from ._common import UserError, add_device, add_threads, check_output, fmt, smoke_limit, user_errors
 from .evaluate import units_help
 
 
@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             grid_examples=args.grid,
         )
+    check_output(cfg.out, "--out")
+    check_output(args.save_adv, "--save-adv")
     args.resume_hint = f"rerun the same command to resume; finished batches are kept in {cfg.out}"
     res = run_evaluation(cfg, progress=not args.quiet, fresh=args.fresh, keep_adversarial=bool(args.save_adv))
     s = res["summary"][args.model][args.preset]

@@ -6,7 +6,16 @@ import argparse
 import math
 from pathlib import Path
 
-from ._common import UserError, add_device, add_threads, resolve_device, smoke_limit, user_errors
+from ._common import (
+    UserError,
+    add_device,
+    add_threads,
+    check_count_flag,
+    check_output,
+    resolve_device,
+    smoke_limit,
+    user_errors,
+)
 
 
 def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
@@ -59,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import zoo
     from ..data import load_dataset
     from ..eval.cascade import benchmark, cascade_attacks
+    from ..eval.config import check_model_on
 
-    if args.n < 1 or args.first < 0 or (args.batch_size is not None and args.batch_size < 1):
-        raise UserError("--n and --batch-size must be >= 1 and --first >= 0")
+    check_count_flag(args.n, "--n")
+    check_count_flag(args.first, "--first", lower=0)
+    check_count_flag(args.batch_size, "--batch-size")
     radii = _floats(args.radii, "--radii")
     if radii is not None and (
         not radii or any(not (math.isfinite(r) and r > 0) for r in radii) or radii != sorted(set(radii))
@@ -72,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         _, board = cascade_attacks(args.dataset, labels)
     n = min(args.n, smoke_limit() or args.n)
     device = resolve_device(args.device)
+    check_output(args.out, "--out")
     with user_errors(f"model {args.model}"):
         if args.model in zoo.REGISTRY:
             model = zoo.load(args.model, models_dir=args.models_dir, download=False, device=device)
@@ -82,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, args.split, args.data_dir, limit=n, offset=args.first, download=False)
     if len(data) == 0:
         raise UserError(f"no images at --first {args.first} of {args.dataset} {args.split}")
+    with user_errors(f"model {args.model}"):
+        check_model_on(model, data.images[:1].to(device), data.labels, f"{args.dataset}/{args.split} (--dataset)")
     card = {
         "name": args.model,
         "architecture": entry.arch if entry else args.arch or type(model).__name__,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import UserError, add_threads, fmt, smoke_limit, user_errors
+from ._common import UserError, add_threads, check_output, fmt, smoke_limit, user_errors
 
 
 def units_help() -> str:
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     with user_errors("config" if args.config else ""):
         cfg = build_config(args)
+    check_output(cfg.out, "--out" if args.out else "[run] out")
     args.resume_hint = f"rerun the same command to resume; finished units are kept in {cfg.out}"
     res = run_evaluation(cfg, progress=not args.quiet, fresh=args.fresh)
     print_summary(res["summary"])

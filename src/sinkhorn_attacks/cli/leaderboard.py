@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import UserError, add_device, add_threads, resolve_device, smoke_limit, user_errors
+from ._common import UserError, add_device, add_threads, check_output, resolve_device, smoke_limit, user_errors
 
 
 def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
@@ -53,25 +53,52 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
 
 
 def _preflight(cfg, models_dir: str | None, data_dir: str | None) -> None:
+    """Before any work: the data slice exists, and every model loads and takes one of its images."""
     from .. import zoo
     from ..data import load_dataset
+    from ..eval.config import check_model_on
 
-    problems = []
+    problems, sample = [], None
     try:
-        load_dataset(cfg.dataset, cfg.split, data_dir, limit=1, offset=cfg.first + cfg.n - 1, download=False)
+        sample = load_dataset(cfg.dataset, cfg.split, data_dir, limit=1, offset=cfg.first + cfg.n - 1, download=False)
     except Exception as err:  # noqa: BLE001 - every failure is reported, then we refuse to start
         problems.append(f"data {cfg.dataset}/{cfg.split} (images {cfg.first}..{cfg.first + cfg.n - 1}): "
                         f"{str(err).splitlines()[0]}")  # fmt: skip
     for m in cfg.models:
         try:
             if m.source in zoo.REGISTRY:
-                zoo.locate(m.source, models_dir=models_dir, download=False)
+                model = zoo.load(m.source, models_dir=models_dir, download=False)
             elif not Path(m.source).expanduser().is_file():
                 problems.append(f"model {m.label}: {m.source!r} is neither a zoo name nor a checkpoint file")
+                continue
+            else:
+                model = zoo.load(m.source, arch=m.arch)
+            if sample is not None:
+                check_model_on(model, sample.images, sample.labels, f"{cfg.dataset}/{cfg.split}")
         except (FileNotFoundError, ValueError) as err:
             problems.append(f"model {m.label}: {str(err).splitlines()[0]}")
     if problems:
         raise UserError("nothing was run; fix first:\n" + "\n".join(f"  - {x}" for x in problems))
+
+
+def _check_attacks(cfg) -> None:
+    """Before any work: every attack's overrides, and the attack built at each of its nominal radii."""
+    import math
+
+    from torch import nn
+
+    from ..eval.config import AttackSpec, validate_attack
+
+    for a in cfg.attacks:
+        where = f"[[attacks]] {a.label!r}"
+        if a.radii is not None and (not a.radii or any(not (math.isfinite(r) and r >= 0) for r in a.radii)):
+            raise UserError(f"{where}: radii must be a non-empty list of finite numbers >= 0, got {list(a.radii)}")
+        validate_attack(AttackSpec(a.preset, a.label, dict(a.overrides)), where=f"{where} overrides")
+        for r in a.radii or ():
+            try:
+                a.build(nn.Identity(), cfg.yardstick, r)
+            except (TypeError, ValueError) as err:
+                raise UserError(f"{where}: radius {r!r}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     with user_errors("--config"):
         cfg = load_board_config(resolve_config(args.config))
+    _check_attacks(cfg)
     if args.n is not None:
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
@@ -106,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'leaderboard.json'} and {html} (from finished units only)")
         return 0
     device = resolve_device(args.device)
+    check_output(args.out, "--out")
     _preflight(cfg, args.models_dir, args.data_dir)
     data = load_dataset(cfg.dataset, cfg.split, args.data_dir, limit=cfg.n, offset=cfg.first, download=False)
     images, labels = data.images.to(device), data.labels.to(device)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ._common import add_threads
+from ._common import UserError, add_threads, check_count_flag
 
 
 def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
@@ -64,8 +64,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = [e for e in REGISTRY.values() if args.dataset is None or e.dataset == args.dataset]
     if not rows:
-        print(f"no checkpoints for dataset {args.dataset!r}", file=sys.stderr)
-        return 1
+        known = ", ".join(sorted({e.dataset for e in REGISTRY.values()}))
+        raise UserError(f"--dataset {args.dataset!r}: no checkpoints for it; datasets: {known}")
     width = max(len(e.name) for e in rows)
     print(f"{'name':<{width}}  {'dataset':<8} {'arch':<15} {'acc (pub/meas)':<15} description")
     for e in rows:
@@ -103,9 +103,16 @@ def _accuracy(model, name: str, data_dir: str, num: int) -> float:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import math
+
     from ..data import ChecksumError, DatasetNotFoundError
     from ..zoo import REGISTRY, info, load, locate
 
+    check_count_flag(args.num, "-n/--num")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if args.models_dir and not os.path.isdir(args.models_dir):
+        raise UserError(f"--models-dir {args.models_dir}: not a folder")
     try:
         entries = [info(n) for n in args.names] if args.names else list(REGISTRY.values())
     except ValueError as err:
@@ -153,10 +160,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     if not names:
         print("name a checkpoint (see `sinkhorn-attacks zoo list`) or pass --all", file=sys.stderr)
         return 2
+    try:
+        for n in names:
+            info(n)  # every name checked before any download
+    except ValueError as err:
+        raise UserError(str(err)) from None
     status = 0
     for n in names:
         try:
-            info(n)
             path = locate(n, cache_dir=args.cache_dir, download=True, progress=True)
         except (ValueError, FileNotFoundError) as err:
             print(f"{n}: {err}", file=sys.stderr)

@@ -65,6 +65,7 @@ __all__ = [
     "load_config",
     "resolve_config",
     "validate_attack",
+    "check_model_on",
 ]
 
 
@@ -112,12 +113,32 @@ class EvalConfig:
             raise ValueError(f"config: attack labels must be unique, got {labels}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"config: model names must be unique, got {self.models}")
-        if self.batch_size < 1 or self.limit < 1 or self.offset < 0:
-            raise ValueError("config: batch_size and limit must be >= 1 and offset >= 0")
+        self._check_sizes()
         if self.worst_case is not None:
             unknown = [w for w in self.worst_case if w not in labels]
             if unknown:
                 raise ValueError(f"config: worst_case names unknown attacks {unknown}; attacks are {labels}")
+
+    def _check_sizes(self) -> None:
+        """Counts and radii, each refused in one line naming its flag and config key."""
+        import math
+
+        where = {"limit": ("--limit", "[data] limit"), "offset": ("--offset", "[data] offset"),
+                 "batch_size": ("--batch-size", "[run] batch_size"),
+                 "grid_examples": ("--grid", "[run] grid_examples"),
+                 "radius_points": (None, "[curves] radius_points")}  # fmt: skip
+        lower = {"limit": 1, "offset": 0, "batch_size": 1, "grid_examples": 0, "radius_points": 2}
+        for key, lo in lower.items():
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                flag, toml = where[key]
+                name = f"{flag} ({toml})" if flag else toml
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        radii = self.radii
+        if not isinstance(radii, (list, tuple)) or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0 for r in radii
+        ):
+            raise ValueError(f"--radii ([curves] radii) must be finite numbers >= 0, got {radii!r}")
 
     @property
     def worst_case_labels(self) -> list[str]:
@@ -386,36 +407,64 @@ def preflight(cfg: EvalConfig, *, check_models: bool = True, check_data: bool = 
             validate_attack(spec)
         except ConfigError as err:
             problems.append(str(err))
+    sample = None
     if check_data:
         from ..data import DatasetError, load_dataset
 
         try:
-            load_dataset(cfg.dataset, cfg.split, cfg.data_dir, limit=1, offset=cfg.offset)
+            sample = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, limit=1, offset=cfg.offset)
         except (DatasetError, ValueError, OSError) as err:
             problems.append(f"data {cfg.dataset}/{cfg.split}: {str(err).splitlines()[0]}")
     if check_models:
-        from .. import zoo
-
-        for name in cfg.models:
-            try:
-                if name in zoo.REGISTRY:
-                    zoo.locate(name, models_dir=cfg.models_dir, download=True)
-                elif not Path(name).expanduser().is_file():
-                    hint = suggest(name, zoo.REGISTRY)
-                    problems.append(f"model {name!r}: not a zoo name{hint} nor an existing checkpoint file")
-                elif cfg.arch is not None:
-                    if cfg.arch not in zoo.ARCHITECTURES:
-                        problems.append(f"--arch {cfg.arch!r}: unknown; known: {', '.join(zoo.ARCHITECTURES)}")
-                elif zoo.infer_arch(zoo.load_state_dict_any(Path(name).expanduser())) is None:
-                    problems.append(
-                        f"model {name}: cannot infer its architecture from the checkpoint's keys; pass --arch "
-                        f"(one of {', '.join(zoo.ARCHITECTURES)})"
-                    )
-            except (FileNotFoundError, ValueError) as err:
-                problems.append(f"model {name}: {str(err).splitlines()[0]}")
+        problems += [p for p in (_model_problem(cfg, name, sample) for name in cfg.models) if p]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PreflightError(f"nothing was run; {len(problems)} problem(s) to fix first:\n{lines}")
+
+
+def _model_problem(cfg: EvalConfig, name: str, sample: Any) -> str | None:
+    """What keeps model ``name`` from running on ``cfg``'s data (``sample``: one example, or None), or None:
+    a missing or unreadable checkpoint, an unknown architecture, or one forward pass that fails."""
+    from .. import zoo
+
+    try:
+        if name in zoo.REGISTRY:
+            zoo.locate(name, models_dir=cfg.models_dir, download=True)
+        elif not Path(name).expanduser().is_file():
+            return f"model {name!r}: not a zoo name{suggest(name, zoo.REGISTRY)} nor an existing checkpoint file"
+        elif cfg.arch is not None and cfg.arch not in zoo.ARCHITECTURES:
+            return f"--arch {cfg.arch!r}: unknown; known: {', '.join(zoo.ARCHITECTURES)}"
+        elif cfg.arch is None and zoo.infer_arch(zoo.load_state_dict_any(Path(name).expanduser())) is None:
+            return (
+                f"model {name}: cannot infer its architecture from the checkpoint's keys; pass --arch "
+                f"(one of {', '.join(zoo.ARCHITECTURES)})"
+            )
+        model = zoo.load(name, models_dir=cfg.models_dir, arch=None if name in zoo.REGISTRY else cfg.arch)
+        if sample is not None:
+            check_model_on(model, sample.images, sample.labels, f"{cfg.dataset}/{cfg.split}")
+    except (FileNotFoundError, ValueError) as err:
+        return f"model {name}: {str(err).splitlines()[0]}"
+    return None
+
+
+def check_model_on(model: Any, images: Any, labels: Any, data: str) -> None:
+    """One forward pass on a few examples of the run's data (``data`` names them): ``ValueError`` when the
+    model cannot take these images (an MNIST model on CIFAR-10) or has fewer outputs than the labels need."""
+    import torch
+
+    from ..attacks.base import default_output
+
+    try:
+        with torch.no_grad():
+            out = default_output(model(images))
+    except (RuntimeError, TypeError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"cannot take {data} images of shape {tuple(images.shape[1:])} ({msg})") from None
+    if out.dim() != 2 or out.shape[0] != images.shape[0]:
+        raise ValueError(f"returns shape {tuple(out.shape)} on {data} images, expected (batch, classes) logits")
+    top = int(labels.max()) if labels.numel() else 0
+    if out.shape[1] <= top:
+        raise ValueError(f"has {out.shape[1]} outputs but the {data} labels go up to {top}")
 
 
 def load_config(path: str | os.PathLike[str]) -> EvalConfig:
