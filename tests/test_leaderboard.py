@@ -226,3 +226,22 @@ def test_head_to_head_sign_and_counts() -> None:
     assert math.isclose(row["mean_difference_points"], 0.0, abs_tol=1e-9)
     board["models"][0]["attacks"]["hu"]["robust_accuracy"] = acc([0.9, 0.9])
     assert head_to_head(board, "uot")[0]["mean_difference_points"] < 0  # uot leaves fewer robust: stronger
+
+
+def test_cascade_entry_is_the_minimum_over_the_cascade_attacks_only() -> None:
+    from sinkhorn_attacks.eval.leaderboard import _cascade_entry
+
+    inf = math.inf
+    done = {
+        "yardstick-pgd": {"min_radius": np.array([0.1, 0.5, inf, 0.0]), "cpu_s": np.array([2.0])},
+        "hu2020": {"min_radius": np.array([0.2, 0.3, inf, 0.0]), "cpu_s": np.array([3.0])},
+        "wu2020-pgd": {"min_radius": np.array([0.05, 0.4, 0.7, 0.0]), "cpu_s": np.array([50.0])},
+    }
+    worst = np.array([0.05, 0.3, 0.7, 0.0])
+    e = _cascade_entry(done, 4, 0, worst, (0.1, 0.35))
+    assert e["attacks"] == ["yardstick-pgd", "hu2020"]
+    assert e["per_example"] == [0.1, 0.3, inf, 0.0]
+    assert e["at_or_below_worst"] == 0.5  # examples 1 and 3
+    assert e["cpu_s_upper_bound"] == 5.0
+    assert [r["robust_accuracy"] for r in e["robust_accuracy"]] == [0.5, 0.25]
+    assert _cascade_entry({"wu2020-pgd": done["wu2020-pgd"]}, 4, 0, worst, (0.1,)) is None

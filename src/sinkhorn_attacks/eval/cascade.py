@@ -41,12 +41,10 @@ from ..attacks.base import _intra_op_threads
 from ..ot.yardstick import Yardstick
 from .config import resolve_config
 from .io import read_json, write_json
-from .leaderboard import BoardAttack, load_board_config, minimal_radii, wilson_interval
+from .leaderboard import CASCADE_ORDER, BoardAttack, load_board_config, minimal_radii, wilson_interval
 
 __all__ = ["BenchmarkResult", "benchmark", "cascade_attacks", "CASCADE_ORDER", "BOARD_FOR"]
 
-#: The cascade's order by label (strongest first); only the labels the dataset's board config defines run.
-CASCADE_ORDER: tuple[str, ...] = ("yardstick-pgd", "hu2020", "l2-pgd", "linf-pgd")
 #: The bundled leaderboard config whose attack settings, radii and yardstick a dataset's cascade uses.
 BOARD_FOR = {"mnist": "leaderboard_mnist", "cifar10": "leaderboard_cifar10"}
 STATE = "benchmark_state.json"

@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: The one-call cascade (:func:`sinkhorn_attacks.benchmark`): board attack labels, strongest first.
+CASCADE_ORDER: tuple[str, ...] = ("yardstick-pgd", "hu2020", "l2-pgd", "linf-pgd")
 
 
 @dataclass(frozen=True)
@@ -624,6 +626,25 @@ def _acc_rows(r: np.ndarray, radii: tuple[float, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def _cascade_entry(
+    done: dict[str, dict[str, Any]], n: int, k: int, worst: np.ndarray, radii: tuple[float, ...]
+) -> dict[str, Any] | None:
+    """The cascade's attacks on this board: per example the minimum of their radii, its robust accuracy, the
+    share of examples where it is at most the board's worst case, and their CPU time on every example (the
+    cascade itself runs later attacks only on the examples still robust, so it costs at most that)."""
+    labels = [a for a in CASCADE_ORDER if a in done]
+    if not labels:
+        return None
+    r = np.min(np.stack([done[a]["min_radius"][:n] for a in labels]), axis=0)
+    return {
+        "attacks": labels,
+        "robust_accuracy": _acc_rows(r, radii),
+        "at_or_below_worst": float(np.mean(r <= worst * (1 + 1e-6))),
+        "cpu_s_upper_bound": sum(float(done[a]["cpu_s"][k]) for a in labels),
+        "per_example": [float(v) for v in r],
+    }
+
+
 def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     """Combine the finished units into the leaderboard document (schema in docs/leaderboard.md)."""
     out = Path(out)
@@ -675,6 +696,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
                 "per_example_strongest": [
                     str(v) if math.isfinite(w) and w > 0 else None for v, w in zip(best_attack, worst)
                 ],
+                "cascade": _cascade_entry(done, n, k, worst, cfg.radii),
             }
         )
     return {
