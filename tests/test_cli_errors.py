@@ -332,3 +332,182 @@ def test_zoo_mistakes(capsys, argv: list[str], needle: str) -> None:
 def test_zoo_verify_models_dir_must_be_a_folder(tmp_path: Path, capsys) -> None:
     ck = _ckpts(tmp_path)["good"]
     _one_line_error(capsys, main(["zoo", "verify", "--models-dir", ck, "wong2019-mnist-vanilla"]), "not a folder")
+
+
+# ------------------------------------------------------- issue 24: train and retrieval mistakes in one line
+_TRAIN = ["train", "--dataset", "digits", "--arch", "small_cnn", "--train-limit", "32", "--batch-size", "16",
+          "--no-plot", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [(["--attack", "fgsm", "--attack-arg", "bogus=1"], "--attack-arg: preset 'fgsm' has no parameter 'bogus'"),
+     (["--attack", "fgsm", "--attack-arg", "steps=abc"], "--attack-arg: steps = 'abc': expected int"),
+     (["--attack", "fgsm", "--eval-attack-arg", "stepz=1"], "--eval-attack-arg: preset 'fgsm' has no parameter"),
+     (["--attack", "fgsmm"], "--attack: unknown attack preset 'fgsmm' (did you mean 'fgsm'?)"),
+     (["--arch-arg", "bogus=1"], "--arch-arg bogus: architecture small_cnn has no parameter 'bogus'; its parameters: "
+      "in_ch, n_classes, size"),  # was TypeError
+     (["--arch", "small_cnnn"], "--arch 'small_cnnn' is unknown (did you mean 'small_cnn'?)"),
+     (["--arch", "mnist_cnn"], "--arch mnist_cnn cannot take digits/train images of shape (1, 8, 8)"),  # RuntimeError
+     (["--arch", "resnet18_cifar"], "--arch resnet18_cifar cannot take digits/train images of shape (1, 8, 8)"),
+     (["--train-limit", "0"], "--train-limit must be an integer >= 1, got 0"),  # was RuntimeError
+     (["--train-offset", "-1"], "--train-offset must be an integer >= 0, got -1"),
+     (["--train-offset", "100000"], "--train-offset 100000: offset 100000 is past the end"),
+     (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),  # the flag was not named
+     (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),  # was exit 1 after the first step
+     (["--lr", "-0.1"], "--lr must be a finite number > 0, got -0.1"),
+     (["--momentum", "1.5"], "--momentum must be a number in [0, 1), got 1.5"),
+     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0, got inf"),
+     (["--gamma", "-1"], "--gamma must be a finite number > 0, got -1.0"),
+     (["--milestones", "0"], "--milestones must be integers >= 1, got 0"),
+     (["--max-steps-per-epoch", "0"], "--max-steps-per-epoch must be an integer >= 1, got 0"),
+     (["--eval-batch-size", "0"], "--eval-batch-size must be an integer >= 1, got 0"),
+     (["--meter-n", "-1"], "--meter-n must be an integer >= 0, got -1"),
+     (["--device", "foo"], "--device 'foo': use auto, cpu, cuda, cuda:N or mps"),  # was RuntimeError
+     (["--dataset", "digitz"], "--dataset digitz: unknown dataset 'digitz'"),
+     (["--dataset", "synthetic:x"], "--dataset 'synthetic:x': write synthetic or synthetic:C:S"),
+     (["--init", "{tmp}/none.pt"], "--init checkpoint {tmp}/none.pt does not exist"),
+     (["--init", "{rgb}"], "--init {rgb}: does not fit the architecture")],
+)  # fmt: skip
+def test_train_mistakes_before_any_work(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    """Each was a traceback (or exit 1, or a message without its flag); now refused before the folder exists."""
+    rgb = _ckpts(tmp_path)["rgb"] if "{rgb}" in flags else ""
+    flags = [f.format(tmp=tmp_path, rgb=rgb) for f in flags]
+    out = tmp_path / "o"
+    _one_line_error(capsys, main([*_TRAIN, "--out", str(out), *flags]), needle.format(tmp=tmp_path, rgb=rgb))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [(["--arch-arg", "n_classes=5"], "--arch small_cnn has 5 outputs but the digits/train labels go up to 9"),
+     (["--batch-size", "1000"], "--batch-size must be at most the 32 training examples, got 1000")],
+)  # fmt: skip
+def test_train_mistakes_seen_on_the_whole_data(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    out = tmp_path / "o"
+    _one_line_error(capsys, main([*_TRAIN, "--out", str(out), *flags]), needle)
+    assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [("epochs = 0", "--epochs must be an integer >= 1, got 0"), ("lr = -1.0", "--lr must be a finite number > 0"),
+     ("milestones = 3", "--milestones must be a list of integers >= 1, got 3"),  # was TypeError
+     ("arch_kwargs = 3", "{recipe}: arch_kwargs must be a table of KEY = VALUE, got 3"),  # was TypeError
+     ("meter_kernel = 0", "meter_kernel ({recipe}) must be an integer >= 1, got 0")],
+)  # fmt: skip
+def test_train_recipe_values_name_their_flag(tmp_path: Path, capsys, line: str, needle: str) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[train]\ndataset = "digits"\narch = "small_cnn"\n{line}\n')
+    out = tmp_path / "o"
+    rc = main(["train", "--config", str(recipe), "--device", "cpu", "--out", str(out)])
+    _one_line_error(capsys, rc, needle.format(recipe=recipe))
+    assert not out.exists()
+
+
+def test_train_config_error_names_the_field() -> None:
+    from sinkhorn_attacks.train import TrainConfig, TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=r"^lr must be a finite number > 0, got nan$") as info:
+        TrainConfig(lr=float("nan"))
+    assert info.value.field == "lr" and isinstance(info.value, ValueError)
+    with pytest.raises(TrainConfigError, match="label_smoothing must be a number in"):
+        TrainConfig(label_smoothing=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_heads(tmp_path_factory) -> Path:
+    """Retrieval heads with a 4-d embedding on synthetic data (one epoch, a second or two)."""
+    from sinkhorn_attacks.retrieval.experiment import TrainRun, run_train
+    from sinkhorn_attacks.retrieval.train import TrainConfig as HeadsConfig
+
+    out = tmp_path_factory.mktemp("heads")
+    cfg = HeadsConfig(epochs=1, batch_size=16, embed_dim=4)
+    run = TrainRun(data="synthetic:24", out=str(out), image_backbone="small-cnn", text_backbone="hashing",
+                   image_size=None, train=cfg, cache_dir=str(out))  # fmt: skip
+    run_train(run, log=None)
+    return out / "heads.pt"
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [(["--epochs", "0"], "--epochs must be >= 1, got 0"),  # was AttributeError
+     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),  # was ValueError: range() arg 3
+     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+     (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+     (["--embed-dim", "0"], "--embed-dim must be >= 1, got 0"),  # was accepted
+     (["--image-size", "-5"], "--image-size must be >= 0, got -5"),
+     (["--model-input-size", "-1"], "--model-input-size must be >= 0, got -1"),
+     (["--image-backbone", "bogus"], "--image-backbone 'bogus': unknown; known: efficientnet-lite0, small-cnn"),
+     (["--text-backbone", "bogus"], "--text-backbone 'bogus': unknown"),
+     (["--eval-split", "bogus"], "--data synthetic:24 --eval-split bogus: unknown split 'bogus'")],
+)  # fmt: skip
+def test_retrieval_train_mistakes(tmp_path: Path, capsys, flags: list[str], needle: str) -> None:
+    out = tmp_path / "o"
+    argv = ["retrieval", "train", "--data", "synthetic:24", "--out", str(out), "--image-backbone", "small-cnn",
+            "--text-backbone", "hashing", "--image-size", "0", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    _one_line_error(capsys, main([*argv, *flags]), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [(["--steps", "0"], "--steps must be >= 1, got 0"), (["--n-images", "0"], "--n-images must be >= 1, got 0"),
+     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+     (["--batch-size", "5"], "--batch-size must be at most the embedding size 4 of the heads, got 5"),
+     (["--objective", "bogus"], "--objective 'bogus': unknown"), (["--directions", "bogus"], "--directions 'bogus'"),
+     (["--record", "1,x"], "--record must be a comma list of iterations in [0, --steps 1], got '1,x'"),
+     (["--record", "5"], "--record must be a comma list"),
+     (["--meter-kernel", "4"], "--meter-kernel must be a positive odd integer (0: the yardstick's), got 4"),
+     (["--meter-p", "nan"], "--meter-p must be a finite number > 0, got nan"),
+     (["--meter-images", "-1"], "--meter-images must be >= 0, got -1"),
+     (["--time-budget", "-1"], "--time-budget must be a finite number >= 0, got -1.0"),
+     (["--time-budget", "nan"], "--time-budget must be a finite number >= 0, got nan"),
+     (["--split", "bogus"], "--split bogus (data synthetic:24 of the heads): unknown split 'bogus'"),  # was KeyError
+     (["--data", "nosuch:x"], "--data nosuch:x --split test: unknown dataset kind 'nosuch'"),
+     (["--heads", "{text}"], "--heads {text}: {text} is not a readable torch checkpoint")],  # was UnpicklingError
+)  # fmt: skip
+def test_retrieval_attack_mistakes(tmp_path: Path, capsys, tiny_heads: Path, flags: list[str], needle: str) -> None:
+    text = tmp_path / "heads.txt"
+    text.write_text("not a checkpoint\n")
+    out = tmp_path / "o"
+    argv = ["retrieval", "attack", "--heads", str(tiny_heads), "--out", str(out), "--steps", "1", "--n-images", "2",
+            "--batch-size", "2", "--cache-dir", str(tiny_heads.parent)]  # fmt: skip
+    flags = [f.format(text=text) for f in flags]
+    _one_line_error(capsys, main([*argv, *flags]), needle.format(text=text))
+    assert not out.exists()
+
+
+def test_retrieval_attack_more_images_than_embedding_dimensions(tmp_path: Path, tiny_heads: Path) -> None:
+    """Gallery indices were the attack's labels: image 4 and up of 4-d heads failed the attack's label check."""
+    out = tmp_path / "o"
+    argv = ["retrieval", "attack", "--heads", str(tiny_heads), "--out", str(out), "--steps", "1", "--n-images", "6",
+            "--batch-size", "3", "--no-plots", "--no-library-meter", "--cache-dir", str(tiny_heads.parent)]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((out / "attack.json").read_text())["cells"]
+
+
+def test_retrieval_evaluate_experiment_and_report_mistakes(tmp_path: Path, capsys, tiny_heads: Path) -> None:
+    text = tmp_path / "heads.txt"
+    text.write_text("not a checkpoint\n")
+    cache = ["--cache-dir", str(tiny_heads.parent)]
+    ev = ["retrieval", "evaluate", "--heads", str(tiny_heads), *cache]
+    _one_line_error(capsys, main(["retrieval", "evaluate", "--heads", str(text)]), f"--heads {text}: {text} is not a")
+    _one_line_error(capsys, main([*ev, "--split", "bogus"]), "--split bogus (data synthetic:24 of the heads)")
+    _one_line_error(capsys, main([*ev, "--data", "nosuch:x"]), "--data nosuch:x --split test: unknown dataset kind")
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[experiment]\ntitle = "t"\ndata = "synthetic:24"\nsplit = "test"\nn_images = 2\niterations = 1\n'
+                   'batch_size = 2\nexpect_images = 24\n[[attacks]]\npreset = "linf-pgd"\nlabel = "linf"\n'
+                   "radii = [0.01]\n")  # fmt: skip
+    out = tmp_path / "x"
+    xp = ["retrieval", "experiment", "--config", str(cfg), "--out", str(out), "--heads", str(tiny_heads), "--quiet"]
+    _one_line_error(capsys, main([*xp, "--n-images", "0"]), "--n-images must be >= 1, got 0")  # was accepted
+    _one_line_error(capsys, main([*xp, "--n-images", "-2"]), "--n-images must be >= 1, got -2")  # was ValueError
+    _one_line_error(capsys, main([*xp, "--time-budget", "-1"]), "--time-budget must be a finite number >= 0")
+    assert not out.exists()
+    _one_line_error(capsys, main([*xp, "--heads", str(text)]), f"--heads {text}: {text} is not a readable torch")
+    train_json = tiny_heads.parent / "train.json"
+    rc = main(["retrieval", "report", str(train_json), "--out", str(tmp_path / "r")])
+    _one_line_error(capsys, rc, f"{train_json}: not the results.json of `retrieval experiment` (no dataset, n_images")

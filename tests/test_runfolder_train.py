@@ -166,8 +166,8 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_configuration(tmp_pa
         train(_cfg(tmp_path), verbose=False)
     monkeypatch.undo()
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "checkpoint.pt").exists()
-    with pytest.raises(ConfigMismatchError, match=r"differing keys: arch_kwargs \{\} -> \{\"width\": 4\}"):
-        train(_cfg(tmp_path, arch_kwargs={"width": 4}), verbose=False)  # earlier versions started over silently
+    with pytest.raises(ConfigMismatchError, match=r"differing keys: arch_kwargs \{\} -> \{\"n_classes\": 12\}"):
+        train(_cfg(tmp_path, arch_kwargs={"n_classes": 12}), verbose=False)  # earlier versions started over silently
     assert len(train(_cfg(tmp_path), verbose=False).history) == 2  # the same configuration starts normally
 
 
@@ -221,11 +221,15 @@ def test_a_folder_written_the_old_way_still_resumes(tmp_path: Path) -> None:
     assert set(torch.load(tmp_path / "old" / "model.pt", weights_only=True)) == set(ck["model"])
 
 
-def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
+def test_non_finite_weights_are_never_saved(tmp_path: Path, monkeypatch) -> None:
     from sinkhorn_attacks.train import TrainingDiverged
 
+    def nan_decay(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:  # the config refuses weight_decay=nan
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=float("nan"))
+
+    monkeypatch.setattr(train_loop, "_make_optimizer", nan_decay)
     with pytest.raises(TrainingDiverged, match="non-finite weights after epoch 1, step 1"):
-        train(_cfg(tmp_path, weight_decay=float("nan"), checkpoint_every=1), verbose=False)
+        train(_cfg(tmp_path, checkpoint_every=1), verbose=False)
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "model.pt").exists()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ __all__ = [
     "smoke_limit",
     "check_output",
     "check_count_flag",
+    "check_real_flag",
 ]
 
 ENV_THREADS = "SINKHORN_ATTACKS_THREADS"
@@ -115,6 +117,12 @@ def check_count_flag(value: int | None, flag: str, lower: int = 1) -> None:
     """An integer flag ``>= lower`` (``None``: not given)."""
     if value is not None and value < lower:
         raise UserError(f"{flag} must be >= {lower}, got {value}")
+
+
+def check_real_flag(value: float | None, flag: str, *, positive: bool = False) -> None:
+    """A finite number flag ``>= 0`` (``> 0`` when ``positive``; ``None``: not given)."""
+    if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise UserError(f"{flag} must be a finite number {'>' if positive else '>='} 0, got {value}")
 
 
 def smoke_limit() -> int | None:

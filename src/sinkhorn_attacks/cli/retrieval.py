@@ -17,17 +17,68 @@ import argparse
 import os
 from typing import Any
 
-from ._common import add_device, add_threads, resolve_device, smoke_limit, user_errors
+from ._common import (
+    UserError,
+    add_device,
+    add_threads,
+    check_count_flag,
+    check_real_flag,
+    resolve_device,
+    smoke_limit,
+    user_errors,
+)
 
 __all__ = ["add_parser"]
 
 
-def _train(args: argparse.Namespace) -> int:
-    from sinkhorn_attacks.retrieval.experiment import TrainRun, load_dataset, run_train
+def _known(flag: str, name: str, known: Any) -> None:
+    """``name`` (given by ``flag``) is one of ``known``."""
+    from .._util import suggest
 
-    with user_errors(f"--data {args.data}"):  # both splits exist and are not empty, before any work
-        load_dataset(args.data, "train")
-        load_dataset(args.data, args.eval_split)
+    if name not in known:
+        raise UserError(f"{flag} {name!r}: unknown{suggest(name, known)}; known: {', '.join(sorted(known))}")
+
+
+def _check_split(spec: str, split: str, given: bool, split_flag: str | None = "--split") -> None:
+    """The data ``spec`` (from ``--data`` when ``given``, else the heads') has a non-empty ``split`` (named by
+    ``split_flag``; None: a split the command always reads)."""
+    from sinkhorn_attacks.retrieval.experiment import load_dataset
+
+    where = f"--data {spec}" + (f" {split_flag} {split}" if split_flag else "")
+    if not given:
+        where = f"{split_flag} {split} (data {spec} of the heads)"
+    with user_errors(where):
+        load_dataset(spec, split)
+
+
+def _heads_checked(path: str) -> tuple[Any, dict]:
+    """``(heads, meta)`` of ``--heads``: a missing or unreadable file in one line."""
+    from sinkhorn_attacks.retrieval.model import load_heads
+
+    with user_errors(f"--heads {path}"):
+        return load_heads(path)
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """Sizes, rates and backbone names of ``retrieval train``, then both splits of ``--data``, before any work."""
+    from sinkhorn_attacks.retrieval.encoders import IMAGE_BACKBONES, TEXT_BACKBONES
+
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--embed-dim", args.embed_dim)):
+        check_count_flag(value, flag)
+    check_count_flag(args.image_size, "--image-size", 0)
+    check_count_flag(args.model_input_size, "--model-input-size", 0)
+    check_real_flag(args.lr, "--lr", positive=True)
+    check_real_flag(args.weight_decay, "--weight-decay")
+    _known("--image-backbone", args.image_backbone, IMAGE_BACKBONES)
+    _known("--text-backbone", args.text_backbone, TEXT_BACKBONES)
+    _check_split(args.data, "train", True, None)
+    _check_split(args.data, args.eval_split, True, "--eval-split")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sinkhorn_attacks.retrieval.experiment import TrainRun, run_train
+
+    _check_train_args(args)
     from sinkhorn_attacks.retrieval.train import TrainConfig
 
     smoke = smoke_limit()
@@ -64,6 +115,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from sinkhorn_attacks.retrieval.experiment import run_evaluate
 
+    _, meta = _heads_checked(args.heads)
+    _check_split(args.data or meta["data"], args.split, args.data is not None)
     run_evaluate(args.heads, args.data, args.split, args.out, args.cache_dir)
     return 0
 
@@ -80,18 +133,58 @@ def _check_specs(specs) -> None:
             validate_attack(AttackSpec(sp.preset, params=params), where=f"--attack {sp.preset}")
 
 
+def _record(args: argparse.Namespace) -> list[int] | None:
+    """``--record``: a comma list of iterations in ``[0, --steps]``, or None."""
+    if not args.record:
+        return None
+    try:
+        record = [int(v) for v in args.record.split(",")]
+    except ValueError:
+        record = None
+    if record is None or not all(0 <= t <= args.steps for t in record):
+        raise UserError(
+            f"--record must be a comma list of iterations in [0, --steps {args.steps}], got {args.record!r}"
+        )
+    return record
+
+
+def _check_attack_args(args: argparse.Namespace) -> list[int] | None:
+    """Sizes, meter, time budget, objective and directions of ``retrieval attack``, then the heads (the batch
+    must not exceed their embedding size) and the data split, before any work; returns ``--record``."""
+    from sinkhorn_attacks.retrieval.attack import OBJECTIVES
+
+    for flag, value in (("--steps", args.steps), ("--n-images", args.n_images), ("--batch-size", args.batch_size)):
+        check_count_flag(value, flag)
+    check_count_flag(args.meter_images, "--meter-images", 0)
+    if args.meter_kernel < 0 or (args.meter_kernel and args.meter_kernel % 2 == 0):
+        raise UserError(f"--meter-kernel must be a positive odd integer (0: the yardstick's), got {args.meter_kernel}")
+    check_real_flag(args.meter_p, "--meter-p", positive=True)
+    check_real_flag(args.time_budget, "--time-budget")
+    _known("--objective", args.objective, OBJECTIVES)
+    directions = args.directions.split(",")
+    if not set(directions) <= {"i2t", "t2i"} or len(set(directions)) != len(directions):
+        raise UserError(f"--directions {args.directions!r}: write i2t, t2i or i2t,t2i")
+    record = _record(args)
+    heads, meta = _heads_checked(args.heads)
+    if args.batch_size > heads.embed_dim:
+        raise UserError(f"--batch-size must be at most the embedding size {heads.embed_dim} of the heads, got "
+                        f"{args.batch_size}")  # fmt: skip
+    _check_split(args.data or meta["data"], args.split, args.data is not None)
+    return record
+
+
 def _attack(args: argparse.Namespace) -> int:
     from sinkhorn_attacks.retrieval.experiment import parse_attack_spec, run_attack
 
     with user_errors("--attack"):
         specs = [parse_attack_spec(s) for s in (args.attack or ["linf-pgd:eps=2/255"])]
     _check_specs(specs)
+    record = _check_attack_args(args)
     smoke = smoke_limit()
     if smoke:  # smoke run (tests of the documented commands)
         args.n_images, args.steps, args.meter_images = min(args.n_images, smoke), min(args.steps, smoke), 0
         args.batch_size = min(args.batch_size, smoke)
     args.resume_hint = f"rerun the same command to resume; finished cells are kept in {args.out}/parts"
-    record = [int(v) for v in args.record.split(",")] if args.record else None
     res = run_attack(
         args.heads,
         specs,
@@ -245,6 +338,8 @@ def _attack_parser(acts: Any) -> None:
 def _experiment(args: argparse.Namespace) -> int:
     from sinkhorn_attacks.retrieval.study import load_study, run_study
 
+    check_count_flag(args.n_images, "--n-images")
+    check_real_flag(args.time_budget, "--time-budget")
     cfg = load_study(args.config)
     device = resolve_device(args.device)
     if args.n_images is not None:

@@ -188,7 +188,9 @@ def _apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
             defaults["no_shuffle"] = not value
         elif key == "plot":
             defaults["no_plot"] = not value
-        elif key in _FIELD_TO_DEST and isinstance(value, dict):
+        elif key in ("arch_kwargs", "attack_overrides", "eval_attack_overrides"):
+            if not isinstance(value, dict):
+                raise UserError(f"{args.config}: {key} must be a table of KEY = VALUE, got {value!r}")
             defaults[_FIELD_TO_DEST[key]] = list(value.items())
         else:
             defaults[_FIELD_TO_DEST.get(key, key)] = value
@@ -196,6 +198,10 @@ def _apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
     parser.set_defaults(**defaults)
     argv = list(args.argv)
     return parser.parse_args(argv[argv.index("train") + 1 :])
+
+
+#: TrainConfig fields without an option: set by a recipe only (``_apply_recipe`` puts them into the namespace).
+_RECIPE_ONLY = ("meter_kernel", "meter_p")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -225,7 +231,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         step_size=args.step_size,
-        milestones=list(args.milestones),
+        milestones=list(args.milestones) if isinstance(args.milestones, (list, tuple)) else args.milestones,
         gamma=args.gamma,
         warmup=args.warmup,
         augment=args.augment,
@@ -241,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         plot=not args.no_plot,
+        **{k: getattr(args, k) for k in _RECIPE_ONLY if hasattr(args, k)},
     )
 
 
@@ -256,8 +263,29 @@ def _smoke(args: argparse.Namespace) -> None:
     args.attack_arg = [*args.attack_arg, ("steps", min(dict(args.attack_arg).get("steps", n), n))]
 
 
+def _check_attack_args(cfg: Any) -> None:
+    """The attack preset and every --attack-arg / --eval-attack-arg key and value type, before any work."""
+    if cfg.attack == "none":
+        return
+    from ..eval.config import AttackSpec, validate_attack
+
+    validate_attack(AttackSpec(cfg.attack), where="--attack")
+    validate_attack(AttackSpec(cfg.attack, params=cfg.attack_overrides), where="--attack-arg")
+    both = {**cfg.attack_overrides, **cfg.eval_attack_overrides}
+    validate_attack(AttackSpec(cfg.attack, params=both), where="--eval-attack-arg")
+
+
+def _flag_error(err: Any, args: argparse.Namespace) -> UserError:
+    """A :class:`TrainConfigError` in the words of the command line: the field's flag, else the field (a key
+    only a recipe sets)."""
+    dest = _FIELD_TO_DEST.get(err.field, err.field)
+    if dest in vars(args) and dest not in ("config", "parser", "argv", "func", *_RECIPE_ONLY):
+        return UserError(f"--{dest.replace('_', '-')} {err.rule}")
+    return UserError(f"{err.field} ({args.config or 'recipe key'}) {err.rule}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import ConfigMismatchError, TrainingDiverged, train
+    from ..train import ConfigMismatchError, TrainConfigError, TrainingDiverged, train
 
     if args.config:
         args = _apply_recipe(args)
@@ -265,7 +293,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.resume_hint = f"continue with the same options plus --resume (checkpoint in {args.out})"
     try:
         cfg = config_from_args(args)
+        _check_attack_args(cfg)
         result = train(cfg, resume=args.resume, fresh=args.fresh, stop_after_epochs=args.stop_after_epochs)
+    except TrainConfigError as err:
+        raise _flag_error(err, args) from None
     except (ConfigMismatchError, FileExistsError, ValueError) as err:
         raise UserError(str(err)) from None
     except TrainingDiverged as err:

@@ -32,6 +32,7 @@ objective (which keeps the *other* images clean) is a per-image surrogate of the
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +388,9 @@ def attack_gallery(
             objective as its ``loss_fn``; ``atk(images, idx)`` returns a result with ``.adv`` and optionally
             ``.success``, ``.radius``, ``.metered_radius``, ``.iterations``. ``callback(step, x_adv, ...)`` is
             called by the attack loop after each step (``step`` = 1, 2, ...; extra arguments are ignored).
+            A ``make_attack`` that takes ``gallery=`` is called with the batch's gallery indices and its attack
+            with the labels ``0 .. B-1`` instead (its loss: ``objective.batch_view(gallery)``), so that gallery
+            indices beyond the embedding size pass the attack's check of its labels against the output width.
         tower: the image model handed to the attack (``x -> embedding``), used for recording.
         load_images: ``indices -> (B, 3, H, W)`` in ``[0, 1]``.
         objective: its ``img_labels`` etc. must describe the same split as the other arguments.
@@ -423,22 +427,12 @@ def attack_gallery(
         return retrieval_metrics(g, img_labels, txt_emb, txt_labels, ks, image_queries=idx_all, caption_queries=cap_q)
 
     return GalleryAttackResult(
-        image_indices=idx_all,
-        steps=steps,
-        embeddings=acc.rec,
-        metrics={t: evaluate(acc.rec[t]) for t in steps},
-        final_metrics=evaluate(acc.final),
-        success=acc.succ,
-        radius=acc.radius,
-        metered_radius=acc.metered,
-        iterations=acc.iters,
-        linf=acc.linf,
-        l2=acc.l2,
-        seconds=time.time() - t0,
-        examples={k: torch.stack(v) for k, v in acc.examples.items() if v},
-        metered_common=acc.common,
+        image_indices=idx_all, steps=steps, embeddings=acc.rec, metrics={t: evaluate(acc.rec[t]) for t in steps},
+        final_metrics=evaluate(acc.final), success=acc.succ, radius=acc.radius, metered_radius=acc.metered,
+        iterations=acc.iters, linf=acc.linf, l2=acc.l2, seconds=time.time() - t0,
+        examples={k: torch.stack(v) for k, v in acc.examples.items() if v}, metered_common=acc.common,
         meter_description=meter_description,
-    )
+    )  # fmt: skip
 
 
 def _attack_recording(
@@ -458,7 +452,10 @@ def _attack_recording(
             with torch.no_grad():
                 rec[step][sl] = tower(x_adv.detach()).float().cpu()
 
-    res = make_attack(callback=callback)(x, torch.as_tensor(bidx))
+    if "gallery" in inspect.signature(make_attack).parameters:  # labels 0 .. B-1, see attack_gallery
+        res = make_attack(callback=callback, gallery=bidx)(x, torch.arange(len(bidx)))
+    else:
+        res = make_attack(callback=callback)(x, torch.as_tensor(bidx))
     return res, int(last.get("step", max(rec)))
 
 

@@ -96,7 +96,10 @@ def _load_dataset(spec: str, split: str = "test") -> RetrievalData:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         n = int(arg) if arg else 64
-        code = {"train": 0, "val": 1, "test": 2}[{"dev": "val"}.get(split, split)]
+        codes = {"train": 0, "val": 1, "test": 2}
+        if {"dev": "val"}.get(split, split) not in codes:
+            raise ValueError(f"unknown split {split!r} of synthetic data; splits: train, val (or dev), test")
+        code = codes[{"dev": "val"}.get(split, split)]
         return make_synthetic(n, size=16, captions_per_image=3, seed=code, name=f"synthetic/{split}")
     if not arg:
         raise ValueError(f"dataset spec {spec!r} needs a path: KIND:PATH")
@@ -428,6 +431,8 @@ def run_attack(
     _check_cell_keys(specs)
     with folder.lock():
         model, meta = load_model(heads_path)
+        if batch_size > model.embed_dim:  # the attack's labels are positions in the batch, < its output width
+            raise UserError(f"batch_size {batch_size} exceeds the embedding size {model.embed_dim} of {heads_path}")
         ds = load_dataset(data or meta["data"], split)
         n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
         rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
@@ -641,12 +646,13 @@ class _CellContext:
         if log:
             log(f"[{key}] {self.idx.size} images x {self.steps} iterations, overrides {overrides}")
 
-        def make(callback=None, _p=spec.preset, _o=overrides):
+        def make(callback=None, gallery=None, _p=spec.preset, _o=overrides):
             kw = dict(_o)
             if not self.library_meter:
                 kw.setdefault("meter_cost", None)
+            loss = self.obj if gallery is None else self.obj.batch_view(gallery)  # labels: positions in the batch
             return self.factory(
-                _p, self.tower, loss_fn=self.obj, success_fn=None, callback=callback, steps=self.steps, **kw
+                _p, self.tower, loss_fn=loss, success_fn=None, callback=callback, steps=self.steps, **kw
             )
 
         ds = self.ds

@@ -139,8 +139,12 @@ def load_heads(path: str | Path) -> tuple[ProjectionHeads, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"retrieval heads checkpoint not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != "sinkhorn_attacks.retrieval.heads/1":
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {first})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "sinkhorn_attacks.retrieval.heads/1":
         raise ValueError(f"{path} is not a retrieval heads checkpoint")
     heads = ProjectionHeads(**blob["config"], seed=None)
     heads.load_state_dict(blob["state_dict"])

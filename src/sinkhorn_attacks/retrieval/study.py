@@ -457,6 +457,10 @@ def _heads(
         p = Path(heads)
         if not p.is_file():
             raise UserError(f"--heads {heads}: retrieval heads checkpoint not found")
+        try:
+            load_heads(p)
+        except ValueError as err:
+            raise UserError(f"--heads {heads}: {err}") from None
         return p
     p, run = out / "heads.pt", _train_run(cfg, out, cache_dir, smoke)
     want = _recipe({"data": run.data, "image_backbone": run.image_backbone, "text_backbone": run.text_backbone,

@@ -197,9 +197,16 @@ def plot_radius(res: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+#: the keys of an experiment's results.json that the report reads
+_RESULT_KEYS = ("dataset", "n_images", "complete", "clean", "cells")
+
+
 def report_from_json(path: str | Path, out: str | Path | None = None) -> dict:
     """Render ``results.md`` and the figures of a ``results.json`` into ``out`` (default: its folder)."""
     res = json.loads(Path(path).read_text())
+    missing = [k for k in _RESULT_KEYS if k not in res] if isinstance(res, dict) else list(_RESULT_KEYS)
+    if missing:
+        raise ValueError(f"not the results.json of `retrieval experiment` (no {', '.join(missing)})")
     out = Path(out) if out is not None else Path(path).parent
     atomic_write(out / "results.md", render_markdown(res))
     if res["n_images"]:

@@ -10,7 +10,7 @@ See docs/training.md for the command line and the multi-node launch.
 """
 
 from .checkpoint import atomic_torch_save, atomic_write_bytes, load_checkpoint
-from .config import ConfigMismatchError, TrainConfig
+from .config import ConfigMismatchError, TrainConfig, TrainConfigError
 from .data import load_train_test, synthetic
 from .loop import DistInfo, TrainingDiverged, TrainResult, plot_history, setup_distributed, train
 
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigMismatchError",
     "DistInfo",
     "TrainConfig",
+    "TrainConfigError",
     "TrainResult",
     "TrainingDiverged",
     "atomic_torch_save",

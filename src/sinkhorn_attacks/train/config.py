@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = [
     "TrainConfig",
     "ConfigMismatchError",
+    "TrainConfigError",
     "RUNTIME_FIELDS",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -29,6 +31,48 @@ RUNTIME_FIELDS = frozenset(
 
 class ConfigMismatchError(ValueError):
     """``--resume`` found a checkpoint written by a different configuration."""
+
+
+class TrainConfigError(ValueError):
+    """A field of :class:`TrainConfig` (``field``) has a value no run can use; ``rule`` says what it must be.
+    ``str(err)`` is ``"<field> <rule>"``; the command line names the field's flag instead."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field} {rule}")
+        self.field, self.rule = field, rule
+
+
+#: integer fields and their least value (``_OPTIONAL`` ones may also be None)
+_COUNTS = {"epochs": 1, "batch_size": 1, "train_limit": 1, "train_offset": 0, "train_stride": 1, "eval_limit": 0,
+           "max_steps_per_epoch": 1, "step_size": 1, "meter_n": 0, "meter_kernel": 1, "eval_batch_size": 1,
+           "log_every": 0, "checkpoint_every": 0, "seed": None}  # fmt: skip
+_OPTIONAL = frozenset({"train_limit", "max_steps_per_epoch"})
+#: number fields: (low, high, low excluded, high excluded); None: unbounded on that side
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "lr": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True), "weight_decay": (0.0, None, False, False),
+    "gamma": (0.0, None, True, False), "warmup": (0.0, 1.0, False, True), "label_smoothing": (0.0, 1.0, False, True),
+    "clean_weight": (0.0, 1.0, False, False), "meter_p": (0.0, None, True, False),
+}  # fmt: skip
+
+
+def _check_int(name: str, value: Any, lower: int | None, what: str = "an integer") -> None:
+    """``value`` is an integer (not a bool or a float) ``>= lower`` (any integer when ``lower`` is None)."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lower is not None and value < lower):
+        bound = "" if lower is None else f" >= {lower}"
+        raise TrainConfigError(name, f"must be {what}{bound}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> None:
+    """``value`` is a finite real number in the interval given (``lo_open``: ``lo`` itself excluded)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo is None or value > lo or (value == lo and not lo_open))
+    ok = ok and (hi is None or value < hi or (value == hi and not hi_open))
+    if not ok:
+        if hi is None:
+            rule = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+        else:
+            rule = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise TrainConfigError(name, f"must be {rule}, got {value!r}")
 
 
 @dataclass
@@ -86,24 +130,20 @@ class TrainConfig:
     plot: bool = True  # write history.png every epoch (matplotlib)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError("label_smoothing must be in [0, 1)")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError("warmup must be in [0, 1)")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"unknown amp mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.train_stride < 1:
-            raise ValueError(f"train_stride must be >= 1, got {self.train_stride}")
-        if not 0.0 <= self.clean_weight <= 1.0:
-            raise ValueError("clean_weight must be in [0, 1]")
+        for name, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTATIONS),
+                            ("amp", AMP_MODES)):  # fmt: skip
+            if getattr(self, name) not in known:
+                raise TrainConfigError(name, f"{getattr(self, name)!r} is unknown; known: {', '.join(known)}")
+        for name, lower in _COUNTS.items():
+            value = getattr(self, name)
+            if value is not None or name not in _OPTIONAL:
+                _check_int(name, value, lower)
+        if not isinstance(self.milestones, list):
+            raise TrainConfigError("milestones", f"must be a list of integers >= 1, got {self.milestones!r}")
+        for m in self.milestones:
+            _check_int("milestones", m, 1, what="integers")
+        for name, (lo, hi, lo_open, hi_open) in _RANGES.items():
+            _check_number(name, getattr(self, name), lo, hi, lo_open, hi_open)
         if self.attack in ("", "None", None):
             self.attack = "none"
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._runfolder import RunFolder
-from .._util import UserError
+from .._util import UserError, resolve_device
 from . import folder as run_folder
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -39,8 +39,9 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .data import load_train_test
+from .preflight import check_model, preflight
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "DistInfo", "setup_distributed", "HISTORY_FIELDS"]
 
@@ -94,9 +95,7 @@ class TrainResult:
 
 
 def _pick_device(pref: str, info: DistInfo) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(pref)
+    dev = torch.device(resolve_device(pref))  # a device this machine lacks: one line naming --device
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
     return dev
@@ -315,12 +314,15 @@ def train(
         stop_after_epochs: return after this many epochs *of this call* (simulates a killed run).
 
     Raises:
+        TrainConfigError: before any work, a value no run can use (device, architecture or its keywords, attack
+            preset or overrides, a model that cannot take the data's images; see :mod:`.preflight`).
         ConfigMismatchError: the folder or its checkpoint holds a run of a different configuration.
         UserError: another run (of any command) writes to the folder, or it holds another command's run.
         TrainingDiverged: the loss became non-finite (the previous checkpoint is left as it was).
     """
     if resume and fresh:
         raise UserError("--resume continues the run in --out and --fresh discards it: give one of them")
+    preflight(cfg, data)  # device, architecture, attack, one forward pass: before the folder is touched
     info, device = setup_distributed(cfg.device)
     try:
         folder = RunFolder(cfg.out_dir, run_folder.COMMAND)
@@ -647,7 +649,7 @@ def _count_batches(cfg: TrainConfig, n: int) -> int:
     if cfg.max_steps_per_epoch is not None:
         n_batches = min(n_batches, cfg.max_steps_per_epoch)
     if n_batches < 1:
-        raise ValueError(f"{n} training examples are fewer than one batch of {cfg.batch_size}")
+        raise TrainConfigError("batch_size", f"must be at most the {n} training examples, got {cfg.batch_size}")
     return n_batches
 
 
@@ -659,6 +661,7 @@ def _setup(
     amp = _resolve_amp(cfg, info, device)
     data = _load_data(cfg, data)
     raw = _build(cfg, info, device, data[0], data[1])
+    check_model(raw, data[0][:2].to(device), data[1], cfg.arch, f"{cfg.dataset}/train")  # every label
     n_batches = _count_batches(cfg, data[0].shape[0])
     opt = _make_optimizer(cfg, raw.parameters())
     sched = _make_scheduler(cfg, opt, n_batches)
