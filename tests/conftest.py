@@ -7,6 +7,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test on one torch thread (tiny tensors: threads only add overhead and contention on shared
+    CI), and a test that changes the thread count does not leak it into the next."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 def data_dir() -> Path:
     d = os.environ.get("SINKHORN_ATTACKS_DATA")
     if not d or not Path(d).is_dir():

@@ -23,14 +23,6 @@ from sinkhorn_attacks.eval import (
 from sinkhorn_attacks.eval.io import read_csv, read_json
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading only adds overhead (and contention on shared CI)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()

@@ -14,14 +14,6 @@ from sinkhorn_attacks.eval import AttackSpec, EvalConfig, run_evaluation
 from sinkhorn_attacks.report import write_report
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_report_html_embeds_images(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()

@@ -375,15 +375,6 @@ def test_seeded_split_recipe():
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription stalls on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(n=40, seed=0, epochs=80):
     data = make_synthetic(n, size=16, captions_per_image=3, seed=seed)
     ib, tb = SmallCNNBackbone(feature_dim=32), HashingTextBackbone(feature_dim=32)

@@ -26,14 +26,6 @@ from sinkhorn_attacks.retrieval.train import TrainConfig
 RULER = Yardstick(3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     """Feature caches in a scratch folder, never the user's."""

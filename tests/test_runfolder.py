@@ -22,14 +22,6 @@ from sinkhorn_attacks.eval.io import read_csv, read_json
 from sinkhorn_attacks.eval.leaderboard import load_board_config, run_leaderboard
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()

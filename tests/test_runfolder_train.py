@@ -21,14 +21,6 @@ from sinkhorn_attacks.train import ConfigMismatchError, TrainConfig, load_checkp
 from sinkhorn_attacks.train import loop as train_loop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(out: Path, **kw: Any) -> TrainConfig:
     base: dict[str, Any] = dict(dataset="synthetic", arch="small_cnn", train_limit=64, batch_size=16, epochs=2,
                                 seed=7, plot=False, device="cpu", out_dir=str(out), meter_n=2,
