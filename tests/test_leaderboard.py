@@ -245,3 +245,47 @@ def test_cascade_entry_is_the_minimum_over_the_cascade_attacks_only() -> None:
     assert e["cpu_s_upper_bound"] == 5.0
     assert [r["robust_accuracy"] for r in e["robust_accuracy"]] == [0.5, 0.25]
     assert _cascade_entry({"wu2020-pgd": done["wu2020-pgd"]}, 4, 0, worst, (0.1,)) is None
+
+
+def test_ranks_share_the_unfinished_units_and_rank_0_runs_what_none_ran(digits_setup, tmp_path, monkeypatch) -> None:
+    model, x, y, path = digits_setup
+    one = _config(path)
+    one["attacks"] = one["attacks"][1:]  # hu only: its units finished first
+    out = tmp_path / "board"
+    run_leaderboard(load_board_config(one), out, load_model=lambda m: model, images=x, labels=y)
+    both = load_board_config(_config(path))  # linf is new: every unfinished unit is a linf unit
+    runs: dict[int, list[str]] = {0: [], 1: []}
+    from sinkhorn_attacks.eval import leaderboard as lb
+
+    real = lb._run_unit
+
+    def spy(folder, cfg, digest, unit, *a, **k):
+        runs[folder.rank].append(f"{unit[1].label}@{unit[2]}")
+        return real(folder, cfg, digest, unit, *a, **k)
+
+    monkeypatch.setattr(lb, "_run_unit", spy)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_leaderboard(both, out, load_model=lambda m: model, images=x, labels=y) == {}
+    assert runs[1] == ["linf@3"]  # half of the two unfinished units, not the finished hu units of its stride
+    monkeypatch.setenv("RANK", "0")
+    board = run_leaderboard(both, out, load_model=lambda m: model, images=x, labels=y)
+    assert runs[0] == ["linf@0"] and board["models"][0]["attacks_complete"]
+    # a unit that no rank ran (here: deleted after the split) is run by rank 0 once the others have stopped
+    next((out / "units").glob("*/linf/000000.json")).unlink()
+    runs[0].clear()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(lb, "_run_units", _skipping_first(lb._run_units))
+    board = run_leaderboard(both, out, load_model=lambda m: model, images=x, labels=y)
+    assert runs[0] == ["linf@0"] and board["models"][0]["attacks_complete"]
+
+
+def _skipping_first(run_units):
+    """_run_units whose first call (this rank's share) runs nothing, as if the split had given it nothing."""
+    calls = []
+
+    def wrapped(folder, cfg, accepted, mine, *a, **k):
+        calls.append(1)
+        return run_units(folder, cfg, accepted, [] if len(calls) == 1 else mine, *a, **k)
+
+    return wrapped

@@ -543,11 +543,14 @@ def run_leaderboard(
         accepted = _open_board(folder, cfg, fresh)
         batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
         units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
-        _run_units(folder, cfg, accepted, units[rank::world], load_model, images, labels, progress)
+        todo = [u for u in units if _finished(folder, cfg, u, accepted) is None]  # ranks share the unfinished
+        _run_units(folder, cfg, accepted, todo[rank::world], load_model, images, labels, progress)
         if rank != 0:
             return {}
         if world > 1:
             _wait_for_ranks(folder, units, cfg, accepted, progress)
+            # a unit no rank ran (a rank that stopped early, or a split seen differently): rank 0 runs it
+            _run_units(folder, cfg, accepted, units, load_model, images, labels, progress)
         board = aggregate_board(cfg, folder.root)
         write_json(folder.path("leaderboard.json"), board)
         return board
