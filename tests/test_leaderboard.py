@@ -289,3 +289,33 @@ def _skipping_first(run_units):
         return run_units(folder, cfg, accepted, [] if len(calls) == 1 else mine, *a, **k)
 
     return wrapped
+
+
+def test_cli_runs_the_chosen_attacks_now_and_reports_every_finished_unit(digits_setup, tmp_path, capsys) -> None:
+    """``--attacks`` runs only the named attacks' units; a later run without it runs the rest and keeps them."""
+    from sinkhorn_attacks.cli import main
+
+    *_, path = digits_setup
+    lines = ["[board]", 'dataset = "digits"', "n = 3", "batch = 3", "radii = [0.1, 1.0]", "line_search = 2",
+             "[[models]]", 'label = "cnn"', f'path = "{path}"', 'arch = "small_cnn"',
+             "[[attacks]]", 'label = "linf"', 'preset = "linf-pgd"', "radii = [0.1]", "overrides = { steps = 3 }",
+             "[[attacks]]", 'label = "l2"', 'preset = "l2-pgd"', "radii = [1.0]",
+             "overrides = { steps = 3 }"]  # fmt: skip
+    toml = tmp_path / "board.toml"
+    toml.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["leaderboard", "--config", str(toml), "--out", str(out), "--quiet"]
+    assert main([*args, "--attacks", "l2"]) == 0
+    assert sorted(p.parent.name for p in (out / "units").glob("*/*/0*[0-9].json")) == ["l2"]
+    entry = json.loads((out / "leaderboard.json").read_text())["models"][0]
+    assert set(entry["attacks"]) == {"l2"} and entry["attacks_complete"] is False
+    l2 = {p: p.read_bytes() for p in (out / "units").glob("*/l2/*.json")}
+    assert main([*args, "--models", "cnn"]) == 0
+    entry = json.loads((out / "leaderboard.json").read_text())["models"][0]
+    assert set(entry["attacks"]) == {"linf", "l2"} and entry["attacks_complete"] is True
+    assert {p: p.read_bytes() for p in (out / "units").glob("*/l2/*.json")} == l2  # kept, not rerun
+    capsys.readouterr()
+    for flag, value in (("--attacks", "l1"), ("--models", "mlp"), ("--attacks", ",")):
+        assert main([*args, flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and flag in err and "unknown label" in err, err

@@ -45,6 +45,16 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
         help="run nothing: write leaderboard.json / index.html / leaderboard.md from the finished units (e.g. while "
         "another process is still running)",
     )
+    p.add_argument(
+        "--attacks",
+        metavar="LABELS",
+        help="comma-separated attack labels of the config to run now (default: all); the report still covers every "
+        "finished unit of every attack, so a board can grow attack by attack (e.g. the cheap attacks on a CPU, "
+        "the Frank-Wolfe ones later on a GPU)",
+    )
+    p.add_argument(
+        "--models", metavar="LABELS", help="comma-separated model labels of the config to run now (default: all)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_device(p)
     add_threads(p)
@@ -101,6 +111,17 @@ def _check_attacks(cfg) -> None:
                 raise UserError(f"{where}: radius {r!r}: {err}") from None
 
 
+def _selected(value: str | None, known: list[str], flag: str) -> frozenset[str] | None:
+    """The labels named by ``--attacks`` / ``--models`` (None: all), each checked against the config."""
+    if value is None:
+        return None
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in known]
+    if not chosen or unknown:
+        raise UserError(f"{flag}: unknown label(s) {unknown or [value]}; the config has {', '.join(known)}")
+    return frozenset(chosen)
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -114,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     with user_errors("--config"):
         cfg = load_board_config(resolve_config(args.config))
     _check_attacks(cfg)
+    only_attacks = _selected(args.attacks, [a.label for a in cfg.attacks], "--attacks")
+    only_models = _selected(args.models, [m.label for m in cfg.models], "--models")
     if args.n is not None:
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
@@ -158,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.resume_hint = f"rerun the same command to resume (finished units in {args.out}/units are kept)"
     board = run_leaderboard(cfg, args.out, load_model=load_model, images=images, labels=labels, fresh=args.fresh,
-                            progress=progress)  # fmt: skip
+                            progress=progress, attacks=only_attacks, models=only_models)  # fmt: skip
     if not board:  # a non-zero rank of a torchrun launch
         return 0
     html = write_board_html(board, args.out)

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -528,8 +528,14 @@ def run_leaderboard(
     labels: torch.Tensor,
     fresh: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    attacks: Collection[str] | None = None,
+    models: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every unit of this rank, then aggregate on rank 0; returns the board (rank 0).
+
+    ``attacks`` / ``models`` (labels; None: all) restrict the units run now; the board aggregates every finished
+    unit of the whole configuration, and a model whose attacks are not all finished says so
+    (``attacks_complete``).
 
     The output folder follows :mod:`sinkhorn_attacks._runfolder`: one lock per folder whatever the command,
     the configuration's fingerprint checked (a run of another configuration or command is refused before
@@ -542,7 +548,8 @@ def run_leaderboard(
     with folder.lock():
         accepted = _open_board(folder, cfg, fresh)
         batches = range(cfg.first, cfg.first + cfg.n, cfg.batch)
-        units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks]
+        units = [(m, a, lo) for lo in batches for m in cfg.models for a in cfg.attacks
+                 if (attacks is None or a.label in attacks) and (models is None or m.label in models)]  # fmt: skip
         todo = [u for u in units if _finished(folder, cfg, u, accepted) is None]  # ranks share the unfinished
         _run_units(folder, cfg, accepted, todo[rank::world], load_model, images, labels, progress)
         if rank != 0:
