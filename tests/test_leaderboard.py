@@ -319,3 +319,50 @@ def test_cli_runs_the_chosen_attacks_now_and_reports_every_finished_unit(digits_
         assert main([*args, flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and flag in err and "unknown label" in err, err
+
+
+class _NaNOffData(torch.nn.Module):
+    """Finite logits on the clean images it was given, NaN on every other image (gradient masking by NaN)."""
+
+    def __init__(self, model: torch.nn.Module, bank: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.bank = model, bank.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        on_data = torch.cdist(x.flatten(1).double(), self.bank.double()).amin(1) < 1e-9
+        return torch.where(on_data[:, None], out, torch.full_like(out, math.nan))
+
+
+def test_an_image_with_no_class_is_not_robust_and_is_flagged(digits_setup, tmp_path) -> None:
+    """Before: non-finite logits were neither a success nor an error, so every example read as never fooled
+    (robust at every radius) on a model that answers NaN off its data."""
+    from sinkhorn_attacks.eval.cascade import benchmark
+
+    model, x, y, _ = digits_setup
+    blank = _NaNOffData(model, x).eval()
+    attack = BoardAttack("linf", "linf-pgd", {"steps": 3, "step_size": 0.05}, (0.05, 0.2))
+    res = minimal_radii(attack, blank, x, y, Yardstick(), line_search=3)
+    cc = torch.tensor(res["clean_correct"])
+    r = torch.tensor(res["min_radius"], dtype=torch.float64)
+    assert cc.any() and res["no_class"] == cc.tolist()  # every attacked image has no class
+    assert (r[cc] > 0).all() and torch.isfinite(r[cc]).all() and (r[~cc] == 0).all()
+    assert torch.allclose(r[cc], measure(x[cc], res["adv"][cc]).value.double())  # the returned image's radius
+    with torch.no_grad():
+        assert torch.isnan(blank(res["adv"][cc])).all()
+    # the model that answers normally is unaffected: no example flagged
+    plain = minimal_radii(attack, model, x, y, Yardstick(), line_search=3)
+    assert not any(plain["no_class"])
+    # the board says so per attack and per model, and the cascade per example
+    cfg = load_board_config(
+        {"board": {"dataset": "digits", "n": 4, "batch": 4, "radii": [0.05, 0.5], "line_search": 2},
+         "models": [{"label": "blank", "path": "unused.pt", "arch": "small_cnn"}],
+         "attacks": [{"label": "linf", "preset": "linf-pgd", "radii": [0.2], "overrides": {"steps": 3}}]}
+    )  # fmt: skip
+    board = run_leaderboard(cfg, tmp_path / "b", load_model=lambda m: blank, images=x[:4], labels=y[:4])
+    entry = board["models"][0]
+    n_cc = int(cc[:4].sum())
+    assert entry["no_class"] == entry["attacks"]["linf"]["no_class"] == n_cc
+    assert entry["robust_accuracy"][-1]["robust_accuracy"] == 0.0
+    bench = benchmark(blank, x[:4], y[:4], dataset="mnist", attacks=["linf-pgd"], radii=(0.05, 0.5))
+    assert sum(bench.no_class) == n_cc and bench.to_json()["no_class"] == n_cc

@@ -80,6 +80,7 @@ class BenchmarkResult:
     yardstick: Yardstick
     card: dict[str, Any] = field(default_factory=dict)  # name, architecture, training
     warnings: list[str] = field(default_factory=list)
+    no_class: list[bool] = field(default_factory=list)  # the image behind the radius gave non-finite logits
 
     @property
     def clean_accuracy(self) -> float:
@@ -109,6 +110,7 @@ class BenchmarkResult:
             "cpu_s": sum(a["cpu_s"] for a in self.attacks.values()),
             "per_example_worst": r.tolist(),
             "per_example_strongest": self.per_example_attack,
+            "no_class": sum(self.no_class),
             "yardstick": {**self.yardstick.to_dict(), "label": self.yardstick.label},
             "warnings": self.warnings,
         }
@@ -210,7 +212,8 @@ def _resume(
 ) -> tuple[dict, torch.Tensor]:
     """The state and images of a run in ``folder`` with this identity (a new one if there is none)."""
     n = images.shape[0]
-    state = {"radius": [None] * n, "attack": [None] * n, "clean_correct": [None] * n, "done": [], "attacks": {}}
+    state = {"radius": [None] * n, "attack": [None] * n, "clean_correct": [None] * n, "no_class": [False] * n,
+             "done": [], "attacks": {}}  # fmt: skip
     adv = images.detach().cpu().clone()
     if folder is None:
         return state, adv
@@ -225,6 +228,7 @@ def _resume(
         return state, adv
     state = read_json(path)
     state["radius"] = [r if r is None else float(r) for r in state["radius"]]  # "inf" strings back to floats
+    state.setdefault("no_class", [False] * n)  # states written before the no-class flag
     if state["done"]:
         adv = torch.load(folder.path(ADV), weights_only=True)
     return state, adv
@@ -253,6 +257,7 @@ def _run_unit(
         if old is None or r < old:
             state["radius"][i] = r
             state["attack"][i] = attack.label if 0 < r < math.inf else None
+            state["no_class"][i] = bool(res["no_class"][j])
             rec["improved"] += int(old is not None)
             if 0 < r < math.inf:
                 adv[i] = res["adv"][j].to(adv)
@@ -322,6 +327,7 @@ def benchmark(
         yardstick=cfg.yardstick,
         card=dict(card or {}),
         warnings=notes,
+        no_class=[bool(v) for v in state["no_class"]],
     )
     if out is not None:
         result.save(Path(out) / "benchmark.json")

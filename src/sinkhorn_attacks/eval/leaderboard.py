@@ -43,7 +43,7 @@ from torch import nn
 from .. import __version__ as LIBRARY_VERSION
 from .._runfolder import RunFolder, _canonical, check_examples, conflict_message, fingerprint, key_part, legacy_slug
 from .._util import UserError, suggest
-from ..attacks.base import Attack
+from ..attacks.base import Attack, predicted_class
 from ..attacks.presets import from_preset, preset_names
 from ..ot.yardstick import Yardstick, measure
 from .distributed import world_and_rank
@@ -202,9 +202,29 @@ def load_board_config(source: str | os.PathLike[str] | dict[str, Any]) -> BoardC
 
 
 # ------------------------------------------------------------------------------------------------ per unit
-def _fools(attack: Attack, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _not_robust(attack: Attack, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The attack's success on ``z``, or no class (non-finite logits: not a correct answer either)."""
     with torch.no_grad():
-        return attack.is_success(attack._forward(z), y)
+        out = attack._forward(z)
+        return attack.is_success(out, y) | (predicted_class(out) < 0)
+
+
+def _no_class(attack: Attack, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return (predicted_class(attack._forward(z)) < 0).cpu()
+
+
+def _line_search(attack: Attack, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` bisections on ``t`` in ``x + t (adv - x)``: the image at the smallest ``t`` still not robust."""
+    lo = torch.zeros(x.shape[0], dtype=x.dtype)
+    hi = torch.ones(x.shape[0], dtype=x.dtype)
+    d = adv - x
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok = _not_robust(attack, (x + mid.view(-1, 1, 1, 1) * d).clamp(0, 1), y)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    return (x + hi.view(-1, 1, 1, 1) * d).clamp(0, 1)
 
 
 def minimal_radii(
@@ -219,22 +239,22 @@ def minimal_radii(
     """Per-example minimal yardstick radius of one attack on ``(x, y)``; see the module docstring.
 
     Returns plain lists: ``min_radius`` (0 clean error, ``inf`` not fooled), ``nominal`` (the attack's own
-    radius at the found image), ``clean_correct``, and the images (``adv``, clean where not fooled).
+    radius at the found image), ``clean_correct``, ``no_class`` (the clean or the returned image gave
+    non-finite logits: such an example is not robust from that image's radius on, and says so), and the
+    images (``adv``, clean where not fooled).
     """
     B = x.shape[0]
     nominal = torch.full((B,), math.inf, dtype=torch.float64)
     adv = x.clone()
     fooled = torch.zeros(B, dtype=torch.bool)
+    no_class = _no_class(board_attack.build(model, yardstick, None), x)
     clean_correct = None
     grad_evals = 0
-    schedule = board_attack.radii or (None,)
-    for r in schedule:
+    for r in board_attack.radii or (None,):
         atk = board_attack.build(model, yardstick, r)
         if on_step is not None:
             atk.callback = lambda t, cur, done: on_step(t)
-        todo = (
-            (~fooled).nonzero().squeeze(1) if clean_correct is None else (clean_correct & ~fooled).nonzero().squeeze(1)
-        )
+        todo = (~fooled if clean_correct is None else clean_correct & ~fooled).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         res = atk(x[todo], y[todo])
@@ -242,27 +262,21 @@ def minimal_radii(
         if clean_correct is None:
             clean_correct = res.clean_correct.cpu().clone()
         hit = (res.success & res.clean_correct).cpu()
+        if bool((res.clean_correct.cpu() & ~hit).any()):  # an image with no class is not robust either
+            blank = _no_class(atk, res.adv) & res.clean_correct.cpu() & ~hit
+            no_class[todo[blank]] = True
+            hit |= blank
         idx = todo[hit]
         adv[idx] = res.adv[hit.to(res.adv.device)].to(adv.dtype).cpu()
         nominal[idx] = res.radius.cpu()[hit]
         fooled[idx] = True
     assert clean_correct is not None
     final = adv.clone()
-    if line_search > 0 and bool(fooled.any()):
-        idx = fooled.nonzero().squeeze(1)
-        atk = board_attack.build(model, yardstick, None)
-        lo = torch.zeros(idx.numel(), dtype=x.dtype)
-        hi = torch.ones(idx.numel(), dtype=x.dtype)
-        xs, d = x[idx], adv[idx] - x[idx]
-        for _ in range(line_search):
-            mid = (lo + hi) / 2
-            ok = _fools(atk, (xs + mid.view(-1, 1, 1, 1) * d).clamp(0, 1), y[idx])
-            hi = torch.where(ok, mid, hi)
-            lo = torch.where(ok, lo, mid)
-        final[idx] = (xs + hi.view(-1, 1, 1, 1) * d).clamp(0, 1)
+    idx = fooled.nonzero().squeeze(1)
+    if line_search > 0 and idx.numel():
+        final[idx] = _line_search(board_attack.build(model, yardstick, None), x[idx], adv[idx], y[idx], line_search)
     radius = torch.full((B,), math.inf, dtype=torch.float64)
-    if bool(fooled.any()):
-        idx = fooled.nonzero().squeeze(1)
+    if idx.numel():
         radius[idx] = measure(x[idx], final[idx], yardstick).value
     radius[~clean_correct] = 0.0
     nominal[~clean_correct] = 0.0
@@ -270,6 +284,7 @@ def minimal_radii(
         "min_radius": radius.tolist(),
         "nominal": nominal.tolist(),
         "clean_correct": clean_correct.tolist(),
+        "no_class": no_class.tolist(),
         "grad_evals": grad_evals,
         "adv": final,
     }
@@ -609,6 +624,7 @@ def _load_units(
     rad: list[float] = []
     nom: list[float] = []
     cc: list[bool] = []
+    blank: list[bool] = []
     wall: list[float] = []
     cpu: list[float] = []
     for lo in range(cfg.first, cfg.first + cfg.n, cfg.batch):
@@ -618,11 +634,13 @@ def _load_units(
         rad += [float(v) for v in u["min_radius"]]
         nom += [float(v) for v in u["nominal"]]
         cc += list(u["clean_correct"])
+        blank += list(u.get("no_class") or [False] * len(u["min_radius"]))  # units written before the flag
         wall.append(u["wall_s"])
         cpu.append(u["cpu_s"])
     if not rad:
         return None
     return {"min_radius": np.asarray(rad), "nominal": np.asarray(nom), "clean_correct": np.asarray(cc),
+            "no_class": np.asarray(blank, dtype=bool),
             "wall_s": np.cumsum(wall), "cpu_s": np.cumsum(cpu)}  # fmt: skip  # per leading batch count
 
 
@@ -686,6 +704,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
                 "robust_accuracy": _acc_rows(r, cfg.radii),
                 "not_fooled": float(np.mean(np.isinf(r))),
                 "median_min_radius": float(np.median(r[fooled])) if fooled.any() else None,
+                "no_class": int(done[lab]["no_class"][:n].sum()),
                 "wall_s": float(done[lab]["wall_s"][k]),
                 "cpu_s": float(done[lab]["cpu_s"][k]),
                 "s_per_image": float(done[lab]["cpu_s"][k]) / n,
@@ -698,6 +717,7 @@ def aggregate_board(cfg: BoardConfig, out: str | os.PathLike[str]) -> dict[str, 
                 "arch": m.arch,
                 "n": n,
                 "clean_accuracy": float(np.mean(cc)),
+                "no_class": int(np.any(np.stack([done[a]["no_class"][:n] for a in labels]), axis=0).sum()),
                 "robust_accuracy": worst_rows,
                 "attacks": attacks,
                 "attacks_complete": sorted(labels) == sorted(a.label for a in cfg.attacks),
