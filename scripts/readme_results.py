@@ -1,6 +1,6 @@
 """Write the README's result blocks from the committed result files (so the README says what they say).
 
-python scripts/readme_results.py   # rewrites the <!-- hu:... -->, <!-- board:... --> and <!-- cifar10:... --> blocks
+python scripts/readme_results.py   # rewrites the <!-- hu / board / board-cifar10 / cifar10:... --> blocks
 """
 
 from __future__ import annotations
@@ -27,11 +27,16 @@ def hu_block() -> str:
     )
 
 
-def board_block() -> str:
-    board = json.loads((ROOT / "docs/leaderboard/leaderboard.json").read_text())
-    radii = [r for r in board["radii"] if r in (0.05, 0.1, 0.2, 0.3, 0.5)]
+def board_block(folder: str = "docs/leaderboard", radii_shown: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)) -> str:
+    board = json.loads((ROOT / folder / "leaderboard.json").read_text())
+    radii = [r for r in board["radii"] if r in radii_shown]
+    ran = [a["label"] for a in board["attacks"] if all(a["label"] in m["attacks"] for m in board["models"])]
+    missing = [a["label"] for a in board["attacks"] if a["label"] not in ran]
+    over = f"the {len(ran)} attacks" + (
+        f" that ran (of the config's {len(board['attacks'])}; not yet run: {', '.join(missing)})" if missing else ""
+    )
     lines = [
-        f"Robust accuracy (%) in the worst case over the {len(board['attacks'])} attacks at yardstick radius r "
+        f"Robust accuracy (%) in the worst case over {over} at yardstick radius r "
         f"({board['yardstick']['label']}), 95 % Wilson interval, and the attack that fooled most examples within r:",
         "",
         "| model | images | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
@@ -64,13 +69,11 @@ def board_block() -> str:
         lines.append(f"| {mod} | " + " | ".join(signed_points(cell[(mod, p)]) for p in peers) + " |")
     stronger = {p: [m for m in dict.fromkeys(r["model"] for r in rows) if cell[(m, p)] < 0] for p in peers}
     never = [p for p in peers if not stronger[p]]
-    lines += [
-        "",
-        "Answer, from this board: the UOT attack is **weaker** than "
-        + ", ".join(f"`{p}`" for p in never)
-        + " on every model. "
-        + " ".join(f"Against `{p}` it is stronger on {', '.join(stronger[p])} only." for p in peers if stronger[p]),
-    ]
+    answer = "Answer, from this board:"
+    if never:
+        answer += " the UOT attack is **weaker** than " + ", ".join(f"`{p}`" for p in never) + " on every model."
+    answer += "".join(f" Against `{p}` it is stronger on {', '.join(stronger[p])} only." for p in peers if stronger[p])
+    lines += ["", answer]
     return "\n".join(lines + strongest_lines(board, radii) + cascade_lines(board, radii))
 
 
@@ -158,17 +161,33 @@ def cifar10_block() -> str:
     return "\n".join(lines)
 
 
-def board_readme() -> str:
-    """docs/leaderboard/README.md: how the committed board was produced, and its size and cost per model."""
-    board = json.loads((ROOT / "docs/leaderboard/leaderboard.json").read_text())
+CPU_ATTACKS = "yardstick-pgd,linf-pgd,l2-pgd,hu2020,wong2019,uot"
+BOARDS = {  # README tag -> (folder, config, title, radii shown in the README, the command that produced it)
+    "board": ("docs/leaderboard", "leaderboard_mnist", "MNIST", (0.05, 0.1, 0.2, 0.3, 0.5),
+              "torchrun --nproc_per_node 2 -m sinkhorn_attacks leaderboard --config leaderboard_mnist "
+              "--out docs/leaderboard"),
+    "board-cifar10": ("docs/leaderboard-cifar10", "leaderboard_cifar10", "CIFAR-10", (0.005, 0.01, 0.02, 0.03, 0.05),
+                      "sinkhorn-attacks leaderboard --config leaderboard_cifar10 --out docs/leaderboard-cifar10 "
+                      f"--attacks {CPU_ATTACKS}"),
+}  # fmt: skip
+
+
+def board_readme(folder: str, config: str, title: str, run_as: str) -> str:
+    """The board folder's README.md: how the committed board was produced, and its size and cost per model."""
+    board = json.loads((ROOT / folder / "leaderboard.json").read_text())
+    complete = all(m["attacks_complete"] for m in board["models"])
+    run_as = (
+        board.get("run_as")
+        or f"torchrun --nproc_per_node 2 -m sinkhorn_attacks leaderboard --config {config} --out {folder}"
+    )
     lines = [
-        "# The committed MNIST leaderboard",
+        f"# The committed {title} leaderboard",
         "",
-        "Produced with the bundled config `leaderboard_mnist` (the file `src/sinkhorn_attacks/configs/"
-        "leaderboard_mnist.toml` lists every model, attack, nominal radius list and override) by",
+        f"Produced with the bundled config `{config}` (the file `src/sinkhorn_attacks/configs/{config}.toml` lists "
+        "every model, attack, nominal radius list and override) by",
         "",
         "```bash",
-        "torchrun --nproc_per_node 2 -m sinkhorn_attacks leaderboard --config leaderboard_mnist --out docs/leaderboard",
+        run_as,
         "```",
         "",
         f"on a shared 2-core CPU, one torch thread per process, torch {board['torch_version']}, float32. The run is "
@@ -177,26 +196,32 @@ def board_readme() -> str:
         "[../leaderboard.md](../leaderboard.md).",
         "",
         f"Board as committed ({board['created']}); the config asks for {board['dataset']['n_requested']} images "
-        "per model, a model's row covers the leading test images every attack has finished:",
+        "per model, a model's row covers the leading test images every attack has finished"
+        + ("" if complete else "; attacks not yet run on a model are left out of its worst case (`attacks_complete`)")
+        + ":",
         "",
-        "| model | images | clean % | CPU s | CPU s per image (all attacks) |",
-        "|---|---|---|---|---|",
+        "| model | images | clean % | attacks | CPU s | CPU s per image (all attacks) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in board["models"]:
         lines.append(
-            f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | {m['cpu_s']:.0f} | "
-            f"{m['cpu_s'] / max(1, m['n']):.1f} |"
+            f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | {len(m['attacks'])} of "
+            f"{len(board['attacks'])} | {m['cpu_s']:.0f} | {m['cpu_s'] / max(1, m['n']):.1f} |"
         )
     lines += ["", "Tables: `leaderboard.md`; page with plots and example grids: `index.html`."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    (ROOT / "docs/leaderboard/README.md").write_text(board_readme(), encoding="utf-8")
+    blocks = [("hu", hu_block()), ("cifar10", cifar10_block())]
+    for tag, (folder, config, title, radii, run_as) in BOARDS.items():
+        if (ROOT / folder / "leaderboard.json").is_file():
+            (ROOT / folder / "README.md").write_text(board_readme(folder, config, title, run_as), encoding="utf-8")
+            blocks.append((tag, board_block(folder, radii)))
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
-    for tag, block in (("hu", hu_block()), ("board", board_block()), ("cifar10", cifar10_block())):
-        sep = "\n" if tag in ("board", "cifar10") else ""
+    for tag, block in blocks:
+        sep = "" if tag == "hu" else "\n"
         new = f"<!-- {tag}:start -->{sep}{block}{sep}<!-- {tag}:end -->"
         text, n = re.subn(rf"<!-- {tag}:start -->.*?<!-- {tag}:end -->", lambda _m, t=new: t, text, flags=re.S)
         if n != 1:
