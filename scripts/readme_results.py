@@ -186,6 +186,7 @@ def board_readme(folder: str, config: str, title: str, run_as: str) -> str:
         f"Produced with the bundled config `{config}` (the file `src/sinkhorn_attacks/configs/{config}.toml` lists "
         "every model, attack, nominal radius list and override) by",
         "",
+        "<!-- needs: data models -->",
         "```bash",
         run_as,
         "```",
