@@ -345,8 +345,6 @@ _TRAIN = ["train", "--dataset", "digits", "--arch", "small_cnn", "--train-limit"
      (["--attack", "fgsm", "--attack-arg", "steps=abc"], "--attack-arg: steps = 'abc': expected int"),
      (["--attack", "fgsm", "--eval-attack-arg", "stepz=1"], "--eval-attack-arg: preset 'fgsm' has no parameter"),
      (["--attack", "fgsmm"], "--attack: unknown attack preset 'fgsmm' (did you mean 'fgsm'?)"),
-     (["--eval-attack-arg", "steps=3"], "--eval-attack-arg {{'steps': 3}}: no --attack is set"),  # was ignored
-     (["--attack-arg", "steps=3"], "--attack-arg {{'steps': 3}}: no --attack is set"),  # was ignored
      (["--arch-arg", "bogus=1"], "--arch-arg bogus: architecture small_cnn has no parameter 'bogus'; its parameters: "
       "in_ch, n_classes, size"),  # was TypeError
      (["--arch", "small_cnnn"], "--arch 'small_cnnn' is unknown (did you mean 'small_cnn'?)"),

@@ -266,11 +266,6 @@ def _smoke(args: argparse.Namespace) -> None:
 def _check_attack_args(cfg: Any) -> None:
     """The attack preset and every --attack-arg / --eval-attack-arg key and value type, before any work."""
     if cfg.attack == "none":
-        for flag, given in (("--attack-arg", cfg.attack_overrides), ("--eval-attack-arg", cfg.eval_attack_overrides)):
-            if given:
-                raise UserError(
-                    f"{flag} {given}: no --attack is set (clean training), so there is no attack to configure"
-                )
         return
     from ..eval.config import AttackSpec, validate_attack
 
