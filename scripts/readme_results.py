@@ -6,7 +6,9 @@ python scripts/readme_results.py   # rewrites the <!-- hu / board / board-cifar1
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 from sinkhorn_attacks.report.leaderboard import head_to_head, signed_points
@@ -37,10 +39,11 @@ def board_block(folder: str = "docs/leaderboard", radii_shown: tuple[float, ...]
     )
     lines = [
         f"Robust accuracy (%) in the worst case over {over} at yardstick radius r "
-        f"({board['yardstick']['label']}), 95 % Wilson interval, and the attack that fooled most examples within r:",
+        f"({board['yardstick']['label']}), 95 % Wilson interval, and the attack that fooled most examples within r; "
+        "median: the median worst-case radius of the examples classified correctly:",
         "",
-        "| model | images | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
-        "|---|---|---|" + "---|" * len(radii),
+        "| model | images | clean | " + " | ".join(f"r = {r:g}" for r in radii) + " | median |",
+        "|---|---|---|" + "---|" * len(radii) + "---|",
     ]
     for m in board["models"]:
         rows = {row["radius"]: row for row in m["robust_accuracy"]}
@@ -51,7 +54,11 @@ def board_block(folder: str = "docs/leaderboard", radii_shown: tuple[float, ...]
             cells.append(
                 f"{100 * row['robust_accuracy']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}] {row['strongest_attack'] or ''}"
             )
-        lines.append(f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | " + " | ".join(cells) + " |")
+        worst = [float(v) for v in m["per_example_worst"]]
+        median = statistics.median([v for v in worst if v > 0] or [math.nan])
+        lines.append(
+            f"| {m['label']} | {m['n']} | {100 * m['clean_accuracy']:.0f} | " + " | ".join(cells) + f" | {median:.3g} |"
+        )
     uot = next(a["label"] for a in board["attacks"] if a["preset"].startswith("uot"))
     rows = head_to_head(board, uot)
     peers = list(dict.fromkeys(r["versus"] for r in rows))
