@@ -16,15 +16,6 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``, set in pyproject.toml) a test module runs on one worker, in
-    order, so that its module-scoped fixtures are built once; the documented commands run as one group per
-    document (tests/test_documented_commands.py), so that the longest file is split over the workers."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-
-
 def data_dir() -> Path:
     d = os.environ.get("SINKHORN_ATTACKS_DATA")
     if not d or not Path(d).is_dir():

@@ -83,7 +83,6 @@ def _cases() -> list:
             continue
         for i, (cmd, needs) in enumerate(_commands(doc.read_text(encoding="utf-8"))):
             marks = [pytest.mark.slow] if any(h in cmd for h in HEAVY) else []
-            marks.append(pytest.mark.xdist_group(rel))  # one doc's commands share a folder: one worker, in order
             cases.append(pytest.param(rel, i, cmd, needs, id=f"{rel}:{i}:{cmd[:60]}", marks=marks))
     return cases
 
