@@ -150,7 +150,7 @@ def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]])
 
     def show(ax: Any, img: np.ndarray, title: str) -> None:
         img = np.clip(img.transpose(1, 2, 0), 0, 1)
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=6)
