@@ -209,11 +209,6 @@ def _not_robust(attack: Attack, z: torch.Tensor, y: torch.Tensor) -> torch.Tenso
         return attack.is_success(out, y) | (predicted_class(out) < 0)
 
 
-def _no_class(attack: Attack, z: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return (predicted_class(attack._forward(z)) < 0).cpu()
-
-
 def _line_search(attack: Attack, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
     """``steps`` bisections on ``t`` in ``x + t (adv - x)``: the image at the smallest ``t`` still not robust."""
     lo = torch.zeros(x.shape[0], dtype=x.dtype)
@@ -247,7 +242,9 @@ def minimal_radii(
     nominal = torch.full((B,), math.inf, dtype=torch.float64)
     adv = x.clone()
     fooled = torch.zeros(B, dtype=torch.bool)
-    no_class = _no_class(board_attack.build(model, yardstick, None), x)
+    probe = board_attack.build(model, yardstick, None)  # clean forward and line search: the attack's own rules
+    with torch.no_grad():
+        no_class = (predicted_class(probe._forward(x)) < 0).cpu()
     clean_correct = None
     grad_evals = 0
     for r in board_attack.radii or (None,):
@@ -262,10 +259,9 @@ def minimal_radii(
         if clean_correct is None:
             clean_correct = res.clean_correct.cpu().clone()
         hit = (res.success & res.clean_correct).cpu()
-        if bool((res.clean_correct.cpu() & ~hit).any()):  # an image with no class is not robust either
-            blank = _no_class(atk, res.adv) & res.clean_correct.cpu() & ~hit
-            no_class[todo[blank]] = True
-            hit |= blank
+        blank = res.nonfinite.cpu() & res.clean_correct.cpu() & ~hit  # no class: not robust either
+        no_class[todo[blank]] = True
+        hit |= blank
         idx = todo[hit]
         adv[idx] = res.adv[hit.to(res.adv.device)].to(adv.dtype).cpu()
         nominal[idx] = res.radius.cpu()[hit]
@@ -274,7 +270,7 @@ def minimal_radii(
     final = adv.clone()
     idx = fooled.nonzero().squeeze(1)
     if line_search > 0 and idx.numel():
-        final[idx] = _line_search(board_attack.build(model, yardstick, None), x[idx], adv[idx], y[idx], line_search)
+        final[idx] = _line_search(probe, x[idx], adv[idx], y[idx], line_search)
     radius = torch.full((B,), math.inf, dtype=torch.float64)
     if idx.numel():
         radius[idx] = measure(x[idx], final[idx], yardstick).value
