@@ -45,6 +45,17 @@ def _config(path: Path, n: int = 6) -> dict:
     }  # fmt: skip
 
 
+def _counting_loader(model):
+    """A model loader for run_leaderboard that records the labels it loads (a load means a unit ran)."""
+    calls: list[str] = []
+
+    def load(m):
+        calls.append(m.label)
+        return model
+
+    return load, calls
+
+
 def test_minimal_radius_is_the_yardstick_value_of_a_fooling_image(digits_setup) -> None:
     model, x, y, _ = digits_setup
     ys = Yardstick()
@@ -128,11 +139,7 @@ def test_board_gains_an_attack_keeping_finished_units_and_those_of_earlier_versi
     from sinkhorn_attacks.eval.leaderboard import board_fingerprint
 
     model, x, y, path = digits_setup
-    calls: list[str] = []
-
-    def load(m):
-        calls.append(m.label)
-        return model
+    load, calls = _counting_loader(model)
 
     one = _config(path)
     one["attacks"] = one["attacks"][:1]
@@ -167,6 +174,46 @@ def test_board_gains_an_attack_keeping_finished_units_and_those_of_earlier_versi
             p.write_text(json.dumps({**json.loads(p.read_text()), "config": "0123456789abcdef"}))
     with pytest.raises(UserError, match="another configuration"):
         run_leaderboard(both, out, load_model=load, images=x, labels=y)
+
+
+def test_reporting_radii_change_recomputes_nothing_and_scheme2_folders_resume(digits_setup, tmp_path) -> None:
+    from sinkhorn_attacks.eval.leaderboard import _digest, _settings_scheme2, board_fingerprint
+
+    model, x, y, path = digits_setup
+    load, calls = _counting_loader(model)
+
+    out = tmp_path / "board"
+    cfg = load_board_config(_config(path))
+    first = run_leaderboard(cfg, out, load_model=load, images=x, labels=y)
+    units = {p: p.read_bytes() for p in (out / "units").glob("**/*.json")}
+    # a folder of unit scheme 2 (the reporting radii were part of every unit's digest)
+    body = {"digest": board_fingerprint(cfg), "n": cfg.n, **cfg.identity(), "unit_scheme": 2, "legacy_units": None}
+    (out / "config.json").write_text(json.dumps({"command": "leaderboard", "fingerprint": body["digest"], **body}))
+    old = _settings_scheme2(json.loads(json.dumps(cfg.identity())))
+    for p in units:
+        if not p.name.endswith(".grid.json"):
+            u = json.loads(p.read_text())
+            a = next(a for a in cfg.attacks if a.label == u["attack"])
+            p.write_text(json.dumps({**u, "config": _digest(old, cfg.models[0], a)}))
+    finer = _config(path)
+    finer["board"]["radii"] = [0.01, 0.03, 0.1]
+    n_calls = len(calls)
+    again = run_leaderboard(load_board_config(finer), out, load_model=load, images=x, labels=y)
+    assert len(calls) == n_calls  # nothing recomputed
+    assert again["models"][0]["per_example_worst"] == first["models"][0]["per_example_worst"]
+    rows = again["models"][0]["robust_accuracy"]
+    assert [row["radius"] for row in rows] == [0.01, 0.03, 0.1]
+    worst = np.asarray(first["models"][0]["per_example_worst"], dtype=float)
+    for row in rows:
+        assert row["robust_accuracy"] == np.mean(worst > row["radius"])
+    # the rewritten record keeps accepting those units, and a settings change is still refused
+    assert json.loads((out / "config.json").read_text())["unit_scheme"] == 3
+    run_leaderboard(load_board_config(_config(path)), out, load_model=load, images=x, labels=y)
+    assert len(calls) == n_calls
+    other = _config(path)
+    other["board"]["line_search"] = 2
+    with pytest.raises(UserError):
+        run_leaderboard(load_board_config(other), out, load_model=load, images=x, labels=y)
 
 
 def test_config_errors_are_one_line_user_errors(tmp_path) -> None:

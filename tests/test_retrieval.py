@@ -582,6 +582,10 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     assert main(["retrieval", "evaluate", "--heads", str(out / "heads.pt"), "--out", str(out), *common]) == 0
     ev = json.loads((out / "evaluate.json").read_text())
     assert ev["n_images"] == 32 and ev["match"] == "image"
+    monkeypatch.setenv("SINKHORN_ATTACKS_SMOKE", "2")  # a smoke run evaluates the first 16 images only
+    assert main(["retrieval", "evaluate", "--heads", str(out / "heads.pt"), "--out", str(out / "smoke"), *common]) == 0
+    assert json.loads((out / "smoke" / "evaluate.json").read_text())["n_images"] == 16
+    monkeypatch.delenv("SINKHORN_ATTACKS_SMOKE")
     args = [
         "retrieval",
         "attack",

@@ -117,7 +117,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _, meta = _heads_checked(args.heads)
     _check_split(args.data or meta["data"], args.split, args.data is not None)
-    run_evaluate(args.heads, args.data, args.split, args.out, args.cache_dir)
+    smoke = smoke_limit()  # smoke run (tests of the documented commands): a few images and their captions
+    run_evaluate(args.heads, args.data, args.split, args.out, args.cache_dir, limit=8 * smoke if smoke else None)
     return 0
 
 

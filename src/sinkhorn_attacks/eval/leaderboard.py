@@ -315,37 +315,55 @@ def board_fingerprint(cfg: BoardConfig) -> str:
     return fingerprint(cfg.identity())
 
 
+_NOT_SETTINGS = ("n", "models", "attacks", "unit_scheme", "legacy_units", "scheme2_settings")
+
+
 def _settings(identity: dict[str, Any]) -> dict[str, Any]:
-    """The settings every unit of a board shares: its identity without the models and attacks."""
-    return {k: v for k, v in identity.items() if k not in ("n", "models", "attacks", "unit_scheme", "legacy_units")}
+    """The settings every unit of a board shares: its identity without the models, the attacks and the reporting
+    ``radii`` (they only aggregate the per-example minimal radii, so changing them recomputes nothing)."""
+    return {k: v for k, v in identity.items() if k not in (*_NOT_SETTINGS, "radii")}
+
+
+def _settings_scheme2(identity: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings as unit scheme 2 fingerprinted them (reporting radii included)."""
+    return {k: v for k, v in identity.items() if k not in _NOT_SETTINGS}
+
+
+def _digest(settings: dict[str, Any], model: BoardModel, attack: BoardAttack) -> str:
+    return fingerprint({"settings": settings, "model": asdict(model), "attack": asdict(attack)})
 
 
 def unit_digest(cfg: BoardConfig, model: BoardModel, attack: BoardAttack) -> str:
     """The fingerprint of everything that defines one (model, attack)'s per-example results: the board's
     settings, the model and the attack. Units of other models and attacks do not enter it (every unit seeds
     torch from its own labels), so a board that gains a model or an attack keeps its finished units."""
-    return fingerprint({"settings": _settings(cfg.identity()), "model": asdict(model), "attack": asdict(attack)})
+    return _digest(_settings(cfg.identity()), model, attack)
 
 
 @dataclass(frozen=True)
 class _Accepted:
-    """The digests a finished unit of a (model, attack) may carry: its :func:`unit_digest`, or the whole-board
-    fingerprint under which earlier versions wrote every unit, where that board defined both identically."""
+    """The digests a finished unit of a (model, attack) may carry: its :func:`unit_digest`; the digest of unit
+    scheme 2 (whose settings held the reporting radii) under the settings of the board that wrote it; or the
+    whole-board fingerprint under which the first versions wrote every unit, where that board defined the model
+    and the attack identically."""
 
     cfg: BoardConfig
-    legacy: dict[str, Any] | None = None  # {"fingerprint", "models", "attacks"} of an earlier-version board
+    legacy: dict[str, Any] | None = None  # {"fingerprint", "models", "attacks"} of a first-version board
+    scheme2: dict[str, Any] | None = None  # the settings (radii included) of a scheme-2 board
 
     def __call__(self, model: BoardModel, attack: BoardAttack) -> set[str]:
         ok = {unit_digest(self.cfg, model, attack)}
+        if self.scheme2 is not None:
+            ok.add(_digest(self.scheme2, model, attack))
         old = self.legacy
         if old and _canonical(asdict(model)) in old["models"] and _canonical(asdict(attack)) in old["attacks"]:
             ok.add(old["fingerprint"])
         return ok
 
     def record(self) -> dict[str, Any]:
-        """``config.json``'s body: the configuration, its unit scheme and the earlier board it accepts."""
-        return {"digest": board_fingerprint(self.cfg), "n": self.cfg.n, **self.cfg.identity(), "unit_scheme": 2,
-                "legacy_units": self.legacy}  # fmt: skip
+        """``config.json``'s body: the configuration, its unit scheme and the earlier boards it accepts."""
+        return {"digest": board_fingerprint(self.cfg), "n": self.cfg.n, **self.cfg.identity(), "unit_scheme": 3,
+                "legacy_units": self.legacy, "scheme2_settings": self.scheme2}  # fmt: skip
 
 
 def unit_file(model: str, attack: str, first: int) -> str:
@@ -594,8 +612,10 @@ def _accepted_in(folder: RunFolder, cfg: BoardConfig) -> _Accepted:
     stored = rec["config"] if rec is not None and rec["command"] == COMMAND else None
     if not isinstance(stored, dict):
         return _Accepted(cfg)
+    if stored.get("unit_scheme") == 3:
+        return _Accepted(cfg, stored.get("legacy_units"), stored.get("scheme2_settings"))
     if stored.get("unit_scheme") == 2:
-        return _Accepted(cfg, stored.get("legacy_units"))
+        return _Accepted(cfg, stored.get("legacy_units"), _settings_scheme2(stored))
     if _settings(stored) != _settings(_canonical(cfg.identity())):
         return _Accepted(cfg)
     return _Accepted(cfg, {"fingerprint": rec["fingerprint"], "models": stored.get("models"),

@@ -220,10 +220,13 @@ def run_evaluate(
     out: str | None = None,
     cache_dir: str | None = None,
     log: Log | None = print,
+    limit: int | None = None,
 ) -> dict:
-    """Clean R@1/5/10 both ways of a trained model on a split."""
+    """Clean R@1/5/10 both ways of a trained model on a split (``limit``: its first images and their captions)."""
     model, meta = load_model(heads_path)
     ds = load_dataset(data or meta["data"], split)
+    if limit is not None:
+        ds = ds.subset(range(min(limit, ds.n_images)))
     ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
     m = retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels)
     res = {"heads": str(heads_path), "data": data or meta["data"], "split": split, "match": ds.match, **m}
