@@ -585,6 +585,10 @@ def test_cli_train_evaluate_attack_on_synthetic(tmp_path, monkeypatch):
     monkeypatch.setenv("SINKHORN_ATTACKS_SMOKE", "2")  # a smoke run evaluates the first 16 images only
     assert main(["retrieval", "evaluate", "--heads", str(out / "heads.pt"), "--out", str(out / "smoke"), *common]) == 0
     assert json.loads((out / "smoke" / "evaluate.json").read_text())["n_images"] == 16
+    smoke = ["retrieval", "attack", "--heads", str(out / "heads.pt"), "--out", str(out / "smoke_atk"), "--no-plots"]
+    assert main([*smoke, "--attack", "fgsm:eps=1/255", *common]) == 0  # ... and attacks within those 16
+    res = json.loads((out / "smoke_atk" / "attack.json").read_text())
+    assert res["n_images"] == 2 and res["clean_full_split"]["n_images"] == 16
     monkeypatch.delenv("SINKHORN_ATTACKS_SMOKE")
     args = [
         "retrieval",

@@ -206,6 +206,7 @@ def _attack(args: argparse.Namespace) -> int:
         meter_p=args.meter_p,
         library_meter=not args.no_library_meter,
         fresh=args.fresh,
+        limit=8 * smoke if smoke else None,
     )
     print(
         f"wrote {os.path.join(args.out, 'attack.json')} ({len(res['cells'])} cells, "

@@ -412,8 +412,11 @@ def run_attack(
     meter_p: float = 1.0,
     library_meter: bool = True,
     fresh: bool = False,
+    limit: int | None = None,
 ) -> dict:
     """Attack the first ``n_images`` images of a split and write ``attack.json`` (+ plots) to ``out``.
+
+    ``limit`` keeps only the split's first that many images (and their captions) as the gallery (smoke runs).
 
     Each cell runs ``steps`` iterations with ``success_fn=None`` (no early stop, so the R@K-vs-iteration
     curve is complete) and records the embeddings after the iterations in ``record_steps`` through the
@@ -437,6 +440,8 @@ def run_attack(
         if batch_size > model.embed_dim:  # the attack's labels are positions in the batch, < its output width
             raise UserError(f"batch_size {batch_size} exceeds the embedding size {model.embed_dim} of {heads_path}")
         ds = load_dataset(data or meta["data"], split)
+        if limit is not None:
+            ds = ds.subset(range(min(limit, ds.n_images)))
         n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
         rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
         identity = {
