@@ -291,6 +291,9 @@ def test_results_curves_and_best_iterate_in_the_json(tmp_path, heads):
         assert len(c["yardstick"]["best"]["values"]) == 4 and c["yardstick"]["last"]["mean"] > 0
         assert c["timing"]["cpu_s_per_image_iteration"] > 0 and c["timing"]["embeddings_from_attack"]
     assert set(res["matched_radius"]) == {"best", "last"} and res["matched_radius"]["last"]["radius"]
+    assert res["n_gallery_images"] == 24
+    small = run_study(load_study(_config(tmp_path, n=4, t=3)), tmp_path / "s", heads=str(heads), smoke=1, log=None)
+    assert small["n_gallery_images"] == 8  # a smoke run keeps the split's first 8 images as the gallery
 
 
 def test_a_changed_configuration_or_other_heads_are_refused(tmp_path, heads):
