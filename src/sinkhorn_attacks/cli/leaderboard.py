@@ -25,9 +25,12 @@ def add_parser(subparsers, help_text: str) -> argparse.ArgumentParser:
         "torchrun. Checks models and data before any work.",
         epilog="Config sections: [board] dataset, split, n, first, batch, radii, line_search, seed, grid_examples; "
         "[yardstick] kernel_size, p, price, normalisation, mass_floor; [[models]] label, name | path, arch; "
-        "[[attacks]] label, preset, overrides, radii. Bundled: leaderboard_mnist (--config leaderboard_mnist).",
+        "[[attacks]] label, preset, overrides, radii. Bundled: leaderboard_mnist, leaderboard_cifar10 "
+        "(--config leaderboard_mnist).",
     )
-    p.add_argument("--config", required=True, help="TOML config: a path or a bundled name (leaderboard_mnist)")
+    p.add_argument(
+        "--config", required=True, help="TOML config: a path or a bundled name (leaderboard_mnist, leaderboard_cifar10)"
+    )
     p.add_argument("--out", required=True, help="output folder (units, leaderboard.json, index.html)")
     p.add_argument(
         "--num-images",
