@@ -173,7 +173,8 @@ BOARDS = {  # README tag -> (folder, config, title, radii shown in the README, t
     "board": ("docs/leaderboard", "leaderboard_mnist", "MNIST", (0.05, 0.1, 0.2, 0.3, 0.5),
               "torchrun --nproc_per_node 2 -m sinkhorn_attacks leaderboard --config leaderboard_mnist "
               "--out docs/leaderboard"),
-    "board-cifar10": ("docs/leaderboard-cifar10", "leaderboard_cifar10", "CIFAR-10", (0.005, 0.01, 0.02, 0.03, 0.05),
+    "board-cifar10": ("docs/leaderboard-cifar10", "leaderboard_cifar10", "CIFAR-10",
+                      (0.0005, 0.001, 0.002, 0.003, 0.005),
                       "sinkhorn-attacks leaderboard --config leaderboard_cifar10 --out docs/leaderboard-cifar10 "
                       f"--attacks {CPU_ATTACKS}"),
 }  # fmt: skip
