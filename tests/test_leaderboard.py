@@ -413,3 +413,15 @@ def test_an_image_with_no_class_is_not_robust_and_is_flagged(digits_setup, tmp_p
     assert entry["robust_accuracy"][-1]["robust_accuracy"] == 0.0
     bench = benchmark(blank, x[:4], y[:4], dataset="mnist", attacks=["linf-pgd"], radii=(0.05, 0.5))
     assert sum(bench.no_class) == n_cc and bench.to_json()["no_class"] == n_cc
+
+
+@pytest.mark.parametrize("name", ["leaderboard_mnist", "leaderboard_cifar10"])
+def test_bundled_boards_load_and_their_yardstick_attack_starts_below_the_reporting_radii(name) -> None:
+    """Each bundled board parses, and yardstick-pgd's own list starts at or below the smallest reporting radius
+    (its minimal radii come from its list; the line search alone overstates them)."""
+    from sinkhorn_attacks.eval.config import resolve_config
+
+    cfg = load_board_config(resolve_config(name))
+    ypgd = next(a for a in cfg.attacks if a.label == "yardstick-pgd")
+    assert ypgd.radii is not None and ypgd.radii[0] <= cfg.radii[0]
+    assert list(cfg.radii) == sorted(set(cfg.radii))
