@@ -227,6 +227,10 @@ class RetrievalData:
             return torch.zeros(0, 3, size or 1, size or 1)
         return torch.stack(out).float().div_(255.0)
 
+    def head(self, n: int | None) -> RetrievalData:
+        """The first ``n`` images and their own captions (all of them when ``n`` is None)."""
+        return self if n is None else self.subset(range(min(n, self.n_images)))
+
     def subset(self, image_idx: Sequence[int], relabel: bool = True) -> RetrievalData:
         """Restrict to the images ``image_idx`` and their own captions.
 

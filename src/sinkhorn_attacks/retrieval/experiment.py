@@ -160,10 +160,8 @@ def run_train(run: TrainRun, log: Log | None = print) -> dict:
     """Train heads on ``run.data``'s train split, evaluating on ``run.eval_split`` after each epoch."""
     out = Path(run.out)
     ib, tb = _backbones(run.image_backbone, run.text_backbone, run.backbone_kwargs)
-    tr = load_dataset(run.data, "train")
-    ev = load_dataset(run.data, run.eval_split)
-    if run.limit is not None:
-        tr, ev = (d.subset(range(min(run.limit, d.n_images))) for d in (tr, ev))
+    tr = load_dataset(run.data, "train").head(run.limit)
+    ev = load_dataset(run.data, run.eval_split).head(run.limit)
     t0 = time.time()
     fi, ft = _features(ib, tb, tr, run.image_size, run.cache_dir, log)
     fi_e, ft_e = _features(ib, tb, ev, run.image_size, run.cache_dir, log)
@@ -224,9 +222,7 @@ def run_evaluate(
 ) -> dict:
     """Clean R@1/5/10 both ways of a trained model on a split (``limit``: its first images and their captions)."""
     model, meta = load_model(heads_path)
-    ds = load_dataset(data or meta["data"], split)
-    if limit is not None:
-        ds = ds.subset(range(min(limit, ds.n_images)))
+    ds = load_dataset(data or meta["data"], split).head(limit)
     ei, et = _clean_embeddings(model, meta, ds, cache_dir, log)
     m = retrieval_metrics(ei, ds.image_labels, et, ds.caption_labels)
     res = {"heads": str(heads_path), "data": data or meta["data"], "split": split, "match": ds.match, **m}
@@ -439,9 +435,7 @@ def run_attack(
         model, meta = load_model(heads_path)
         if batch_size > model.embed_dim:  # the attack's labels are positions in the batch, < its output width
             raise UserError(f"batch_size {batch_size} exceeds the embedding size {model.embed_dim} of {heads_path}")
-        ds = load_dataset(data or meta["data"], split)
-        if limit is not None:
-            ds = ds.subset(range(min(limit, ds.n_images)))
+        ds = load_dataset(data or meta["data"], split).head(limit)
         n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
         rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
         identity = {

@@ -489,8 +489,7 @@ def _setup(
 
     ds = load_checked(cfg.data, cfg.split)
     check_data(ds, cfg)
-    if smoke:  # a smoke run: the gallery is the split's first images (and their captions); its identity says so
-        ds = ds.subset(range(min(8 * smoke, ds.n_images)))
+    ds = ds.head(8 * smoke if smoke else None)  # a smoke run: the split's first images; its identity says so
     state = {"config": cfg.identity(), "data": data_identity(ds)}
     check_state(folder, state)
     path = _heads(cfg, folder.root, heads, cache_dir, smoke, log)
