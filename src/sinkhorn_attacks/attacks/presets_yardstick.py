@@ -3,12 +3,15 @@
 * ``yardstick-pgd``: :class:`~.yardstick_pgd.YardstickPGD` with MNIST defaults (radius 0.1, 100 steps, first
   step twice the mass the budget can create, cosine decay, cross-entropy); ``yardstick-pgd-cifar``: the same
   at CIFAR-10's scale (radius 0.02).
+* ``yardstick-ddn``: :class:`~.yardstick_ddn.YardstickDDN`, the minimal-radius attack in the same ball (MNIST:
+  first radius 0.5, 100 steps, radius x(1 -/+ 0.05) per step); ``yardstick-ddn-cifar``: first radius 0.005.
 * ``uot-tv``: :class:`~.uot_tv.UOTTVAttack`, the thesis's UOT attack with TV marginals at the yardstick's
   price (eta 0.01, l_2-normalised steps of 1.0, 40 steps, radius 0.1); ``uot-tv-search``: the same attack with
   the ``uot-search`` schedule (radius 0.05, x1.15 every 3 steps, 60 steps). The thesis's sign steps of 0.1 and
   the ``uot`` preset's eta 0.05 are much weaker in this ball (docs/results/yardstick_attack.md).
 
-Every preset takes the budget as ``radius`` (or ``eps``), a yardstick value.
+Every fixed-budget preset takes the budget as ``radius`` (or ``eps``), a yardstick value; the ``yardstick-ddn``
+presets search for each example's radius and take only a first one (``init_radius``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .base import Attack
 from .pgd import RadiusSchedule
 from .presets import register_preset
 from .uot_tv import UOTTVAttack
+from .yardstick_ddn import YardstickDDN
 from .yardstick_pgd import YardstickPGD
 
 __all__: list[str] = []
@@ -38,6 +42,17 @@ _PRESETS: dict[str, tuple[type, dict[str, Any], str]] = {
         YardstickPGD,
         dict(_YPGD, radius=0.02),
         "PGD in the yardstick's own ball, CIFAR-10 scale: radius 0.02, 100 steps",
+    ),
+    "yardstick-ddn": (
+        YardstickDDN,
+        dict(init_radius=0.5, steps=100, gamma=0.05, step_size=1.0),
+        "per-example minimal yardstick radius: steps in the yardstick's ball with a radius that shrinks while the "
+        "image fools the model (x0.95) and grows while not (x1.05), MNIST: from 0.5, 100 steps",
+    ),
+    "yardstick-ddn-cifar": (
+        YardstickDDN,
+        dict(init_radius=0.005, steps=100, gamma=0.05, step_size=1.0),
+        "the minimal-radius attack in the yardstick's ball at CIFAR-10's scale: from radius 0.005, 100 steps",
     ),
     "uot-tv": (
         UOTTVAttack,

@@ -47,7 +47,7 @@ from ..ot.yardstick import Yardstick, measure
 from ..projections.yardstick_ball import BallPoint, ball_lmo, identity_plan, plan_image, project_ball, repair_box
 from .base import Attack
 
-__all__ = ["YardstickPGD", "margin_loss", "certify_within"]
+__all__ = ["YardstickPGD", "margin_loss", "certify_within", "ascent_step", "loss_options", "set_ball"]
 
 _BUDGET_MARGIN = 1e-6  # the plan's budget is this fraction below the radius (the meter's rounding)
 _LOSSES = ("ce", "margin")
@@ -90,6 +90,50 @@ def certify_within(
     if bool(over.any()):
         z[over], value[over] = x[over], 0.0
     return z, value, moved
+
+
+def loss_options(loss: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~.base.Attack` keyword options for ``loss`` (``"ce"`` or ``"margin"``); a given ``loss_fn`` wins."""
+    if loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+    if loss == "margin" and kwargs.get("loss_fn") is None:
+        return {**kwargs, "loss_fn": margin_loss}
+    return kwargs
+
+
+def set_ball(attack: Attack, ball: Yardstick | None, name: str | None) -> None:
+    """Give an attack in the yardstick ball its ``ball`` (default: the yardstick it is metered in), ``name``
+    and ``units``."""
+    if ball is not None and not isinstance(ball, Yardstick):
+        raise TypeError(f"ball must be a Yardstick, got {type(ball).__name__}")
+    attack.ball = ball or attack.yardstick or Yardstick()
+    if name:
+        attack.name = name
+    attack.units = f"yardstick radius ({attack.ball.label})"
+
+
+def ascent_step(
+    p: BallPoint,
+    g_plan: torch.Tensor,
+    g_created: torch.Tensor,
+    length: torch.Tensor,
+    x: torch.Tensor,
+    ball: Yardstick,
+    budget: torch.Tensor,
+    mu: torch.Tensor,
+) -> tuple[BallPoint, torch.Tensor]:
+    """One projected step ``repair_box(project_ball(p + length (g_plan, 0, g_created) / ||.||_2))``.
+
+    ``g_plan`` (B, C, K, H, W) and ``g_created`` (B, C, H, W) are the objective's gradients with respect to the
+    plan and the created mass, ``length`` (B,) the step length in mass units, ``budget`` (B,) the raw budget of
+    the ball and ``mu`` (B,) the previous projection's multiplier (warm start). Returns the new point and
+    multiplier."""
+    norm = (g_plan.flatten(1).pow(2).sum(1) + g_created.flatten(1).pow(2).sum(1)).sqrt()
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(-1, 1, 1, 1)
+    a = length.reshape(-1, 1, 1, 1) / norm
+    p = BallPoint(p.pi + a.unsqueeze(-1) * g_plan, p.destroyed, p.created + a * g_created)
+    p, mu = project_ball(p, x, ball.cost, ball.price, budget, mu0=mu)
+    return repair_box(p, ball.cost), mu
 
 
 class YardstickPGD(Attack):
@@ -138,11 +182,7 @@ class YardstickPGD(Attack):
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         self.method = method
-        if loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
-        if loss == "margin" and kwargs.get("loss_fn") is None:
-            kwargs["loss_fn"] = margin_loss
-        super().__init__(model, **kwargs)
+        super().__init__(model, **loss_options(loss, kwargs))
         ok = isinstance(radius, (int, float)) and not isinstance(radius, bool)
         if not (ok and math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be a finite yardstick value > 0, got {radius!r}")
@@ -154,14 +194,9 @@ class YardstickPGD(Attack):
             raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-        if ball is not None and not isinstance(ball, Yardstick):
-            raise TypeError(f"ball must be a Yardstick, got {type(ball).__name__}")
-        self.ball = ball or self.yardstick or Yardstick()
         self.radius, self.steps, self.step_size = float(radius), int(steps), float(step_size)
         self.loss, self.schedule, self.restarts = loss, schedule, restarts
-        if name:
-            self.name = name
-        self.units = f"yardstick radius ({self.ball.label})"
+        set_ball(self, ball, name)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -258,13 +293,7 @@ class YardstickPGD(Attack):
                 )
                 p = repair_box(p, cost)
                 continue
-            norm = (ga.flatten(1).pow(2).sum(1) + gc.flatten(1).pow(2).sum(1)).sqrt()
-            norm = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(-1, 1, 1, 1)
-            a = (self._alpha(t) * budget / price).reshape(-1, 1, 1, 1)
-            p.pi = p.pi + (a / norm).unsqueeze(-1) * ga
-            p.created = p.created + a / norm * gc
-            p, mu = project_ball(p, xa, cost, price, budget, mu0=mu)
-            p = repair_box(p, cost)
+            p, mu = ascent_step(p, ga, gc, self._alpha(t) * budget / price, xa, self.ball, budget, mu)
         return adv, fooled, iters, nonfinite, grad_evals
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor):
