@@ -66,7 +66,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 #: The one-call cascade (:func:`sinkhorn_attacks.benchmark`): board attack labels, strongest first.
-CASCADE_ORDER: tuple[str, ...] = ("yardstick-pgd", "hu2020", "l2-pgd", "linf-pgd")
+CASCADE_ORDER: tuple[str, ...] = ("yardstick-ddn", "yardstick-pgd", "hu2020")
 
 
 @dataclass(frozen=True)
