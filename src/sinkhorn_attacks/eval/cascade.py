@@ -248,7 +248,8 @@ def _run_unit(
     """Run one attack on the examples ``idx`` of the state and keep the smaller radii and their images."""
     rec = state["attacks"].setdefault(attack.label, {"attacked": 0, "improved": 0, "cpu_s": 0.0, "wall_s": 0.0})
     c0, w0 = time.process_time(), time.perf_counter()
-    res = minimal_radii(attack, model, x[idx], y[idx], cfg.yardstick, cfg.line_search)
+    known = None if first else torch.tensor([state["radius"][i] for i in idx.tolist()], dtype=torch.float64)
+    res = minimal_radii(attack, model, x[idx], y[idx], cfg.yardstick, cfg.line_search, known=known)
     for j, i in enumerate(idx.tolist()):
         r = res["min_radius"][j]
         if first:

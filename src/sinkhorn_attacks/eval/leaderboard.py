@@ -230,8 +230,13 @@ def minimal_radii(
     yardstick: Yardstick,
     line_search: int = 6,
     on_step: Callable[[int], None] | None = None,
+    known: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Per-example minimal yardstick radius of one attack on ``(x, y)``; see the module docstring.
+
+    ``known`` (B,), the radii other attacks already reached: an attack whose radii are yardstick values (its
+    ball is ``yardstick``) then runs each radius of its list only on the examples whose known radius exceeds it
+    (at a larger radius it could improve on them only through the line search).
 
     Returns plain lists: ``min_radius`` (0 clean error, ``inf`` not fooled), ``nominal`` (the attack's own
     radius at the found image), ``clean_correct``, ``no_class`` (the clean or the returned image gave
@@ -244,16 +249,21 @@ def minimal_radii(
     fooled = torch.zeros(B, dtype=torch.bool)
     probe = board_attack.build(model, yardstick, None)  # clean forward and line search: the attack's own rules
     with torch.no_grad():
-        no_class = (predicted_class(probe._forward(x)) < 0).cpu()
-    clean_correct = None
+        out0 = probe._forward(x)
+        no_class = (predicted_class(out0) < 0).cpu()
+    # the first run's clean predictions, unless ``known`` may keep examples out of it
+    clean_correct = None if known is None else (~probe.is_success(out0, y)).cpu()
     grad_evals = 0
     for r in board_attack.radii or (None,):
         atk = board_attack.build(model, yardstick, r)
         if on_step is not None:
             atk.callback = lambda t, cur, done: on_step(t)
-        todo = (~fooled if clean_correct is None else clean_correct & ~fooled).nonzero().squeeze(1)
+        want = ~fooled if clean_correct is None else clean_correct & ~fooled
+        if known is not None and r is not None and getattr(atk, "ball", None) == yardstick:
+            want = want & (known.to(want.device) > r)
+        todo = want.nonzero().squeeze(1)
         if todo.numel() == 0:
-            break
+            continue
         res = atk(x[todo], y[todo])
         grad_evals += res.grad_evals
         if clean_correct is None:
