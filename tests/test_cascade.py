@@ -165,8 +165,8 @@ def test_bad_input_is_refused() -> None:
 
 def test_known_radii_skip_the_yardstick_radii_that_cannot_improve_them() -> None:
     """With ``known`` radii, an attack whose radii are yardstick values runs each radius of its list only on
-    the examples whose known radius exceeds it (counted by gradient evaluations on a model never fooled);
-    attacks in other units run as before."""
+    the examples whose known radius exceeds the previous radius of the list (counted by gradient evaluations
+    on a model never fooled); attacks in other units run as before."""
 
     class Never(nn.Module):  # always predicts class 0, with a gradient
         def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -179,11 +179,11 @@ def test_known_radii_skip_the_yardstick_radii_that_cannot_improve_them() -> None
     from sinkhorn_attacks.ot import Yardstick
 
     ypgd = BoardAttack("yardstick-pgd", "yardstick-pgd", {"steps": 4}, (0.05, 0.1, 0.5))
-    known = torch.tensor([0.07, 0.3, math.inf], dtype=torch.float64)
+    known = torch.tensor([0.03, 0.3, math.inf], dtype=torch.float64)
     full = minimal_radii(ypgd, Never(), x, y, Yardstick(), 0)
     capped = minimal_radii(ypgd, Never(), x, y, Yardstick(), 0, known=known)
     assert full["grad_evals"] == 4 * 3 * 3  # every example at every radius
-    assert capped["grad_evals"] == 4 * (1 + 2 + 3)  # 0.05 | 0.05, 0.1 | all three
+    assert capped["grad_evals"] == 4 * (1 + 3 + 3)  # 0.05 | all three (0.3 > 0.1) | all three
     assert capped["clean_correct"] == full["clean_correct"] == [True] * 3
     assert capped["min_radius"] == full["min_radius"] == [math.inf] * 3
     l2 = BoardAttack("l2-pgd", "l2-pgd", {"steps": 4}, (0.5, 1.0))  # l_2 radii: not comparable, not skipped

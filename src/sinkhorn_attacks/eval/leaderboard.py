@@ -235,8 +235,9 @@ def minimal_radii(
     """Per-example minimal yardstick radius of one attack on ``(x, y)``; see the module docstring.
 
     ``known`` (B,), the radii other attacks already reached: an attack whose radii are yardstick values (its
-    ball is ``yardstick``) then runs each radius of its list only on the examples whose known radius exceeds it
-    (at a larger radius it could improve on them only through the line search).
+    ball is ``yardstick``) then runs each radius of its list only on the examples whose known radius exceeds
+    the list's previous radius (up to the first radius at or above the known one, whose line search may
+    still end below it).
 
     Returns plain lists: ``min_radius`` (0 clean error, ``inf`` not fooled), ``nominal`` (the attack's own
     radius at the found image), ``clean_correct``, ``no_class`` (the clean or the returned image gave
@@ -254,13 +255,15 @@ def minimal_radii(
     # the first run's clean predictions, unless ``known`` may keep examples out of it
     clean_correct = None if known is None else (~probe.is_success(out0, y)).cpu()
     grad_evals = 0
+    below = 0.0  # the previous radius of the list
     for r in board_attack.radii or (None,):
         atk = board_attack.build(model, yardstick, r)
         if on_step is not None:
             atk.callback = lambda t, cur, done: on_step(t)
         want = ~fooled if clean_correct is None else clean_correct & ~fooled
         if known is not None and r is not None and getattr(atk, "ball", None) == yardstick:
-            want = want & (known.to(want.device) > r)
+            want = want & (known.to(want.device) > below)
+            below = r
         todo = want.nonzero().squeeze(1)
         if todo.numel() == 0:
             continue
