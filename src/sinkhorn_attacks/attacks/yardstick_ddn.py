@@ -141,7 +141,8 @@ class YardstickDDN(Attack):
         nonfinite = torch.zeros(B, dtype=torch.float64, device=x.device)
         for t in range(self.steps + 1):
             last = t == self.steps
-            z = plan_image(p, cost).to(x.dtype).clamp(0, 1).requires_grad_(not last)
+            image = plan_image(p, cost)
+            z = image.to(x.dtype).clamp(0, 1).requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 out = self._forward(z)
             finite = torch.isfinite(out.detach()).all(1)
@@ -166,11 +167,11 @@ class YardstickDDN(Attack):
             eps = torch.minimum(eps, best * (1 - self.gamma))
             budget = eps * scale
             length = self._length(t) * budget / price
-            ga, gc = _box_tangent(gather_window(g, cost, fill=0.0) * rows, g * room, plan_image(p, cost), cost)
+            ga, gc = _box_tangent(gather_window(g, cost, fill=0.0) * rows, g * room, image, cost)
             p, mu = ascent_step(p, ga, gc, length, x, self.ball, budget, mu)
         fooled = torch.isfinite(best)
         last_cost = plan_cost(p, cost, price) / scale
-        adv[~fooled] = plan_image(p, cost).to(x.dtype).clamp(0, 1)[~fooled]
+        adv[~fooled] = z.detach()[~fooled]  # the last iterate
         value = measure(x, adv, self.ball).value.to(x.device)
         radius = torch.maximum(torch.where(fooled, best, last_cost), value)  # float32 rounding of the image
         iters = torch.where(fooled, found_at, torch.full_like(found_at, self.steps))
