@@ -134,7 +134,7 @@ def board_plot_png(board: dict[str, Any], model: dict[str, Any]) -> bytes:
     ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"optimize": True})
     plt.close(fig)
     return buf.getvalue()
 
@@ -146,7 +146,7 @@ def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]])
     import matplotlib.pyplot as plt
 
     k = clean.shape[0]
-    fig, axes = plt.subplots(len(rows) + 1, k, figsize=(1.1 * k, 1.15 * (len(rows) + 1)), dpi=90, squeeze=False)
+    fig, axes = plt.subplots(len(rows) + 1, k, figsize=(1.1 * k, 1.15 * (len(rows) + 1)), dpi=80, squeeze=False)
 
     def show(ax: Any, img: np.ndarray, title: str) -> None:
         img = np.clip(img.transpose(1, 2, 0), 0, 1)
@@ -162,7 +162,7 @@ def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]])
             show(axes[i, j], adv[j], f"{lab}\nr={_num(float(rad[j]), 2)}")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"optimize": True})
     plt.close(fig)
     return buf.getvalue()
 
