@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..ot.checks import check_count, check_positive
 from ..ot.cost import LocalCost
 from ..ot.kernel import gather_window, valid_offsets
 from ..ot.yardstick import Yardstick, measure
@@ -43,13 +44,6 @@ from .base import Attack
 from .yardstick_pgd import ascent_step, loss_options, set_ball
 
 __all__ = ["YardstickDDN"]
-
-
-def _positive(value: Any, name: str, *, below_one: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok or (below_one and value >= 1):
-        raise ValueError(f"{name} must be a finite number in (0, {'1' if below_one else 'inf'}), got {value!r}")
-    return float(value)
 
 
 def _box_tangent(
@@ -102,12 +96,12 @@ class YardstickDDN(Attack):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **loss_options(loss, kwargs))
-        self.init_radius = _positive(init_radius, "init_radius")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        self.steps = steps
-        self.gamma = _positive(gamma, "gamma", below_one=True)
-        self.step_size = _positive(step_size, "step_size")
+        self.init_radius = check_positive(init_radius, "init_radius")
+        self.steps = check_count(steps, "steps")
+        self.gamma = check_positive(gamma, "gamma")
+        if self.gamma >= 1:
+            raise ValueError(f"gamma must be in (0, 1), got {gamma!r}")
+        self.step_size = check_positive(step_size, "step_size")
         self.loss = loss
         set_ball(self, ball, name)
 

@@ -133,10 +133,7 @@ def board_plot_png(board: dict[str, Any], model: dict[str, Any]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", pil_kwargs={"optimize": True})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
@@ -161,6 +158,13 @@ def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]])
         for j in range(k):
             show(axes[i, j], adv[j], f"{lab}\nr={_num(float(rad[j]), 2)}")
     fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    """The figure as an optimised PNG (the board page embeds them), closed afterwards."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", pil_kwargs={"optimize": True})
     plt.close(fig)
