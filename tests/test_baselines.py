@@ -178,6 +178,7 @@ from sinkhorn_attacks.projections.coupling import (  # noqa: E402
     dual_projection,
     entropic_lmo,
     identity_coupling,
+    simplex_project_flat,
     simplex_project_rows,
     window_mask,
 )
@@ -210,6 +211,36 @@ def test_simplex_projection_matches_sort_free_reference() -> None:
     p = simplex_project_rows(g, x, mask)
     assert torch.allclose(p, _simplex_ref(g, x, mask), atol=1e-12)
     assert torch.allclose(p.sum(-3), x, atol=1e-12) and (p >= 0).all() and (p[..., ~mask] == 0).all()
+
+
+def test_flat_simplex_projection_edge_rows() -> None:
+    """Geometric rows (entries on every scale), large sums (many active entries), zero sums,
+    rows with no valid entry, a single valid entry and float32 all match the KKT conditions: entries >= 0
+    summing to s, and every positive entry is its value minus one common threshold that bounds the rest."""
+    gen = torch.Generator().manual_seed(3)
+    e = 26
+    rows = [
+        2.0 ** -torch.arange(e, dtype=torch.float64),
+        torch.randn(e, generator=gen, dtype=torch.float64),  # s = 2.5: many active entries
+        torch.randn(e, generator=gen, dtype=torch.float64),  # zero sum
+        torch.randn(e, generator=gen, dtype=torch.float64),  # no valid entry
+        torch.randn(e, generator=gen, dtype=torch.float64),  # one valid entry
+        torch.full((e,), 0.3, dtype=torch.float64),  # ties
+    ]
+    a = torch.stack(rows)
+    s = torch.tensor([0.7, 2.5, 0.0, 0.0, 0.4, 1.0], dtype=torch.float64)
+    valid = torch.ones_like(a, dtype=torch.bool)
+    valid[3] = False
+    valid[4, 1:] = False
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        p = simplex_project_flat(a.to(dtype), s.to(dtype), valid).double()
+        assert (p >= 0).all() and (p[~valid] == 0).all()
+        assert torch.allclose(p.sum(1)[[0, 1, 2, 4, 5]], s[[0, 1, 2, 4, 5]], atol=tol)
+        assert p[3].abs().sum() == 0 and p[2].abs().sum() == 0
+        for i in (0, 1, 5):
+            tau = (a[i] - p[i])[p[i] > 0]
+            assert tau.numel() > 0 and float(tau.max() - tau.min()) < tol * 10
+            assert bool((a[i][p[i] == 0] <= tau.mean() + tol * 10).all())
 
 
 def _assert_feasible(pi, x, cost, budget, tol=1e-6):

@@ -53,7 +53,7 @@ def _box_tangent(
 
     The ball's projection ignores the box ``z <= 1`` and the box repair returns any overflow to its source,
     so a step along those entries only spends budget. Dropping them (the gradient's projection onto the
-    box's tangent cone) brought the attack from up to 1.6x to within 1.12x the exact minimal radius of
+    box's tangent cone) brought the attack from up to 1.6x to at most 1.22x (median 1.035x) the exact minimal radius of
     linear classifiers (tests/test_yardstick_ddn.py)."""
     full = z >= 1 - 1e-9
     into_full = gather_window(full.to(g_plan.dtype), cost, fill=0.0) > 0

@@ -34,14 +34,13 @@ __all__ = [
     "column_marginal",
     "coupling_cost",
     "window_mask",
+    "simplex_project_flat",
     "simplex_project_rows",
     "dual_projection",
     "entropic_lmo",
     "capacity_projection",
     "repair_capacity",
 ]
-
-_NEG = -1e30
 
 
 def window_mask(x: torch.Tensor, cost: LocalCost) -> torch.Tensor:
@@ -76,28 +75,62 @@ def _b(t: torch.Tensor, nd: int) -> torch.Tensor:
     return t.reshape((-1,) + (1,) * (nd - 1))
 
 
+def simplex_project_flat(a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Project every row ``a[n, :]`` (N, E) onto ``{p >= 0, sum_e p_e = s_n}``: ``p = max(a - tau_n, 0)``.
+
+    The threshold solves ``sum_e max(a_ne - tau, 0) = s_n``; it is found by Michelot's (1986) active-set
+    iteration ``tau <- (sum_{a_e > tau} a_e - s) / |{a_e > tau}|``, which rises monotonically from any lower
+    bound to the exact threshold in at most E steps (a Newton iteration on a convex piecewise-linear function).
+    It starts from the larger of two lower bounds, ``(sum_e a_e - s) / E`` and ``max_e a_e - s``, and keeps
+    iterating only the rows whose active set still changes. Entries where ``valid`` is False are excluded (0).
+
+    Args:
+        a: (N, E) values; s: (N,) non-negative row sums; valid: (N, E) bool or None.
+    """
+    if valid is not None:
+        a = torch.where(valid, a, torch.full_like(a, -math.inf))
+        count = valid.sum(-1)
+        total = torch.where(valid, a, torch.zeros_like(a)).sum(-1)
+    else:
+        count = torch.full(s.shape, a.shape[-1], dtype=torch.long, device=a.device)
+        total = a.sum(-1)
+    tau = torch.maximum((total - s) / count.clamp_min(1), a.amax(-1) - s)
+    rows, sums, t = a, s, tau
+    work: torch.Tensor | None = None  # indices of the rows still iterated (None: all)
+    before: torch.Tensor | None = None
+    for _ in range(a.shape[-1] + 1):
+        active = rows > t[:, None]
+        n = active.sum(-1)
+        if before is not None:
+            moving = n != before  # the active set only shrinks, so an unchanged count means converged
+            k = int(moving.sum())
+            if k == 0:
+                break
+            if 2 * k < moving.numel():
+                keep = moving.nonzero().squeeze(1)
+                rows, sums, n, active, t = rows[keep], sums[keep], n[keep], active[keep], t[keep]
+                work = keep if work is None else work[keep]
+        inside = torch.where(active, rows, torch.zeros_like(rows)).sum(-1)
+        t = torch.where(n > 0, (inside - sums) / n.clamp_min(1), t)
+        tau = t if work is None else tau.index_copy(0, work, t)
+        before = n
+    return (a - tau[:, None]).clamp_min(0)
+
+
 def simplex_project_rows(g: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Project every row ``g[..., :, i]`` (the K axis is dim -3) onto ``{p >= 0, sum_d p_d = s_i}``.
 
-    Sort-based (Held et al.; Duchi et al. 2008): with ``u`` sorted decreasingly and
-    ``rho = max{k : u_k - (sum_{l<=k} u_l - s)/k > 0}``, ``theta = (sum_{l<=rho} u_l - s)/rho`` and
-    ``p = max(g - theta, 0)``. Entries where ``mask`` is False are excluded (set to 0).
+    :func:`simplex_project_flat` on the rows laid out along the last axis. Entries where ``mask`` is False
+    are excluded (set to 0).
 
     Args:
         g: (..., K, H, W); s: (..., H, W) non-negative row sums; mask: (K, H, W) bool or None.
     """
-    if mask is not None:
-        g = torch.where(mask, g, torch.full_like(g, _NEG))
-    u, _ = torch.sort(g, dim=-3, descending=True)
-    css = torch.cumsum(u, dim=-3) - s.unsqueeze(-3)
-    k = torch.arange(1, g.shape[-3] + 1, dtype=g.dtype, device=g.device).reshape(-1, 1, 1)
-    cond = u - css / k > 0
-    rho = (cond * k).amax(dim=-3, keepdim=True).clamp_min(1)  # last index where cond holds (cond is a prefix)
-    theta = torch.gather(css, -3, rho.long() - 1) / rho
-    out = (g - theta).clamp_min(0)
-    if mask is not None:
-        out = torch.where(mask, out, torch.zeros_like(out))
-    return out
+    k = g.shape[-3]
+    a = g.movedim(-3, -1)
+    valid = None if mask is None else mask.movedim(-3, -1).expand(a.shape).reshape(-1, k)
+    sums = s.to(g.dtype).expand(a.shape[:-1]).reshape(-1)
+    return simplex_project_flat(a.reshape(-1, k), sums, valid).reshape(a.shape).movedim(-1, -3)
 
 
 def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_iter: int, tol: float, int_tol: float):

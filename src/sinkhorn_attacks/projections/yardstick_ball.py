@@ -39,7 +39,7 @@ import torch
 
 from ..ot.cost import LocalCost
 from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets
-from .coupling import simplex_project_rows
+from .coupling import simplex_project_flat
 
 __all__ = [
     "BallPoint",
@@ -119,13 +119,6 @@ def _rows(p: BallPoint, x: torch.Tensor, cost: LocalCost) -> _Rows:
     return _Rows(u, valid, x.to(torch.float64)[where], owner, where)
 
 
-def _solve_rows(rows: _Rows, wt: torch.Tensor, mu_rows: torch.Tensor) -> torch.Tensor:
-    """Simplex projection of every row after the shift ``-mu w`` (``(N, K + 1)``)."""
-    g = (rows.u - mu_rows[:, None] * wt[None, :]).unsqueeze(-1).unsqueeze(-1)  # (N, E, 1, 1): E on dim -3
-    v = simplex_project_rows(g, rows.s.reshape(-1, 1, 1), rows.valid.unsqueeze(-1).unsqueeze(-1))
-    return v.squeeze(-1).squeeze(-1)
-
-
 def project_ball(
     p: BallPoint,
     x: torch.Tensor,
@@ -160,69 +153,86 @@ def project_ball(
     h, w = x.shape[-2:]
     wt = row_weights(cost, h, w, price, dev)
     rows = _rows(p, x, cost)
-    evaluate = _BallCost(rows, wt, p.created, (1.0 - x.to(torch.float64)).clamp_min(0), price, B)
+    evaluate = _BallCost(rows, wt, p.created, (1.0 - x.to(torch.float64)).clamp_min(0), price)
     zero = torch.zeros(B, dtype=torch.float64, device=dev)
-    f0, s0, _, _ = evaluate(zero)
-    mu = zero.clone()
-    ok0 = f0 <= budget
+    at_zero = evaluate(zero)
+    mu, v, c = zero, at_zero.rows, at_zero.created
+    ok0 = at_zero.cost <= budget
     if not bool(ok0.all()):
-        mu = _ball_multiplier(evaluate, f0, s0, ok0, budget, mu0, rtol, max_iter)
-    v, c = evaluate(mu)[2:]
+        mu, v, c = _ball_multiplier(evaluate, at_zero, ok0, budget, mu0, rtol, max_iter)
     full = torch.zeros(rows.where.shape + (wt.numel(),), dtype=torch.float64, device=dev)
     full[rows.where] = v
     full = full.movedim(-1, -3)
     return BallPoint(full[..., :-1, :, :].contiguous(), full[..., -1, :, :].contiguous(), c), mu
 
 
-class _BallCost:
-    """``mu -> (cost(mu), slope, rows, creation)`` of :func:`project_ball`'s point at multiplier ``mu`` (B,).
+@dataclass
+class _Evaluation:
+    """:class:`_BallCost` at one ``mu`` for the examples asked: cost and slope (B,), and the point's rows and
+    created mass for those examples only (in their order)."""
 
-    Rows: :func:`_solve_rows` at ``mu``; creation ``c = clip(c_p - mu price, 0, 1 - x)``;
-    ``cost = sum_rows <v, w> + price sum c``, and its slope on the current linear piece,
+    cost: torch.Tensor
+    slope: torch.Tensor
+    rows: torch.Tensor
+    created: torch.Tensor
+
+
+class _BallCost:
+    """``mu -> cost(mu)`` of :func:`project_ball`'s point at multiplier ``mu`` (B,), with its slope and point.
+
+    Rows: :func:`~.coupling.simplex_project_flat` of ``u - mu w``; creation ``c = clip(c_p - mu price, 0,
+    1 - x)``; ``cost = sum_rows <v, w> + price sum c``, and its slope on the current linear piece,
     ``-(sum_A w^2 - (sum_A w)^2 / |A|)`` per row (``A``: the row's positive entries) and ``-price^2`` per
-    unclipped creation entry.
+    unclipped creation entry. ``only`` (B,) bool restricts the work to those examples (the others read 0).
     """
 
-    def __init__(self, rows: _Rows, wt: torch.Tensor, created: torch.Tensor, cap: torch.Tensor, price: float, B: int):
-        self.rows, self.wt, self.ct, self.cap, self.price, self.B = rows, wt, created, cap, price, B
+    def __init__(self, rows: _Rows, wt: torch.Tensor, created: torch.Tensor, cap: torch.Tensor, price: float):
+        self.rows, self.wt, self.ct, self.cap, self.price = rows, wt, created, cap, price
 
-    def __call__(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows, wt, ct, cap, price, B = self.rows, self.wt, self.ct, self.cap, self.price, self.B
-        dev = wt.device
-        v = _solve_rows(rows, wt, mu[rows.owner])
-        c = torch.minimum((ct - mu.reshape(-1, 1, 1, 1) * price).clamp_min(0), cap)
-        f = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, rows.owner, (v * wt).sum(1))
-        f = f + price * c.flatten(1).sum(1)
-        # slope of cost(mu) on the current linear piece (rows: -(sum_A w^2 - (sum_A w)^2 / |A|); creation:
-        # -price^2 per unclipped entry)
-        act = v > 0
-        n = act.sum(1).clamp_min(1).to(torch.float64)
-        sw = (wt * act).sum(1)
-        sl = -((wt * wt * act).sum(1) - sw * sw / n)
-        slope = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, rows.owner, sl)
-        free = (ct - mu.reshape(-1, 1, 1, 1) * price > 0) & (ct - mu.reshape(-1, 1, 1, 1) * price < cap)
-        slope = slope - price * price * free.flatten(1).sum(1)
-        return f, slope, v, c
+    def __call__(self, mu: torch.Tensor, only: torch.Tensor | None = None) -> _Evaluation:
+        rows, wt, price = self.rows, self.wt, self.price
+        u, s, valid, owner, ct, cap, mu_x = rows.u, rows.s, rows.valid, rows.owner, self.ct, self.cap, mu
+        if only is not None:
+            mine = only[owner]
+            u, s, valid, owner = u[mine], s[mine], valid[mine], owner[mine]
+            ct, cap, mu_x = ct[only], cap[only], mu[only]
+        v = simplex_project_flat(u - mu[owner][:, None] * wt[None, :], s, valid)
+        shifted = ct - mu_x.reshape(-1, 1, 1, 1) * price
+        c = torch.minimum(shifted.clamp_min(0), cap)
+        act = (v > 0).to(v.dtype)
+        sw = act @ wt
+        per_row = torch.stack([v @ wt, sw * sw / act.sum(1).clamp_min(1) - act @ (wt * wt)], 1)
+        fs = torch.zeros(mu.shape[0], 2, dtype=torch.float64, device=mu.device).index_add_(0, owner, per_row)
+        free = ((shifted > 0) & (shifted < cap)).flatten(1).sum(1)
+        creation = torch.stack([price * c.flatten(1).sum(1), -price * price * free], 1)
+        if only is None:
+            fs = fs + creation
+        else:
+            fs[only] += creation
+        return _Evaluation(fs[:, 0], fs[:, 1], v, c)
 
 
 def _ball_multiplier(
     evaluate: _BallCost,
-    f0: torch.Tensor,
-    s0: torch.Tensor,
+    at_zero: _Evaluation,
     ok0: torch.Tensor,
     budget: torch.Tensor,
     mu0: torch.Tensor | None,
     rtol: float,
     max_iter: int,
-) -> torch.Tensor:
-    """The budget multiplier ``mu`` (B,) of :func:`project_ball`: ``0`` where ``cost(0) <= budget`` (``ok0``),
-    else the feasible end of a bracket ``[lo, hi]`` narrowed by Newton steps ``mu + (cost - budget) / -slope``
-    (bisection where a step leaves the bracket), until ``budget (1 - rtol) <= cost <= budget``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The budget multiplier ``mu`` (B,) of :func:`project_ball` and the point there (rows, created mass).
+
+    ``mu = 0`` where ``cost(0) <= budget`` (``ok0``), else the feasible end of a bracket ``[lo, hi]`` narrowed
+    by Newton steps ``mu + (cost - budget) / -slope`` (bisection where a step leaves the bracket), until
+    ``budget (1 - rtol) <= cost <= budget``; each step evaluates only the examples not yet settled, and the
+    point at each example's feasible end is kept as it is found.
 
     ``hi`` starts at the multiplier above which every row keeps its mass in place and nothing is created;
     the first candidate is the warm start ``mu0`` where it lies inside the bracket, else a Newton step from 0.
     """
     rows, wt, ct, price = evaluate.rows, evaluate.wt, evaluate.ct, evaluate.price
+    f0, s0 = at_zero.cost, at_zero.slope
     zero = torch.zeros_like(f0)
     # mu_max: every row keeps its mass in place (all other entries below the stay entry by x_i), no creation
     gap = (rows.u[:, :] - rows.u[:, :1] + rows.s[:, None]) / wt.clamp_min(1e-300)[None, :]
@@ -238,19 +248,34 @@ def _ball_multiplier(
         cur = torch.where((m0 > 0) & (m0 < hi), m0, cur)
     done = ok0.clone()
     best = torch.where(ok0, zero, hi)  # the feasible end of each bracket
+    stored = ok0.clone()  # examples whose point at `best` is in (v_best, c_best)
+    v_best, c_best = at_zero.rows.clone(), at_zero.created.clone()
     for _ in range(max_iter):
-        f, s, _, _ = evaluate(torch.where(done, best, cur))
-        feas = f <= budget
-        hit = feas & (f >= budget * (1 - rtol))
-        lo = torch.where(~done & ~feas, torch.maximum(lo, cur), lo)
-        hi = torch.where(~done & feas, torch.minimum(hi, cur), hi)
-        best = torch.where(~done & feas, cur, best)
+        open_ = ~done
+        e = evaluate(cur, open_)
+        feas = e.cost <= budget
+        hit = feas & (e.cost >= budget * (1 - rtol))
+        better = open_ & feas
+        lo = torch.where(open_ & ~feas, torch.maximum(lo, cur), lo)
+        hi = torch.where(better, torch.minimum(hi, cur), hi)
+        best = torch.where(better, cur, best)
+        if bool(better.any()):
+            mine = open_[rows.owner]
+            take = better[rows.owner[mine]]
+            v_best[mine.nonzero().squeeze(1)[take]] = e.rows[take]
+            c_best[better] = e.created[better[open_]]
+            stored |= better
         done = done | hit | ((hi - lo) <= 1e-15 * hi)
         if bool(done.all()):
             break
-        nxt = cur + (f - budget) / (-s).clamp_min(1e-300)
-        cur = torch.where((nxt > lo) & (nxt < hi) & (s < 0), nxt, 0.5 * (lo + hi))
-    return torch.where(ok0, zero, best)
+        nxt = cur + (e.cost - budget) / (-e.slope).clamp_min(1e-300)
+        cur = torch.where((nxt > lo) & (nxt < hi) & (e.slope < 0), nxt, 0.5 * (lo + hi))
+    mu = torch.where(ok0, zero, best)
+    if not bool(stored.all()):  # an example whose bracket never had a feasible evaluation: its point at hi
+        e = evaluate(mu, ~stored)
+        v_best[(~stored)[rows.owner]] = e.rows
+        c_best[~stored] = e.created
+    return mu, v_best, c_best
 
 
 def repair_box(p: BallPoint, cost: LocalCost, *, max_rounds: int = 200) -> BallPoint:
