@@ -23,7 +23,9 @@ plan of the yardstick's linear programme for the pair ``(x, z)`` (the matched ma
   budget, each source row ``(pi[:, i], d_i)`` is projected onto the simplex ``{v >= 0, sum v = x_i}`` after
   the shift ``-mu (C, price)`` and ``c = clip(c~ - mu price, 0, cap)``; ``cost(mu)`` is non-increasing and
   piecewise linear, and ``mu`` is found by a bracketed Newton iteration on it (exact on each linear piece,
-  bisection as the safeguard), warm-started from the previous call. Only rows with clean mass are sorted.
+  bisection as the safeguard), warm-started from the previous call. Only rows with clean mass are projected
+  (by the active-set iteration of :func:`~.coupling.simplex_project_flat`), and each trial ``mu`` is evaluated
+  only for the examples whose budget is not yet met.
 * :func:`repair_box`: makes ``z <= 1`` without raising the cost: created mass is removed first where a pixel
   overflows, then the mass carried into it is sent back to its sources (Wu et al.'s return-to-source rule,
   extended to created mass), in rounds until no pixel overflows.
