@@ -127,6 +127,26 @@ def test_projection_matches_a_dense_qp(seed: int) -> None:
     assert float(mu) >= 0
 
 
+def test_batched_projection_equals_one_example_at_a_time() -> None:
+    """The multiplier search settles examples at different steps and keeps each one's point as it is found:
+    a batch (inactive, tight and loose budgets, an image without mass) gives every example the point it gets
+    alone, and a search cut short after one step still returns feasible points (cost <= budget, rows = x)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([_image(gen, 5, 6) for _ in range(5)])
+    x[4] = 0.0
+    p = _random_point(x, C3, gen, 0.3)
+    budget = torch.tensor([0.02, 0.2, 1.0, 50.0, 0.1], dtype=torch.float64) * x.flatten(1).sum(1).clamp_min(1)
+    batch, mu = project_ball(p, x, C3, PRICE3, budget)
+    for i in range(5):
+        alone, mu_i = project_ball(p.index(torch.tensor([i])), x[i : i + 1], C3, PRICE3, budget[i : i + 1])
+        assert torch.allclose(batch.pi[i], alone.pi[0], atol=1e-13) and float(mu[i]) == pytest.approx(float(mu_i))
+        assert torch.allclose(batch.created[i], alone.created[0], atol=1e-13)
+    short, _ = project_ball(p, x, C3, PRICE3, budget, max_iter=1)
+    assert bool((plan_cost(short, C3, PRICE3) <= budget * (1 + 1e-12)).all())
+    rows = short.pi.sum(-3) + short.destroyed
+    assert torch.allclose(rows, x.to(torch.float64), atol=1e-12) and bool((short.pi >= 0).all())
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_linear_oracle_matches_linprog(seed: int) -> None:
     gen = torch.Generator().manual_seed(100 + seed)

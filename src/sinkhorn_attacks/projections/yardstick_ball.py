@@ -261,12 +261,11 @@ def _ball_multiplier(
         lo = torch.where(open_ & ~feas, torch.maximum(lo, cur), lo)
         hi = torch.where(better, torch.minimum(hi, cur), hi)
         best = torch.where(better, cur, best)
-        if bool(better.any()):
-            mine = open_[rows.owner]
-            take = better[rows.owner[mine]]
-            v_best[mine.nonzero().squeeze(1)[take]] = e.rows[take]
-            c_best[better] = e.created[better[open_]]
-            stored |= better
+        mine = open_[rows.owner]
+        take = better[rows.owner[mine]]
+        v_best[mine.nonzero().squeeze(1)[take]] = e.rows[take]
+        c_best[better] = e.created[better[open_]]
+        stored |= better
         done = done | hit | ((hi - lo) <= 1e-15 * hi)
         if bool(done.all()):
             break
