@@ -156,12 +156,7 @@ def project_ball(
     wt = row_weights(cost, h, w, price, dev)
     rows = _rows(p, x, cost)
     evaluate = _BallCost(rows, wt, p.created, (1.0 - x.to(torch.float64)).clamp_min(0), price)
-    zero = torch.zeros(B, dtype=torch.float64, device=dev)
-    at_zero = evaluate(zero)
-    mu, v, c = zero, at_zero.rows, at_zero.created
-    ok0 = at_zero.cost <= budget
-    if not bool(ok0.all()):
-        mu, v, c = _ball_multiplier(evaluate, at_zero, ok0, budget, mu0, rtol, max_iter)
+    mu, v, c = _ball_multiplier(evaluate, budget, mu0, rtol, max_iter)
     full = torch.zeros(rows.where.shape + (wt.numel(),), dtype=torch.float64, device=dev)
     full[rows.where] = v
     full = full.movedim(-1, -3)
@@ -215,48 +210,42 @@ class _BallCost:
 
 
 def _ball_multiplier(
-    evaluate: _BallCost,
-    at_zero: _Evaluation,
-    ok0: torch.Tensor,
-    budget: torch.Tensor,
-    mu0: torch.Tensor | None,
-    rtol: float,
-    max_iter: int,
+    evaluate: _BallCost, budget: torch.Tensor, mu0: torch.Tensor | None, rtol: float, max_iter: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The budget multiplier ``mu`` (B,) of :func:`project_ball` and the point there (rows, created mass).
 
-    ``mu = 0`` where ``cost(0) <= budget`` (``ok0``), else the feasible end of a bracket ``[lo, hi]`` narrowed
-    by Newton steps ``mu + (cost - budget) / -slope`` (bisection where a step leaves the bracket), until
-    ``budget (1 - rtol) <= cost <= budget``; each step evaluates only the examples not yet settled, and the
-    point at each example's feasible end is kept as it is found.
-
-    ``hi`` starts at the multiplier above which every row keeps its mass in place and nothing is created;
-    the first candidate is the warm start ``mu0`` where it lies inside the bracket, else a Newton step from 0.
+    ``mu = 0`` where ``cost(0) <= budget``, else the feasible end of a bracket ``[lo, hi]`` narrowed by Newton
+    steps ``mu + (cost - budget) / -slope`` (bisection where a step leaves the bracket), until
+    ``budget (1 - rtol) <= cost <= budget``. The first candidate is the warm start ``mu0`` where it lies inside
+    the bracket, else 0; ``mu = 0`` is tried once a Newton step from a feasible point leaves the bracket on
+    the left. Each step evaluates only the examples not yet settled, and the point at each example's feasible
+    end is kept as it is found. ``hi`` starts at the multiplier above which every row keeps its mass in place
+    and nothing is created.
     """
     rows, wt, ct, price = evaluate.rows, evaluate.wt, evaluate.ct, evaluate.price
-    f0, s0 = at_zero.cost, at_zero.slope
-    zero = torch.zeros_like(f0)
+    zero = torch.zeros_like(budget)
     # mu_max: every row keeps its mass in place (all other entries below the stay entry by x_i), no creation
     gap = (rows.u[:, :] - rows.u[:, :1] + rows.s[:, None]) / wt.clamp_min(1e-300)[None, :]
     gap = torch.where(rows.valid & (wt[None, :] > 0), gap, torch.full_like(gap, -math.inf)).amax(1)
-    hi = torch.zeros_like(f0).scatter_reduce_(0, rows.owner, gap, "amax")
+    hi = torch.zeros_like(budget).scatter_reduce_(0, rows.owner, gap, "amax")
     hi = torch.maximum(hi, (ct / price).flatten(1).amax(1)).clamp_min(0) * (1 + 1e-12) + 1e-300
     lo = zero.clone()
-    # first candidate: the warm start where it lies inside the bracket, else a Newton step from mu = 0
-    cur = torch.where(s0 < 0, (f0 - budget) / (-s0).clamp_min(1e-300), 0.5 * hi)
-    cur = torch.where((cur > 0) & (cur < hi), cur, 0.5 * hi)
+    cur = zero.clone()
     if mu0 is not None:
-        m0 = torch.as_tensor(mu0, dtype=torch.float64, device=f0.device).reshape(-1).expand(f0.shape[0])
+        m0 = torch.as_tensor(mu0, dtype=torch.float64, device=budget.device).reshape(-1).expand(budget.shape[0])
         cur = torch.where((m0 > 0) & (m0 < hi), m0, cur)
-    done = ok0.clone()
-    best = torch.where(ok0, zero, hi)  # the feasible end of each bracket
-    stored = ok0.clone()  # examples whose point at `best` is in (v_best, c_best)
-    v_best, c_best = at_zero.rows.clone(), at_zero.created.clone()
+    tried_zero = torch.zeros_like(budget, dtype=torch.bool)
+    done = torch.zeros_like(tried_zero)
+    best = hi.clone()  # the feasible end of each bracket
+    stored = torch.zeros_like(tried_zero)  # examples whose point at `best` is in (v_best, c_best)
+    v_best, c_best = torch.zeros_like(rows.u), torch.zeros_like(ct)
     for _ in range(max_iter):
         open_ = ~done
         e = evaluate(cur, open_)
         feas = e.cost <= budget
-        hit = feas & (e.cost >= budget * (1 - rtol))
+        at_zero = cur == 0
+        tried_zero |= open_ & at_zero
+        hit = feas & ((e.cost >= budget * (1 - rtol)) | at_zero)
         better = open_ & feas
         lo = torch.where(open_ & ~feas, torch.maximum(lo, cur), lo)
         hi = torch.where(better, torch.minimum(hi, cur), hi)
@@ -270,13 +259,13 @@ def _ball_multiplier(
         if bool(done.all()):
             break
         nxt = cur + (e.cost - budget) / (-e.slope).clamp_min(1e-300)
-        cur = torch.where((nxt > lo) & (nxt < hi) & (e.slope < 0), nxt, 0.5 * (lo + hi))
-    mu = torch.where(ok0, zero, best)
+        step = torch.where((nxt > lo) & (nxt < hi) & (e.slope < 0), nxt, 0.5 * (lo + hi))
+        cur = torch.where(feas & (nxt <= lo) & ~tried_zero, zero, step)
     if not bool(stored.all()):  # an example whose bracket never had a feasible evaluation: its point at hi
-        e = evaluate(mu, ~stored)
+        e = evaluate(best, ~stored)
         v_best[(~stored)[rows.owner]] = e.rows
         c_best[~stored] = e.created
-    return mu, v_best, c_best
+    return best, v_best, c_best
 
 
 def repair_box(p: BallPoint, cost: LocalCost, *, max_rounds: int = 200) -> BallPoint:
