@@ -166,12 +166,14 @@ def project_ball(
 @dataclass
 class _Evaluation:
     """:class:`_BallCost` at one ``mu`` for the examples asked: cost and slope (B,), and the point's rows and
-    created mass for those examples only (in their order)."""
+    created mass for those examples only (in their order); ``picked``: the indices of those rows among all
+    rows (None: all of them)."""
 
     cost: torch.Tensor
     slope: torch.Tensor
     rows: torch.Tensor
     created: torch.Tensor
+    picked: torch.Tensor | None
 
 
 class _BallCost:
@@ -180,7 +182,8 @@ class _BallCost:
     Rows: :func:`~.coupling.simplex_project_flat` of ``u - mu w``; creation ``c = clip(c_p - mu price, 0,
     1 - x)``; ``cost = sum_rows <v, w> + price sum c``, and its slope on the current linear piece,
     ``-(sum_A w^2 - (sum_A w)^2 / |A|)`` per row (``A``: the row's positive entries) and ``-price^2`` per
-    unclipped creation entry. ``only`` (B,) bool restricts the work to those examples (the others read 0).
+    unclipped creation entry. ``only`` (B,) bool restricts the work to those examples (the others read 0);
+    when it holds every example, nothing is copied.
     """
 
     def __init__(self, rows: _Rows, wt: torch.Tensor, created: torch.Tensor, cap: torch.Tensor, price: float):
@@ -189,9 +192,12 @@ class _BallCost:
     def __call__(self, mu: torch.Tensor, only: torch.Tensor | None = None) -> _Evaluation:
         rows, wt, price = self.rows, self.wt, self.price
         u, s, valid, owner, ct, cap, mu_x = rows.u, rows.s, rows.valid, rows.owner, self.ct, self.cap, mu
+        picked = None
+        if only is not None and bool(only.all()):
+            only = None
         if only is not None:
-            mine = only[owner]
-            u, s, valid, owner = u[mine], s[mine], valid[mine], owner[mine]
+            picked = only[owner].nonzero().squeeze(1)
+            u, s, valid, owner = u[picked], s[picked], valid[picked], owner[picked]
             ct, cap, mu_x = ct[only], cap[only], mu[only]
         v = simplex_project_flat(u - mu[owner][:, None] * wt[None, :], s, valid)
         shifted = ct - mu_x.reshape(-1, 1, 1, 1) * price
@@ -206,7 +212,7 @@ class _BallCost:
             fs = fs + creation
         else:
             fs[only] += creation
-        return _Evaluation(fs[:, 0], fs[:, 1], v, c)
+        return _Evaluation(fs[:, 0], fs[:, 1], v, c, picked)
 
 
 def _ball_multiplier(
@@ -250,10 +256,9 @@ def _ball_multiplier(
         lo = torch.where(open_ & ~feas, torch.maximum(lo, cur), lo)
         hi = torch.where(better, torch.minimum(hi, cur), hi)
         best = torch.where(better, cur, best)
-        mine = open_[rows.owner]
-        take = better[rows.owner[mine]]
-        v_best[mine.nonzero().squeeze(1)[take]] = e.rows[take]
-        c_best[better] = e.created[better[open_]]
+        take = better[rows.owner if e.picked is None else rows.owner[e.picked]]
+        v_best[take if e.picked is None else e.picked[take]] = e.rows[take]
+        c_best[better] = e.created[better if e.picked is None else better[open_]]
         stored |= better
         done = done | hit | ((hi - lo) <= 1e-15 * hi)
         if bool(done.all()):
@@ -263,7 +268,7 @@ def _ball_multiplier(
         cur = torch.where(feas & (nxt <= lo) & ~tried_zero, zero, step)
     if not bool(stored.all()):  # an example whose bracket never had a feasible evaluation: its point at hi
         e = evaluate(best, ~stored)
-        v_best[(~stored)[rows.owner]] = e.rows
+        v_best[(~stored)[rows.owner] if e.picked is None else e.picked] = e.rows
         c_best[~stored] = e.created
     return best, v_best, c_best
 
