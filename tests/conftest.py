@@ -65,3 +65,30 @@ else:
     _hyp_settings.register_profile("long", max_examples=300, print_blob=True, **_hyp_common)
     if _hyp_settings.get_current_profile_name() == "default":  # no --hypothesis-profile given
         _hyp_settings.load_profile("ci")
+
+
+# ``SINKHORN_ATTACKS_SKIPPED=<file>``: append the node id of every skipped test (and skipped module) to that
+# file, one per line, so that a second run can take exactly those (``python -m pytest @<file>``): `.ci/run`
+# runs the suite once without the data folder, then only what that run skipped, with it.
+_CONFIG: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
+
+
+def _log_skipped(report: pytest.CollectReport | pytest.TestReport) -> None:
+    path = os.environ.get("SINKHORN_ATTACKS_SKIPPED")
+    if not path or not report.skipped or (_CONFIG is not None and hasattr(_CONFIG, "workerinput")):
+        return  # xdist workers forward their reports: the controller writes each once
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(report.nodeid + "\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _log_skipped(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _log_skipped(report)
