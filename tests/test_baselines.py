@@ -171,6 +171,7 @@ def test_projection_protocol() -> None:
 # ------------------------------------------------------------------------------------------------- Wu
 
 from sinkhorn_attacks.attacks.frank_wolfe import WuFrankWolfe, WuPGD, wu_frank_wolfe  # noqa: E402
+from sinkhorn_attacks.ot.kernel import gather_window  # noqa: E402
 from sinkhorn_attacks.projections.coupling import (  # noqa: E402
     capacity_projection,
     column_marginal,
@@ -180,6 +181,7 @@ from sinkhorn_attacks.projections.coupling import (  # noqa: E402
     identity_coupling,
     simplex_project_flat,
     simplex_project_rows,
+    simplex_threshold,
     window_mask,
 )
 from sinkhorn_attacks.projections.lp import L2Projection, LinfProjection  # noqa: E402
@@ -241,6 +243,42 @@ def test_flat_simplex_projection_edge_rows() -> None:
             tau = (a[i] - p[i])[p[i] > 0]
             assert tau.numel() > 0 and float(tau.max() - tau.min()) < tol * 10
             assert bool((a[i][p[i] == 0] <= tau.mean() + tol * 10).all())
+
+
+def test_threshold_from_a_lower_bound_is_the_threshold() -> None:
+    """Started from any lower bound (far below, just below, or a few ulp above the threshold, as round-off
+    can leave a warm start), the active-set iteration ends at the threshold of a cold start."""
+    gen = torch.Generator().manual_seed(5)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a = torch.randn(400, 25, generator=gen, dtype=torch.float64).to(dtype)
+        a[::7, 20:] = -math.inf  # offsets outside the image
+        s = torch.rand(400, generator=gen, dtype=torch.float64).to(dtype) * 3
+        cold = simplex_threshold(a, s)
+        assert torch.allclose(((a - cold[:, None]).clamp_min(0)).sum(1), s, atol=tol)
+        gaps = torch.rand(400, generator=gen, dtype=torch.float64).to(dtype)
+        for lower in (cold - 10 * gaps, cold - 1e-3 * gaps, cold + 4 * torch.finfo(dtype).eps * cold.abs()):
+            assert torch.allclose(simplex_threshold(a, s, lower=lower), cold, rtol=0, atol=tol)
+
+
+def test_row_form_warm_starts_match_cold_projections() -> None:
+    """The row layout of Wu's projections, warm-started from the previous call's thresholds over a sequence
+    of multipliers (mu up and down, nu moving both ways), equals the cold projection of the same rows."""
+    from sinkhorn_attacks.projections.coupling import _RowForm
+
+    cost = LocalCost(3, 1.0)
+    x, g = _coupling_toy(4)
+    form = _RowForm(g, x, cost)
+    mask = window_mask(x, cost)
+    gen = torch.Generator().manual_seed(6)
+    nu = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    for mu in (0.0, 0.5, 0.2, 0.9, 0.9, 0.1):
+        nu = (nu + 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp_min(0)
+        m = torch.full((2,), mu, dtype=torch.float64)
+        want = simplex_project_rows(g - mu * form.c.reshape(-1, 1, 1) - gather_window(nu, cost), x, mask)
+        got = form.coupling(form.project(m, nu))
+        assert torch.allclose(got, want, atol=1e-12)
+        assert torch.allclose(form.column(form.project(m, nu)), column_marginal(want, cost), atol=1e-12)
+        assert torch.allclose(form.cost_of(form.project(m, nu)), coupling_cost(want, cost), atol=1e-12)
 
 
 def _assert_feasible(pi, x, cost, budget, tol=1e-6):
@@ -327,3 +365,23 @@ def test_lp_projections() -> None:
     assert ((z - x).flatten(1).abs().amax(1) <= r + 1e-6).all() and z.min() >= 0 and z.max() <= 1
     z, _, info = L2Projection()(x, w, r, None)
     assert ((z - x).flatten(1).norm(dim=1) <= r + 1e-6).all() and z.min() >= 0 and z.max() <= 1
+
+
+def test_wu_projection_benchmark_smoke(tmp_path, monkeypatch) -> None:
+    """The benchmark of Wu's projections runs (smoke sizes) on real CIFAR-10 images, and the shipped row
+    layout agrees with the previous layout on every recorded call (within the bisection's tolerance)."""
+    import json
+    import sys
+
+    from conftest import data_dir
+
+    data_dir()
+    from benchmarks import wu_projection
+
+    monkeypatch.setenv("SINKHORN_ATTACKS_SMOKE", "2")
+    monkeypatch.setattr(sys, "argv", ["wu_projection", "--out", str(tmp_path / "wu.json")])
+    assert wu_projection.main() == 0
+    result = json.loads((tmp_path / "wu.json").read_text())
+    assert result["dual_projection"]["calls"] == 2 and result["capacity_projection"]["iterations"] == 3
+    assert result["dual_projection"]["max_abs_difference"] < 1e-4
+    assert result["capacity_projection"]["max_abs_difference"] < 1e-4

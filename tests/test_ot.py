@@ -169,6 +169,26 @@ def test_local_max_is_eta_to_zero_limit_and_gather_scatter_adjoint():
     assert abs(float(lhs - rhs)) < 1e-10
 
 
+def test_window_layouts_and_window_max_against_loops():
+    """The offsets-last layout of ``gather_window`` / ``scatter_window`` is the same operator as the default
+    one, and ``window_max`` is the max over each window's in-image pixels (a Python loop)."""
+    from sinkhorn_attacks.ot.kernel import window_max
+
+    torch.manual_seed(4)
+    for cost in (LocalCost(3, 1.0), LocalCost(5, 2.0)):
+        v = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+        g = gather_window(v, cost)
+        assert torch.equal(gather_window(v, cost, last=True), g.movedim(-3, -1))
+        t = torch.randn_like(g)
+        assert torch.equal(scatter_window(t.movedim(-3, -1).contiguous(), cost, last=True), scatter_window(t, cost))
+        r = cost.radius(6, 7)
+        want = torch.empty_like(v)
+        for i in range(6):
+            for j in range(7):
+                want[..., i, j] = v[..., max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1].amax((-2, -1))
+        assert torch.equal(window_max(v, cost), want)
+
+
 def _pot_uot_objective(P, M, x, z, eta, tau):
     P = np.where(P > 0, P, 0.0)
     ent = np.sum(np.where(P > 0, P * (np.log(np.where(P > 0, P, 1.0)) - 1), 0.0))

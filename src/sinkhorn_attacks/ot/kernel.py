@@ -171,16 +171,24 @@ def empty_windows(v: torch.Tensor, cost: LocalCost) -> torch.Tensor:
 
     A window max of the finite-entry indicator, row then column (the window is a square).
     """
+    if v.numel() == 0:
+        return torch.zeros_like(v, dtype=torch.bool)
+    return window_max(torch.isfinite(v).to(torch.float32), cost) == 0
+
+
+def window_max(v: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+    """``max_{j in W(i)} v_j`` over the pixels of each window that lie in the image (shape of ``v``).
+
+    The window is a square: a max pool along the rows, then along the columns.
+    """
     vf, _ = _flat(v)
     n, h, w = vf.shape
     if n == 0:
-        return torch.zeros_like(v, dtype=torch.bool)
+        return v.clone()
     r = cost.radius(h, w)
     k = 2 * r + 1
-    seen = torch.isfinite(vf).to(torch.float32).reshape(n, 1, h, w)
-    seen = F.max_pool2d(seen, (k, 1), stride=1, padding=(r, 0))
-    seen = F.max_pool2d(seen, (1, k), stride=1, padding=(0, r))
-    return (seen == 0).reshape(v.shape)
+    m = F.max_pool2d(vf.reshape(n, 1, h, w), (k, 1), stride=1, padding=(r, 0))
+    return F.max_pool2d(m, (1, k), stride=1, padding=(0, r)).reshape(v.shape)
 
 
 def _scaling_any(u: torch.Tensor, cost: LocalCost, eta, power: int, empty=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,35 +433,46 @@ def local_max(v: torch.Tensor, cost: LocalCost) -> torch.Tensor:
     return m.reshape(v.shape)
 
 
-def gather_window(v: torch.Tensor, cost: LocalCost, fill: float = 0.0) -> torch.Tensor:
+def gather_window(v: torch.Tensor, cost: LocalCost, fill: float = 0.0, *, last: bool = False) -> torch.Tensor:
     """Stack the window: ``out[..., d, i] = v[..., i + delta_d]`` (``fill`` outside the image).
 
-    Shape ``(..., K, H, W)`` with ``K = k*k`` offsets in the order of ``cost.offsets`` (zero offset first).
+    Shape ``(..., K, H, W)`` with ``K = k*k`` offsets in the order of ``cost.offsets`` (zero offset first);
+    ``last=True``: the offsets on the last axis, ``(..., H, W, K)``, one row of ``K`` entries per pixel.
     """
     vf, lead = _flat(v)
     h, w = vf.shape[-2:]
-    out = torch.stack([s for s, _ in _shifts(vf, cost, fill)], dim=1)
-    return out.reshape(lead + (out.shape[1], h, w))
+    shifts = [s for s, _ in _shifts(vf, cost, fill)]
+    if not last:
+        return torch.stack(shifts, dim=1).reshape(lead + (len(shifts), h, w))
+    out = vf.new_empty(vf.shape + (len(shifts),))
+    for d, s in enumerate(shifts):  # a strided copy per offset: faster than stacking on the last axis
+        out[..., d] = s
+    return out.reshape(lead + (h, w, len(shifts)))
 
 
-def scatter_window(t: torch.Tensor, cost: LocalCost) -> torch.Tensor:
+def scatter_window(t: torch.Tensor, cost: LocalCost, *, last: bool = False) -> torch.Tensor:
     """Adjoint of :func:`gather_window`: ``out[..., j] = sum_d t[..., d, j - delta_d]``.
 
     For a local coupling stored per source pixel (``t[d, i]`` = mass sent from ``i`` to ``i + delta_d``)
-    this is its column marginal; mass sent outside the image is dropped (it must be zero).
+    this is its column marginal; mass sent outside the image is dropped (it must be zero). ``last=True``:
+    ``t`` holds the offsets on its last axis, ``(..., H, W, K)``.
     """
     if t.dim() < 3:
         raise ValueError(f"expected (..., K, H, W), got {tuple(t.shape)}")
-    lead = tuple(t.shape[:-3])
-    kk, h, w = t.shape[-3:]
-    tf = t.reshape(-1, kk, h, w)
+    if last:
+        *lead_, h, w, kk = t.shape
+        tf = t.reshape(-1, h, w, kk)
+    else:
+        *lead_, kk, h, w = t.shape
+        tf = t.reshape(-1, kk, h, w)
+    lead = tuple(lead_)
     offs = cost.offsets(h, w)
     if len(offs) != kk:
         raise ValueError(f"coupling has {kk} offsets, the cost window has {len(offs)}")
     r = cost.radius(h, w)
     out = torch.zeros(tf.shape[0], h + 2 * r, w + 2 * r, dtype=t.dtype, device=t.device)
     for d, (di, dj, _) in enumerate(offs):
-        out[:, r + di : r + di + h, r + dj : r + dj + w] += tf[:, d]
+        out[:, r + di : r + di + h, r + dj : r + dj + w] += tf[..., d] if last else tf[:, d]
     return out[:, r : r + h, r : r + w].reshape(lead + (h, w))
 
 

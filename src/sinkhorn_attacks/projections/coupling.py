@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..ot.cost import LocalCost
-from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets
+from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets, window_max
 
 __all__ = [
     "identity_coupling",
@@ -75,34 +75,47 @@ def _b(t: torch.Tensor, nd: int) -> torch.Tensor:
     return t.reshape((-1,) + (1,) * (nd - 1))
 
 
-def simplex_project_flat(a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Project every row ``a[n, :]`` (N, E) onto ``{p >= 0, sum_e p_e = s_n}``: ``p = max(a - tau_n, 0)``.
+def simplex_threshold(
+    a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | None = None, lower: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The threshold ``tau`` (N,) of the projection of each row ``a[n, :]`` onto ``{p >= 0, sum_e p_e = s_n}``.
 
-    The threshold solves ``sum_e max(a_ne - tau, 0) = s_n``; it is found by Michelot's (1986) active-set
+    ``tau`` solves ``sum_e max(a_ne - tau, 0) = s_n``; it is found by Michelot's (1986) active-set
     iteration ``tau <- (sum_{a_e > tau} a_e - s) / |{a_e > tau}|``, which rises monotonically from any lower
-    bound to the exact threshold in at most E steps (a Newton iteration on a convex piecewise-linear function).
-    It starts from the larger of two lower bounds, ``(sum_e a_e - s) / E`` and ``max_e a_e - s``, and keeps
-    iterating only the rows whose active set still changes. Entries where ``valid`` is False are excluded (0).
+    bound to the exact threshold in at most E steps (a Newton iteration on a convex piecewise-linear function;
+    from a start just above the threshold, e.g. a lower bound off by round-off, its first step lands below
+    it). It starts from ``lower`` where given (a lower bound, such as a previous threshold less a bound on how
+    far the row fell since), else from the larger of ``(sum_e a_e - s) / E`` and ``max_e a_e - s``, and keeps
+    iterating only the rows whose active set still changes. Entries where ``valid`` is False (or ``-inf``)
+    are excluded.
 
     Args:
-        a: (N, E) values; s: (N,) non-negative row sums; valid: (N, E) bool or None.
+        a: (N, E) values; s: (N,) non-negative row sums; valid: (N, E) bool or None; lower: (N,) or None.
     """
     if valid is not None:
         a = torch.where(valid, a, torch.full_like(a, -math.inf))
-        count = valid.sum(-1)
+    return _threshold(a, s, valid, lower)
+
+
+def _threshold(
+    a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | None, lower: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`simplex_threshold` of rows already ``-inf`` outside ``valid``."""
+    if lower is not None:
+        tau = lower
+    elif valid is not None:
         total = torch.where(valid, a, torch.zeros_like(a)).sum(-1)
+        tau = torch.maximum((total - s) / valid.sum(-1).clamp_min(1), a.amax(-1) - s)
     else:
-        count = torch.full(s.shape, a.shape[-1], dtype=torch.long, device=a.device)
-        total = a.sum(-1)
-    tau = torch.maximum((total - s) / count.clamp_min(1), a.amax(-1) - s)
+        tau = torch.maximum((a.sum(-1) - s) / a.shape[-1], a.amax(-1) - s)  # -inf entries: the second bound
     rows, sums, t = a, s, tau
     work: torch.Tensor | None = None  # indices of the rows still iterated (None: all)
     before: torch.Tensor | None = None
-    for _ in range(a.shape[-1] + 1):
+    for _ in range(a.shape[-1] + 2):
         active = rows > t[:, None]
         n = active.sum(-1)
         if before is not None:
-            moving = n != before  # the active set only shrinks, so an unchanged count means converged
+            moving = n != before  # from a lower bound the active set only shrinks: an unchanged count is final
             k = int(moving.sum())
             if k == 0:
                 break
@@ -114,7 +127,19 @@ def simplex_project_flat(a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor |
         t = torch.where(n > 0, (inside - sums) / n.clamp_min(1), t)
         tau = t if work is None else tau.index_copy(0, work, t)
         before = n
-    return (a - tau[:, None]).clamp_min(0)
+    return tau
+
+
+def simplex_project_flat(a: torch.Tensor, s: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Project every row ``a[n, :]`` (N, E) onto ``{p >= 0, sum_e p_e = s_n}``: ``p = max(a - tau_n, 0)``
+    with the threshold of :func:`simplex_threshold`. Entries where ``valid`` is False are excluded (0).
+
+    Args:
+        a: (N, E) values; s: (N,) non-negative row sums; valid: (N, E) bool or None.
+    """
+    if valid is not None:
+        a = torch.where(valid, a, torch.full_like(a, -math.inf))
+    return (a - _threshold(a, s, valid, None)[:, None]).clamp_min(0)
 
 
 def simplex_project_rows(g: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,6 +156,62 @@ def simplex_project_rows(g: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | 
     valid = None if mask is None else mask.movedim(-3, -1).expand(a.shape).reshape(-1, k)
     sums = s.to(g.dtype).expand(a.shape[:-1]).reshape(-1)
     return simplex_project_flat(a.reshape(-1, k), sums, valid).reshape(a.shape).movedim(-1, -3)
+
+
+class _RowForm:
+    """A projection problem on ``Pi(x)`` laid out one row per source pixel (the offsets last), so that every
+    trial multiplier costs one pass over the coupling and no change of layout.
+
+    ``rows(mu, nu) = g - mu C - gather_window(nu)`` as ``(N, K)`` rows (``N = B C H W``), ``-inf`` on the
+    offsets that leave the image; :meth:`project` projects them onto ``{p >= 0, sum p = x_i}``, starting the
+    threshold iteration from the previous call's thresholds less a bound on how far each row fell:
+    ``rows`` changes entrywise by ``-(mu - mu') c_d - (nu - nu')_j >= -max(mu - mu', 0) max_d c_d -
+    max_{j in W(i)} (nu - nu')_j``.
+    """
+
+    def __init__(self, g: torch.Tensor, x: torch.Tensor, cost: LocalCost) -> None:
+        b, _, k = g.shape[:3]
+        self.cost, self.shape = cost, g.shape
+        self.c = _cvec(x, cost).reshape(k)
+        self.c_max = self.c.amax()
+        base = torch.where(window_mask(x, cost), g, torch.full_like(g, -math.inf))
+        self.base = base.movedim(-3, -1).reshape(b, -1, k)  # (B, C H W, K)
+        self.sums = x.reshape(-1)
+        self._last: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+
+    def rows(self, mu: torch.Tensor, nu: torch.Tensor | None = None) -> torch.Tensor:
+        a = (self.base - mu.reshape(-1, 1, 1) * self.c).reshape(-1, self.c.shape[0])
+        if nu is not None:
+            a = a.sub_(gather_window(nu, self.cost, fill=0.0, last=True).reshape(a.shape))
+        return a
+
+    def project(self, mu: torch.Tensor, nu: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows' projection at ``(mu, nu)``, shape ``(N, K)``."""
+        a = self.rows(mu, nu)
+        lower = None
+        if self._last is not None and (nu is None) == (self._last[1] is None):
+            mu0, nu0, tau0 = self._last
+            fall = ((mu - mu0).clamp_min(0) * self.c_max).reshape(-1, 1)
+            if nu is not None and nu0 is not None:
+                fall = fall + window_max(nu - nu0, self.cost).reshape(fall.shape[0], -1)
+            lower = tau0 - fall.expand(-1, tau0.shape[0] // max(fall.shape[0], 1)).reshape(-1)
+        tau = _threshold(a, self.sums, None, lower)
+        self._last = (mu, nu, tau)
+        return a.sub_(tau[:, None]).clamp_min_(0)
+
+    def cost_of(self, p: torch.Tensor) -> torch.Tensor:
+        """``<C, pi>`` per example (B,)."""
+        return (p @ self.c).reshape(self.shape[0], -1).sum(1)
+
+    def column(self, p: torch.Tensor) -> torch.Tensor:
+        """``pi^T 1`` (B, C, H, W)."""
+        b, ch, _, h, w = self.shape
+        return scatter_window(p.reshape(b, ch, h, w, -1), self.cost, last=True)
+
+    def coupling(self, p: torch.Tensor) -> torch.Tensor:
+        """The rows back in the coupling's layout (B, C, K, H, W)."""
+        b, ch, k, h, w = self.shape
+        return p.reshape(b, ch, h, w, k).movedim(-1, -3).contiguous()
 
 
 def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_iter: int, tol: float, int_tol: float):
@@ -174,23 +255,17 @@ def dual_projection(
     ``check_zero=False`` skips the ``mu = 0`` test as Wu's code does: an inactive budget is then bisected
     down to ``mu ~ int_tol`` instead of 0, so the result is off the exact projection by ``~int_tol * C``.
     """
-    mask = window_mask(x, cost)
-    c = _cvec(x, cost)
-    nd = g.dim()
-
-    def proj(mu: torch.Tensor) -> torch.Tensor:
-        return simplex_project_rows(g - _b(mu, nd) * c, x, mask)
-
+    form = _RowForm(g, x, cost)
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
-    p0 = proj(zero)
-    ok = coupling_cost(p0, cost) <= budget
+    p0 = form.project(zero)
+    ok = form.cost_of(p0) <= budget
     if not check_zero:
         ok = torch.zeros_like(ok)
     elif bool(ok.all()):
-        return p0
+        return form.coupling(p0)
     hi = 2 * g.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
-    mu = _bisect(lambda m: coupling_cost(proj(m), cost), zero, hi, budget, max_iter, tol, int_tol)
-    return torch.where(_b(ok, nd), p0, proj(torch.where(ok, zero, mu)))
+    mu = _bisect(lambda m: form.cost_of(form.project(m)), zero, hi, budget, max_iter, tol, int_tol)
+    return form.coupling(form.project(torch.where(ok, zero, mu)))
 
 
 def entropic_lmo(
@@ -267,22 +342,18 @@ def capacity_projection(
     loop ``nu = y`` and a final bisection so that the budget holds. The capacity is only approached, not
     guaranteed: follow with :func:`repair_capacity` for an exactly box-feasible coupling.
     """
-    mask = window_mask(x, cost)
-    c = _cvec(x, cost)
-    nd = g.dim()
+    form = _RowForm(g, x, cost)
     nu = torch.ones_like(x)
     y_prev = torch.zeros_like(x)
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
-
-    def proj(mu_: torch.Tensor, nu_: torch.Tensor) -> torch.Tensor:
-        return simplex_project_rows(g - _b(mu_, nd) * c - gather_window(nu_, cost, fill=0.0), x, mask)
+    g_max = g.flatten(1).abs().amax(1)
 
     def solve_mu(nu_: torch.Tensor) -> torch.Tensor:
-        ok = coupling_cost(proj(zero, nu_), cost) <= budget if check_zero else torch.zeros_like(zero, dtype=torch.bool)
+        ok = form.cost_of(form.project(zero, nu_)) <= budget if check_zero else torch.zeros_like(zero, dtype=torch.bool)
         if bool(ok.all()):
             return zero
-        hi = 2 * g.flatten(1).abs().amax(1) + 2 * nu_.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
-        m = _bisect(lambda m_: coupling_cost(proj(m_, nu_), cost), zero, hi, budget, max_bisect, tol, tol)
+        hi = 2 * g_max + 2 * nu_.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
+        m = _bisect(lambda m_: form.cost_of(form.project(m_, nu_)), zero, hi, budget, max_bisect, tol, tol)
         return torch.where(ok, zero, m)
 
     mu = zero
@@ -290,12 +361,12 @@ def capacity_projection(
         if it % bisect_every == 0:
             mu = solve_mu(nu)
         eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
-        col = column_marginal(proj(mu, nu), cost)
+        col = form.column(form.project(mu, nu))
         y = (nu + eta * (col - capacity)).clamp_min(0)
         nu = (1 + momentum) * y - momentum * y_prev
         y_prev = y
     nu = y_prev
-    return proj(solve_mu(nu), nu)
+    return form.coupling(form.project(solve_mu(nu), nu))
 
 
 def repair_capacity(
