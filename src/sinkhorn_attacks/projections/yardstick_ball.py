@@ -24,8 +24,8 @@ plan of the yardstick's linear programme for the pair ``(x, z)`` (the matched ma
   the shift ``-mu (C, price)`` and ``c = clip(c~ - mu price, 0, cap)``; ``cost(mu)`` is non-increasing and
   piecewise linear, and ``mu`` is found by a bracketed Newton iteration on it (exact on each linear piece,
   bisection as the safeguard), warm-started from the previous call. Only rows with clean mass are projected
-  (by the active-set iteration of :func:`~.coupling.simplex_project_flat`), and each trial ``mu`` is evaluated
-  only for the examples whose budget is not yet met.
+  (by the active-set iteration of :func:`~.coupling.simplex_threshold`, started from the previous trial's
+  thresholds), and each trial ``mu`` is evaluated only for the examples whose budget is not yet met.
 * :func:`repair_box`: makes ``z <= 1`` without raising the cost: created mass is removed first where a pixel
   overflows, then the mass carried into it is sent back to its sources (Wu et al.'s return-to-source rule,
   extended to created mass), in rounds until no pixel overflows.
@@ -41,7 +41,7 @@ import torch
 
 from ..ot.cost import LocalCost
 from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets
-from .coupling import simplex_project_flat
+from .coupling import simplex_threshold
 
 __all__ = [
     "BallPoint",
@@ -179,27 +179,43 @@ class _Evaluation:
 class _BallCost:
     """``mu -> cost(mu)`` of :func:`project_ball`'s point at multiplier ``mu`` (B,), with its slope and point.
 
-    Rows: :func:`~.coupling.simplex_project_flat` of ``u - mu w``; creation ``c = clip(c_p - mu price, 0,
-    1 - x)``; ``cost = sum_rows <v, w> + price sum c``, and its slope on the current linear piece,
-    ``-(sum_A w^2 - (sum_A w)^2 / |A|)`` per row (``A``: the row's positive entries) and ``-price^2`` per
-    unclipped creation entry. ``only`` (B,) bool restricts the work to those examples (the others read 0);
-    when it holds every example, nothing is copied.
+    Rows: the projection of ``u - mu w`` onto the simplex (:func:`~.coupling.simplex_threshold`, started from
+    each row's threshold at the previous trial less ``max(mu - mu', 0) max w``, a lower bound since no entry
+    falls further); creation ``c = clip(c_p - mu price, 0, 1 - x)``; ``cost = sum_rows <v, w> + price sum c``,
+    and its slope on the current linear piece, ``-(sum_A w^2 - (sum_A w)^2 / |A|)`` per row (``A``: the row's
+    positive entries) and ``-price^2`` per unclipped creation entry. ``only`` (B,) bool restricts the work to
+    those examples (the others read 0); when it holds every example, nothing is copied.
     """
 
     def __init__(self, rows: _Rows, wt: torch.Tensor, created: torch.Tensor, cap: torch.Tensor, price: float):
         self.rows, self.wt, self.ct, self.cap, self.price = rows, wt, created, cap, price
+        self.u = torch.where(rows.valid, rows.u, torch.full_like(rows.u, -math.inf))  # excluded entries: -inf
+        self.w_max = wt.amax()
+        self._tau: torch.Tensor | None = None  # each row's threshold at its last trial, and that trial's mu
+        self._mu = torch.zeros_like(rows.s)
 
     def __call__(self, mu: torch.Tensor, only: torch.Tensor | None = None) -> _Evaluation:
         rows, wt, price = self.rows, self.wt, self.price
-        u, s, valid, owner, ct, cap, mu_x = rows.u, rows.s, rows.valid, rows.owner, self.ct, self.cap, mu
+        u, s, owner, ct, cap, mu_x = self.u, rows.s, rows.owner, self.ct, self.cap, mu
         picked = None
         if only is not None and bool(only.all()):
             only = None
         if only is not None:
             picked = only[owner].nonzero().squeeze(1)
-            u, s, valid, owner = u[picked], s[picked], valid[picked], owner[picked]
+            u, s, owner = u[picked], s[picked], owner[picked]
             ct, cap, mu_x = ct[only], cap[only], mu[only]
-        v = simplex_project_flat(u - mu[owner][:, None] * wt[None, :], s, valid)
+        mu_row = mu[owner]
+        a = u - mu_row[:, None] * wt[None, :]
+        lower = None
+        if self._tau is not None:
+            tau0, mu0 = (self._tau, self._mu) if picked is None else (self._tau[picked], self._mu[picked])
+            lower = tau0 - (mu_row - mu0).clamp_min(0) * self.w_max
+        tau = simplex_threshold(a, s, lower=lower)
+        if picked is None:
+            self._tau, self._mu = tau, mu_row
+        elif self._tau is not None:
+            self._tau, self._mu = self._tau.index_copy(0, picked, tau), self._mu.index_copy(0, picked, mu_row)
+        v = (a - tau[:, None]).clamp_min(0)
         shifted = ct - mu_x.reshape(-1, 1, 1, 1) * price
         c = torch.minimum(shifted.clamp_min(0), cap)
         act = (v > 0).to(v.dtype)
