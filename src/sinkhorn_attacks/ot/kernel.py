@@ -458,7 +458,7 @@ def scatter_window(t: torch.Tensor, cost: LocalCost, *, last: bool = False) -> t
     ``t`` holds the offsets on its last axis, ``(..., H, W, K)``.
     """
     if t.dim() < 3:
-        raise ValueError(f"expected (..., K, H, W), got {tuple(t.shape)}")
+        raise ValueError(f"expected {'(..., H, W, K)' if last else '(..., K, H, W)'}, got {tuple(t.shape)}")
     if last:
         *lead_, h, w, kk = t.shape
         tf = t.reshape(-1, h, w, kk)
