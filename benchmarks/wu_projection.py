@@ -58,6 +58,9 @@ class ChannelFirstForm:
     def coupling(self, p: torch.Tensor) -> torch.Tensor:
         return p
 
+    def select(self, keep: torch.Tensor) -> ChannelFirstForm:
+        return ChannelFirstForm(self.g[keep], self.x[keep], self.cost)
+
 
 class _Stop(Exception):
     pass

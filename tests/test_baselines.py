@@ -316,6 +316,85 @@ def test_capacity_projection_respects_budget_and_reduces_overflow() -> None:
     assert over_after < 0.2 * over_before
 
 
+def _capacity_reference(g, x, cost, budget, iterations, bisect_every=20, tol=1e-4, max_bisect=50):
+    """Wu's capacity dual ascent, written out per example with the sort-free simplex reference, every iteration."""
+    from sinkhorn_attacks.ot.kernel import offset_costs
+
+    mask = window_mask(x, cost)
+    c = offset_costs(cost, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device)
+
+    def project(mu, nu):
+        return _simplex_ref(g - mu.reshape(-1, 1, 1, 1, 1) * c - gather_window(nu, cost, fill=0.0), x, mask)
+
+    def solve_mu(nu):
+        mus = []
+        for b in range(g.shape[0]):
+
+            def cost_at(m, b=b):
+                mu = torch.zeros(g.shape[0], dtype=g.dtype)
+                mu[b] = m
+                return float(coupling_cost(project(mu, nu), cost)[b])
+
+            if cost_at(0.0) <= float(budget[b]):
+                mus.append(0.0)
+                continue
+            lo, hi = 0.0, float(2 * g[b].abs().max() + 2 * nu[b].abs().max() + x[b].max())
+            for _ in range(max_bisect):
+                mid = (lo + hi) / 2
+                val = cost_at(mid)
+                lo, hi = (mid, hi) if val > float(budget[b]) else (lo, mid)
+                if abs(val - float(budget[b])) < tol or hi - lo < tol:
+                    break
+            mus.append(hi)
+        return torch.tensor(mus, dtype=g.dtype)
+
+    nu, y_prev = torch.ones_like(x), torch.zeros_like(x)
+    for it in range(iterations):
+        if it % bisect_every == 0:
+            mu = solve_mu(nu)
+        eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
+        y = (nu + eta * (column_marginal(project(mu, nu), cost) - 1)).clamp_min(0)
+        nu, y_prev = 1.9 * y - 0.9 * y_prev, y
+    return project(solve_mu(y_prev), y_prev)
+
+
+def test_capacity_projection_matches_the_full_loop_when_examples_leave_early(monkeypatch) -> None:
+    """Examples whose capacity never binds (x <= 0.1: no column can exceed 9 x 0.1) leave the batch once their
+    multiplier reaches zero; their couplings, and the others', equal Wu's loop run to the end."""
+    from sinkhorn_attacks.projections import coupling
+
+    cost = LocalCost(3, 1.0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    x[:2] *= 0.1
+    x[2:] *= 1.3
+    g = identity_coupling(x, cost) + 0.1 * torch.randn(4, 1, 9, 6, 6, generator=gen, dtype=torch.float64)
+    budget = 0.3 * x.flatten(1).sum(1)
+    left = []
+    select = coupling._RowForm.select
+    monkeypatch.setattr(
+        coupling._RowForm, "select", lambda self, keep: left.append(keep.tolist()) or select(self, keep)
+    )
+    pi = capacity_projection(g, x, cost, budget, iterations=100)
+    assert left == [[2, 3]]  # the two small images left the batch, the two others ran to the end
+    ref = _capacity_reference(g, x, cost, budget, iterations=100)
+    assert float((pi - ref).abs().max()) < 1e-9
+    _assert_feasible(pi, x, cost, budget, tol=1e-6)
+
+
+def test_capacity_projection_keeps_examples_whose_columns_overflow_at_zero_multiplier() -> None:
+    """A tight budget and a rough gradient: after a re-bisection lowers mu, a column can overflow although
+    nu = y = 0; such an example must stay in the loop (without the overflow check the result moves by ~0.07)."""
+    cost = LocalCost(3, 1.0)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
+    x = x * torch.tensor([0.3, 0.5, 0.7, 0.9], dtype=torch.float64).reshape(4, 1, 1, 1)
+    g = identity_coupling(x, cost) + 0.5 * torch.randn(4, 1, 9, 6, 6, generator=gen, dtype=torch.float64)
+    budget = 0.1 * x.flatten(1).sum(1)
+    pi = capacity_projection(g, x, cost, budget, iterations=100)
+    assert float((pi - _capacity_reference(g, x, cost, budget, iterations=100)).abs().max()) < 1e-9
+
+
 class _TinyNet(torch.nn.Module):
     def __init__(self, c=1, h=6, w=6, k=3):
         super().__init__()

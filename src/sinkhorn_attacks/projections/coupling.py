@@ -213,6 +213,20 @@ class _RowForm:
         b, ch, k, h, w = self.shape
         return p.reshape(b, ch, h, w, k).movedim(-1, -3).contiguous()
 
+    def select(self, keep: torch.Tensor) -> _RowForm:
+        """The same problem restricted to the examples ``keep`` (indices), warm state included."""
+        b = self.shape[0]
+        form = object.__new__(_RowForm)
+        form.cost, form.c, form.c_max = self.cost, self.c, self.c_max
+        form.shape = (keep.numel(),) + tuple(self.shape[1:])
+        form.base = self.base[keep]
+        form.sums = self.sums.reshape(b, -1)[keep].reshape(-1)
+        form._last = None
+        if self._last is not None:
+            mu0, nu0, tau0 = self._last
+            form._last = (mu0[keep], None if nu0 is None else nu0[keep], tau0.reshape(b, -1)[keep].reshape(-1))
+        return form
+
 
 def _bisect(fn, lo: torch.Tensor, hi: torch.Tensor, target: torch.Tensor, max_iter: int, tol: float, int_tol: float):
     """Per-example bisection on a decreasing ``fn(mu)`` for ``fn(mu) = target``; returns the right end.
@@ -341,32 +355,54 @@ def capacity_projection(
     re-bisected (``max_bisect`` halvings, tolerance ``tol``) every ``bisect_every`` iterations, and after the
     loop ``nu = y`` and a final bisection so that the budget holds. The capacity is only approached, not
     guaranteed: follow with :func:`repair_capacity` for an exactly box-feasible coupling.
+
+    An example whose ``nu`` and ``y`` are both zero just after a re-bisection, with every column within
+    capacity, stays there: ``y = max(eta (pi^T 1 - capacity), 0) = 0`` at every later iteration and every
+    later bisection repeats the same ``mu``, so its coupling is final and it leaves the batch (the result is
+    the one the whole loop would return).
     """
     form = _RowForm(g, x, cost)
+    budget = budget.expand(g.shape[0])
+    out = torch.empty_like(g)
+    index = torch.arange(g.shape[0], device=g.device)  # the examples still iterated
     nu = torch.ones_like(x)
     y_prev = torch.zeros_like(x)
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
     g_max = g.flatten(1).abs().amax(1)
+    x_max = x.flatten(1).amax(1)
 
     def solve_mu(nu_: torch.Tensor) -> torch.Tensor:
         ok = form.cost_of(form.project(zero, nu_)) <= budget if check_zero else torch.zeros_like(zero, dtype=torch.bool)
         if bool(ok.all()):
             return zero
-        hi = 2 * g_max + 2 * nu_.flatten(1).abs().amax(1) + x.flatten(1).amax(1)
+        hi = 2 * g_max + 2 * nu_.flatten(1).abs().amax(1) + x_max
         m = _bisect(lambda m_: form.cost_of(form.project(m_, nu_)), zero, hi, budget, max_bisect, tol, tol)
         return torch.where(ok, zero, m)
 
     mu = zero
     for it in range(iterations):
-        if it % bisect_every == 0:
+        rebisect = it % bisect_every == 0
+        if rebisect:
             mu = solve_mu(nu)
         eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
-        col = form.column(form.project(mu, nu))
+        p = form.project(mu, nu)
+        col = form.column(p)
+        if rebisect:
+            live = (nu != 0).flatten(1).any(1) | (y_prev != 0).flatten(1).any(1) | (col > capacity).flatten(1).any(1)
+            if not bool(live.all()):
+                out[index[~live]] = form.coupling(p)[~live]
+                keep = live.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return out
+                form, index = form.select(keep), index[keep]
+                nu, y_prev, col, mu = nu[keep], y_prev[keep], col[keep], mu[keep]
+                zero, g_max, x_max, budget = zero[keep], g_max[keep], x_max[keep], budget[keep]
         y = (nu + eta * (col - capacity)).clamp_min(0)
         nu = (1 + momentum) * y - momentum * y_prev
         y_prev = y
     nu = y_prev
-    return form.coupling(form.project(solve_mu(nu), nu))
+    out[index] = form.coupling(form.project(solve_mu(nu), nu))
+    return out
 
 
 def repair_capacity(
