@@ -189,6 +189,25 @@ def test_window_layouts_and_window_max_against_loops():
         assert torch.equal(window_max(v, cost), want)
 
 
+def test_window_index_lists_the_window_and_the_scatter_sources():
+    """``window_index`` evaluates ``gather_window`` at listed pixels (``sign=1``) and names the sources that
+    ``scatter_window`` sums into each pixel (``sign=-1``): summed in offset order they give its result exactly."""
+    from sinkhorn_attacks.ot.kernel import window_index
+
+    torch.manual_seed(5)
+    for cost, (h, w) in ((LocalCost(3, 1.0), (6, 7)), (LocalCost(5, 2.0), (5, 4))):
+        v = torch.randn(2, h, w, dtype=torch.float64)
+        targets, sources = window_index(cost, h, w), window_index(cost, h, w, sign=-1)
+        padded = torch.cat([v.reshape(2, -1), torch.zeros(2, 1, dtype=v.dtype)], 1)
+        assert torch.equal(padded[:, targets].movedim(-1, 1).reshape(2, -1, h, w), gather_window(v, cost))
+        t = torch.randn(2, h, w, targets.shape[1], dtype=torch.float32)
+        rows = torch.cat([t.reshape(2, h * w, -1), torch.zeros(2, 1, t.shape[-1])], 1)
+        total = torch.zeros(2, h * w)
+        for d in range(t.shape[-1]):
+            total += rows[:, sources[:, d], d]
+        assert torch.equal(total.reshape(2, h, w), scatter_window(t, cost, last=True))
+
+
 def _pot_uot_objective(P, M, x, z, eta, tau):
     P = np.where(P > 0, P, 0.0)
     ent = np.sum(np.where(P > 0, P * (np.log(np.where(P > 0, P, 1.0)) - 1), 0.0))

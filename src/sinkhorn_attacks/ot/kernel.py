@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .cost import LocalCost
 
-__all__ = ["local_lse", "local_max", "gather_window", "scatter_window", "window_size"]
+__all__ = ["local_lse", "local_max", "gather_window", "scatter_window", "window_index", "window_size"]
 
 _DENSE_MAX_ELEMS = 1 << 24  # elements of one dense (chunk, n, n) block
 _STACK_MAX_ELEMS = 1 << 22  # elements of one gathered (pixels, k*k) block of the log-domain path
@@ -448,6 +448,23 @@ def gather_window(v: torch.Tensor, cost: LocalCost, fill: float = 0.0, *, last: 
     for d, s in enumerate(shifts):  # a strided copy per offset: faster than stacking on the last axis
         out[..., d] = s
     return out.reshape(lead + (h, w, len(shifts)))
+
+
+def window_index(cost: LocalCost, height: int, width: int, *, sign: int = 1, device="cpu") -> torch.Tensor:
+    """Row-major index of ``i + sign * delta_d`` for every pixel ``i`` and offset ``d``, shape ``(H W, K)``.
+
+    Offsets in the order of ``cost.offsets``; ``H W`` (one past the last pixel) where the neighbour lies
+    outside the image. ``sign=1`` lists each pixel's window as :func:`gather_window` does, ``sign=-1`` the
+    sources that :func:`scatter_window` sums into each pixel, so both can be evaluated at a few pixels.
+    """
+    offs = cost.offsets(height, width)
+    r = torch.arange(height, device=device).reshape(-1, 1, 1)
+    c = torch.arange(width, device=device).reshape(1, -1, 1)
+    di = torch.tensor([o[0] for o in offs], device=device) * sign
+    dj = torch.tensor([o[1] for o in offs], device=device) * sign
+    rr, cc = r + di, c + dj
+    inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+    return torch.where(inside, rr * width + cc, height * width).reshape(height * width, len(offs))
 
 
 def scatter_window(t: torch.Tensor, cost: LocalCost, *, last: bool = False) -> torch.Tensor:

@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..ot.cost import LocalCost
-from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets, window_max
+from ..ot.kernel import gather_window, offset_costs, scatter_window, valid_offsets, window_index, window_max
 
 __all__ = [
     "identity_coupling",
@@ -170,19 +170,24 @@ class _RowForm:
     """
 
     def __init__(self, g: torch.Tensor, x: torch.Tensor, cost: LocalCost) -> None:
-        b, _, k = g.shape[:3]
+        b, _, k, h, w = g.shape
         self.cost, self.shape = cost, g.shape
         self.c = _cvec(x, cost).reshape(k)
         self.c_max = self.c.amax()
         base = torch.where(window_mask(x, cost), g, torch.full_like(g, -math.inf))
         self.base = base.movedim(-3, -1).reshape(b, -1, k)  # (B, C H W, K)
         self.sums = x.reshape(-1)
+        self.targets = window_index(cost, h, w, device=g.device)  # (H W, K): i + delta_d, H W outside
+        self.sources = window_index(cost, h, w, sign=-1, device=g.device)  # (H W, K): j - delta_d
         self._last: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        self._window: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rows(self, mu: torch.Tensor, nu: torch.Tensor | None = None) -> torch.Tensor:
         a = (self.base - mu.reshape(-1, 1, 1) * self.c).reshape(-1, self.c.shape[0])
         if nu is not None:
-            a = a.sub_(gather_window(nu, self.cost, fill=0.0, last=True).reshape(a.shape))
+            if self._window is None or self._window[0] is not nu:  # one gather per nu (a bisection's trials)
+                self._window = (nu, gather_window(nu, self.cost, fill=0.0, last=True).reshape(a.shape))
+            a = a.sub_(self._window[1])
         return a
 
     def project(self, mu: torch.Tensor, nu: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,6 +203,51 @@ class _RowForm:
         tau = _threshold(a, self.sums, None, lower)
         self._last = (mu, nu, tau)
         return a.sub_(tau[:, None]).clamp_min_(0)
+
+    def refresh(
+        self, p: torch.Tensor, col: torch.Tensor, nu: torch.Tensor, limit: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`project` and :meth:`column` at the last call's ``mu`` and a new ``nu``, updating ``p`` (N, K)
+        and ``col`` (B, C, H, W) of the last call where ``nu`` changed (in place; ``col`` made contiguous).
+
+        Only the rows whose window holds a pixel where ``nu`` changed are projected again (the others are
+        unchanged, their thresholds exact), and only the columns those rows reach are summed again, over the
+        offsets in :func:`scatter_window`'s order: the result equals a full :meth:`project` and
+        :meth:`column`. Returns ``None`` (nothing done) when more than ``limit`` pixels changed.
+        """
+        mu, nu0, tau = self._last
+        hw = self.targets.shape[0]
+        delta = (nu - nu0).reshape(-1, hw)
+        changed = delta.ne(0).nonzero()
+        if changed.shape[0] > limit:
+            return None
+        if changed.shape[0]:
+            planes, k = delta.shape[0], self.c.shape[0]
+            ch = planes // self.shape[0]
+            # the rows whose window holds a changed pixel, then the columns those rows reach
+            src = self.sources[changed[:, 1]]
+            rows = (changed[:, :1] * hw + src)[src < hw].unique()
+            plane, pix = rows // hw, rows % hw
+            near = self.targets[pix]
+            pad = torch.zeros(planes, 1, dtype=nu.dtype, device=nu.device)
+            a = self.base.reshape(-1, k)[rows] - mu[plane // ch].unsqueeze(1) * self.c
+            a = a.sub_(torch.cat([nu.reshape(planes, hw), pad], 1)[plane.unsqueeze(1), near])
+            fall = torch.cat([delta, pad], 1)[plane.unsqueeze(1), near].amax(1)
+            t = _threshold(a, self.sums[rows], None, tau[rows] - fall)
+            p[rows] = a.sub_(t[:, None]).clamp_min_(0)
+            tau = tau.clone().index_copy_(0, rows, t)
+            cols = (plane.unsqueeze(1) * hw + near)[near < hw].unique()
+            plane, pix = cols // hw, cols % hw
+            src = self.sources[pix]
+            entries = p[(plane.unsqueeze(1) * hw + src).clamp_max(p.shape[0] - 1), torch.arange(k, device=p.device)]
+            entries = torch.where(src < hw, entries, torch.zeros_like(entries))
+            total = torch.zeros_like(entries[:, 0])
+            for d in range(k):  # the order of scatter_window's sum
+                total += entries[:, d]
+            col = col.contiguous()
+            col.view(-1)[cols] = total
+        self._last = (mu, nu, tau)
+        return p, col
 
     def cost_of(self, p: torch.Tensor) -> torch.Tensor:
         """``<C, pi>`` per example (B,)."""
@@ -218,10 +268,11 @@ class _RowForm:
         b = self.shape[0]
         form = object.__new__(_RowForm)
         form.cost, form.c, form.c_max = self.cost, self.c, self.c_max
+        form.targets, form.sources = self.targets, self.sources
         form.shape = (keep.numel(),) + tuple(self.shape[1:])
         form.base = self.base[keep]
         form.sums = self.sums.reshape(b, -1)[keep].reshape(-1)
-        form._last = None
+        form._last, form._window = None, None
         if self._last is not None:
             mu0, nu0, tau0 = self._last
             form._last = (mu0[keep], None if nu0 is None else nu0[keep], tau0.reshape(b, -1)[keep].reshape(-1))
@@ -380,13 +431,19 @@ def capacity_projection(
         return torch.where(ok, zero, m)
 
     mu = zero
+    p = col = None
     for it in range(iterations):
         rebisect = it % bisect_every == 0
         if rebisect:
             mu = solve_mu(nu)
         eta = 0.1 if it <= 0.2 * iterations else (0.01 if it <= 0.6 * iterations else 0.001)
-        p = form.project(mu, nu)
-        col = form.column(p)
+        # between re-bisections nu changes at few pixels once it settles: update only the rows it reaches
+        local = None if rebisect or p is None else form.refresh(p, col, nu, limit=nu.numel() // 128)
+        if local is None:
+            p = form.project(mu, nu)
+            col = form.column(p)
+        else:
+            p, col = local
         if rebisect:
             live = (nu != 0).flatten(1).any(1) | (y_prev != 0).flatten(1).any(1) | (col > capacity).flatten(1).any(1)
             if not bool(live.all()):
@@ -394,7 +451,7 @@ def capacity_projection(
                 keep = live.nonzero().squeeze(1)
                 if keep.numel() == 0:
                     return out
-                form, index = form.select(keep), index[keep]
+                form, index, p = form.select(keep), index[keep], None
                 nu, y_prev, col, mu = nu[keep], y_prev[keep], col[keep], mu[keep]
                 zero, g_max, x_max, budget = zero[keep], g_max[keep], x_max[keep], budget[keep]
         y = (nu + eta * (col - capacity)).clamp_min(0)
