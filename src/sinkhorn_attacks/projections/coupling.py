@@ -356,10 +356,10 @@ def entropic_lmo(
     mask = window_mask(x, cost)
     c = _cvec(x, cost)
     nd = g.dim()
+    g_in = torch.where(mask, g, torch.full_like(g, -math.inf))  # -inf stays -inf under (. - mu c) / gamma
 
     def lmo(mu: torch.Tensor) -> torch.Tensor:
-        a = torch.where(mask, (g - _b(mu, nd) * c) / gamma, torch.full_like(g, -math.inf))
-        return x.unsqueeze(-3) * torch.softmax(a, dim=-3)
+        return x.unsqueeze(-3) * torch.softmax((g_in - _b(mu, nd) * c) / gamma, dim=-3)
 
     zero = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
     p0 = lmo(zero)
