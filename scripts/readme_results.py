@@ -34,8 +34,12 @@ def board_block(folder: str = "docs/leaderboard", radii_shown: tuple[float, ...]
     radii = [r for r in board["radii"] if r in radii_shown]
     ran = [a["label"] for a in board["attacks"] if all(a["label"] in m["attacks"] for m in board["models"])]
     missing = [a["label"] for a in board["attacks"] if a["label"] not in ran]
+    partly = {a: [m["label"] for m in board["models"] if a in m["attacks"]] for a in missing}
+    not_run = [f"{a} (run on {', '.join(partly[a])} only)" if partly[a] else a for a in missing]
     over = f"the {len(ran)} attacks" + (
-        f" that ran (of the config's {len(board['attacks'])}; not yet run: {', '.join(missing)})" if missing else ""
+        f" that ran on every model (of the config's {len(board['attacks'])}; not yet run: {', '.join(not_run)})"
+        if missing
+        else ""
     )
     lines = [
         f"Robust accuracy (%) in the worst case over {over} at yardstick radius r "
@@ -72,13 +76,17 @@ def board_block(folder: str = "docs/leaderboard", radii_shown: tuple[float, ...]
         "| model | " + " | ".join(peers) + " |",
         "|---|" + "---|" * len(peers),
     ]
-    for mod in dict.fromkeys(r["model"] for r in rows):
-        lines.append(f"| {mod} | " + " | ".join(signed_points(cell[(mod, p)]) for p in peers) + " |")
-    stronger = {p: [m for m in dict.fromkeys(r["model"] for r in rows) if cell[(m, p)] < 0] for p in peers}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for mod in models:
+        lines.append(
+            f"| {mod} | " + " | ".join(signed_points(cell[(mod, p)]) if (mod, p) in cell else "-" for p in peers) + " |"
+        )
+    stronger = {p: [m for m in models if cell.get((m, p), 0) < 0] for p in peers}
     never = [p for p in peers if not stronger[p]]
     answer = "Answer, from this board:"
     if never:
-        answer += " the UOT attack is **weaker** than " + ", ".join(f"`{p}`" for p in never) + " on every model."
+        answer += " the UOT attack is **weaker** than " + ", ".join(f"`{p}`" for p in never) + " on every model"
+        answer += " where they ran." if any((m, p) not in cell for m in models for p in never) else "."
     answer += "".join(f" Against `{p}` it is stronger on {', '.join(stronger[p])} only." for p in peers if stronger[p])
     lines += ["", answer]
     return "\n".join(lines + strongest_lines(board, radii) + cascade_lines(board, radii))
