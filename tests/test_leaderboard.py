@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +256,18 @@ def test_cli_leaderboard_writes_json_html_and_markdown(digits_setup, tmp_path, c
     html = (out / "index.html").read_text()
     assert Yardstick().label in html and "<table class='sortable'>" in html and "data:image/png;base64" in html
     assert "| cnn | 3 |" in (out / "leaderboard.md").read_text()
+    # the example grid shows every returned image at its own pixels (8-bit), the clean row first
+    from PIL import Image
+
+    from sinkhorn_attacks.eval.leaderboard import read_grid
+
+    (grid,) = (out / "units").rglob("*.grid.json")
+    clean, adv, _ = read_grid(grid)
+    px = re.findall(r'<img class="px" alt="[^"]*" src="data:image/png;base64,([^"]*)"', html)
+    assert len(px) == 2 * clean.shape[0]
+    for b64, want in zip(px, [*clean, *adv]):
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.float64) / 255
+        assert got.shape == want.shape[1:] and np.abs(got - want[0]).max() <= 0.5 / 255 + 1e-6
     # a missing checkpoint is refused before any work, in one line
     toml.write_text("\n".join(lines).replace(str(path), str(tmp_path / "missing.pt")) + "\n")
     assert main(["leaderboard", "--config", str(toml), "--out", str(tmp_path / "o2"), "--quiet"]) == 2

@@ -136,29 +136,28 @@ def board_plot_png(board: dict[str, Any], model: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _grid_png(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
-    import matplotlib
+def _pixels_png(img: np.ndarray) -> bytes:
+    """One ``(C, H, W)`` image in [0, 1] as an 8-bit PNG at its own resolution (the page scales it up)."""
+    from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    a = np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _grid_table(clean: np.ndarray, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    """Example grid as a table of exact-pixel images: the clean row, then one row per attack, radius below."""
+
+    def cell(img: np.ndarray, caption: str, alt: str) -> str:
+        return f"<td>{_b64(_pixels_png(img), alt, cls='px')}<br><small>{html.escape(caption)}</small></td>"
 
     k = clean.shape[0]
-    fig, axes = plt.subplots(len(rows) + 1, k, figsize=(1.1 * k, 1.15 * (len(rows) + 1)), dpi=80, squeeze=False)
-
-    def show(ax: Any, img: np.ndarray, title: str) -> None:
-        img = np.clip(img.transpose(1, 2, 0), 0, 1)
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=6)
-
-    for j in range(k):
-        show(axes[0, j], clean[j], "clean")
-    for i, (lab, adv, rad) in enumerate(rows, start=1):
-        for j in range(k):
-            show(axes[i, j], adv[j], f"{lab}\nr={_num(float(rad[j]), 2)}")
-    fig.tight_layout()
-    return _png(fig)
+    body = ["<tr><th class='l'>clean</th>" + "".join(cell(clean[j], "", "clean") for j in range(k)) + "</tr>"]
+    for lab, adv, rad in rows:
+        cells = "".join(cell(adv[j], f"r={_num(float(rad[j]), 2)}", lab) for j in range(k))
+        body.append(f"<tr><th class='l'>{html.escape(lab)}</th>{cells}</tr>")
+    return "<table class='grid'>" + "".join(body) + "</table>"
 
 
 def _png(fig: Any) -> bytes:
@@ -171,8 +170,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _b64(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _b64(png: bytes, alt: str, cls: str | None = None) -> str:
+    c = f' class="{cls}"' if cls else ""
+    return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 _SORT_JS = """
@@ -235,7 +235,8 @@ def _html_header(board: dict[str, Any]) -> list[str]:
         f"{html.escape(dataset)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{cursor:pointer;"
-        "background:#f3f3f3}td.l,th.l{text-align:left}small{color:#555}img{max-width:100%}</style></head><body>",
+        "background:#f3f3f3}td.l,th.l{text-align:left}small{color:#555}img{max-width:100%}"
+        "img.px{width:64px;image-rendering:pixelated}table.grid td{text-align:center;padding:2px}</style></head><body>",
         f"<h1>Wasserstein robustness leaderboard: {html.escape(dataset)} ({html.escape(board['dataset']['split'])} "
         f"images)</h1>",
         f"<p><b>Unit in one line:</b> r is the cost of turning the clean image into the attacked one, per unit of "
@@ -344,5 +345,5 @@ def _html_examples(board: dict[str, Any], src: Path) -> list[str]:
                 clean = c if clean is None else clean
                 rows.append((lab, a, r))
         if clean is not None and rows:
-            parts.append(f"<h3>{html.escape(m['label'])}</h3>" + _b64(_grid_png(clean, rows), f"examples {m['label']}"))
+            parts.append(f"<h3>{html.escape(m['label'])}</h3>" + _grid_table(clean, rows))
     return parts
