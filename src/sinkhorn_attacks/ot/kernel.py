@@ -398,21 +398,21 @@ def _lse_at(u: torch.Tensor, pix: torch.Tensor, cost: LocalCost, eta, power: int
     chunked.
     """
     n, h, w = u.shape
-    r = cost.radius(h, w)
-    hp, wp = h + 2 * r, w + 2 * r
-    offs = [o for o in _offsets(cost, h, w) if not (power and o[2] == 0.0)]
-    flat = F.pad(u, (r, r, r, r), value=-math.inf).reshape(-1)
-    shift = torch.tensor([di * wp + dj for di, dj, _ in offs], device=u.device)
-    c = torch.tensor([c for _, _, c in offs], dtype=u.dtype, device=u.device)
+    offs = _offsets(cost, h, w)
+    keep = [d for d, o in enumerate(offs) if not (power and o[2] == 0.0)]
+    window = window_index(cost, h, w, device=u.device)[:, keep]  # h w (one past the last pixel): outside
+    flat = F.pad(u.reshape(n, h * w), (0, 1), value=-math.inf).reshape(-1)
+    c = torch.tensor([offs[d][2] for d in keep], dtype=u.dtype, device=u.device)
     logw = power * torch.log(c) if power else None
-    centre = pix[:, 0] * (hp * wp) + (pix[:, 1] + r) * wp + (pix[:, 2] + r)
+    start = pix[:, 0] * (h * w + 1)
+    pixel = pix[:, 1] * w + pix[:, 2]
     per_measure = isinstance(eta, torch.Tensor) and eta.dim() > 0
     e = eta.reshape(-1)[pix[:, 0]].unsqueeze(1) if per_measure else eta
     out = torch.empty(pix.shape[0], dtype=u.dtype, device=u.device)
-    step = max(1, _STACK_MAX_ELEMS // len(offs))
+    step = max(1, _STACK_MAX_ELEMS // len(keep))
     for s0 in range(0, pix.shape[0], step):
         sl = slice(s0, s0 + step)
-        a = flat[centre[sl, None] + shift] - c / (e[sl] if per_measure else e)
+        a = flat[start[sl, None] + window[pixel[sl]]] - c / (e[sl] if per_measure else e)
         if logw is not None:
             a = a + logw
         out[sl] = torch.logsumexp(a, dim=1)
