@@ -40,12 +40,12 @@ from ..data.captions import (
     load_flickr8k_npz,
     make_synthetic,
 )
+from ..data.remote import sha256_file
 from .attack import RetrievalObjective, attack_gallery
 from .encoders import make_image_backbone, make_text_backbone
-from .features import image_features, text_features
+from .features import data_identity, image_features, text_features
 from .metrics import retrieval_metrics
 from .model import DualEncoder, load_heads, save_heads
-from .study import _sha256, data_identity
 from .train import TrainConfig, embed_features, train_heads
 
 __all__ = [
@@ -439,7 +439,7 @@ def run_attack(
         n = ds.n_images if n_images is None else min(int(n_images), ds.n_images)
         rec = [t for t in sorted({0, steps, *(record_steps or range(steps + 1))}) if t <= steps]
         identity = {
-            "heads": _sha256(Path(heads_path)), "data": data_identity(ds), "split": split, "n_images": n,
+            "heads": sha256_file(Path(heads_path)), "data": data_identity(ds), "split": split, "n_images": n,
             "steps": steps, "record_steps": rec, "batch_size": batch_size, "objective": objective,
             "directions": list(directions), "library_meter": library_meter, "meter_images": meter_images,
             **({"meter_kernel": meter_kernel, "meter_p": meter_p} if meter_images > 0 else {}),
@@ -627,7 +627,7 @@ class _CellContext:
         f = self.folder.path("parts", listed["file"])
         if not f.is_file():
             raise UserError(f"{f} is missing but {path.name} lists it; {remedy}")
-        if _sha256(f) != listed.get("sha256"):
+        if sha256_file(f) != listed.get("sha256"):
             raise UserError(f"{f} is truncated or not the file {path.name} lists (its SHA-256 differs); {remedy}")
         ex = torch.load(f, map_location="cpu", weights_only=True)
         n = int(ex["clean"].shape[0]) if ex["adv"].shape == ex["clean"].shape else -1
@@ -640,7 +640,7 @@ class _CellContext:
         ex = {k: (v * 255).round().to(torch.uint8) for k, v in examples.items()}
         f = self.folder.path("parts", part_stem(key) + ".examples.pt")
         atomic_write(f, lambda fh: torch.save(ex, fh))
-        return {"file": f.name, "indices": self.idx[: ex["clean"].shape[0]].tolist(), "sha256": _sha256(f)}
+        return {"file": f.name, "indices": self.idx[: ex["clean"].shape[0]].tolist(), "sha256": sha256_file(f)}
 
     def run_cell(self, spec: AttackSpec, key: str, overrides: dict, part: Path) -> dict:
         """Attack every image with one (attack, radius) cell; write its examples, then ``part``, atomically."""

@@ -21,7 +21,7 @@ from .._util import atomic_write
 from ..data.captions import RetrievalData
 from .encoders import ImageBackbone, TextBackbone
 
-__all__ = ["default_cache_dir", "cache_key", "image_features", "text_features", "atomic_save_npy"]
+__all__ = ["default_cache_dir", "cache_key", "data_identity", "image_features", "text_features", "atomic_save_npy"]
 
 
 def default_cache_dir() -> Path:
@@ -100,3 +100,8 @@ def image_features(
         return torch.cat(out).numpy() if out else np.zeros((0, backbone.feature_dim), np.float32)
 
     return torch.from_numpy(_cached(path, compute))
+
+
+def data_identity(ds: RetrievalData) -> str:
+    """A hash of the split's image ids, captions and caption owners (the data a run folder was made with)."""
+    return cache_key(ds.name, list(ds.image_names), list(ds.captions), ds.caption_image.tolist())

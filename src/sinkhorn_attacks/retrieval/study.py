@@ -41,9 +41,10 @@ import torch
 from .._runfolder import RunFolder, check_examples, fingerprint
 from .._util import UserError, atomic_write, suggest
 from ..data.captions import RetrievalData
+from ..data.remote import sha256_file
 from ..ot.yardstick import Yardstick
 from .attack import OBJECTIVES, RetrievalObjective
-from .features import cache_key
+from .features import data_identity
 from .iterates import UNIT_FIELDS, BatchOutcome, attack_batch
 
 if sys.version_info >= (3, 11):
@@ -324,22 +325,9 @@ def check_data(ds: RetrievalData, cfg: StudyConfig) -> None:
         raise UserError(f"{where}: " + "; ".join(problems))
 
 
-def data_identity(ds: RetrievalData) -> str:
-    """A hash of the split's image ids, captions and caption owners (the data a run folder was made with)."""
-    return cache_key(ds.name, list(ds.image_names), list(ds.captions), ds.caption_image.tolist())
-
-
 # ----------------------------------------------------------------------------------------------------------
 # run folder
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -493,7 +481,7 @@ def _setup(
     state = {"config": cfg.identity(), "data": data_identity(ds)}
     check_state(folder, state)
     path = _heads(cfg, folder.root, heads, cache_dir, smoke, log)
-    state["heads"] = _sha256(path)
+    state["heads"] = sha256_file(path)
     check_state(folder, state)
     model, meta = load_model(path)
     if cfg.batch_size > model.embed_dim:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "TrainConfig",
@@ -180,3 +184,15 @@ class TrainConfig:
                 f"cannot resume: the {source} was written by another configuration ({lines}). "
                 "Use the original options, or a new --out directory to start a fresh run."
             )
+
+
+def build_model(cfg: TrainConfig, sample: torch.Tensor, n_classes: int) -> nn.Module:
+    """The network ``cfg.arch`` names, sized for ``sample`` (a batch of images) and ``n_classes`` classes."""
+    from ..zoo import build
+
+    kwargs = dict(cfg.arch_kwargs)
+    if cfg.arch == "small_cnn":
+        kwargs.setdefault("in_ch", int(sample.shape[1]))
+        kwargs.setdefault("size", int(sample.shape[-1]))
+        kwargs.setdefault("n_classes", max(10, n_classes))
+    return build(cfg.arch, **kwargs)

@@ -39,7 +39,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError, build_model
 from .data import load_train_test
 from .preflight import check_model, preflight
 
@@ -162,17 +162,6 @@ def _make_scheduler(
     if cfg.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return torch.optim.lr_scheduler.StepLR(opt, step_size=10**9, gamma=1.0)  # constant
-
-
-def build_model(cfg: TrainConfig, sample: torch.Tensor, n_classes: int) -> nn.Module:
-    from ..zoo import build
-
-    kwargs = dict(cfg.arch_kwargs)
-    if cfg.arch == "small_cnn":
-        kwargs.setdefault("in_ch", int(sample.shape[1]))
-        kwargs.setdefault("size", int(sample.shape[-1]))
-        kwargs.setdefault("n_classes", max(10, n_classes))
-    return build(cfg.arch, **kwargs)
 
 
 def _compute_loss(outputs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._util import resolve_device, suggest
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError, build_model
 
 __all__ = ["check_arch", "check_attacks", "check_model", "preflight"]
 
@@ -123,8 +123,6 @@ def _init_weights(model: nn.Module, path: str) -> None:
 def preflight(cfg: TrainConfig, data: Any = None) -> None:
     """Every check of this module, in the order a user fixes them: device, architecture, attack, data, model.
     Leaves the global random state as it was."""
-    from .loop import build_model
-
     resolve_device(cfg.device)
     check_arch(cfg.arch, cfg.arch_kwargs)
     check_attacks(cfg)
