@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from sinkhorn_attacks._util import FolderLock, UserError
+from sinkhorn_attacks._runfolder import FolderLock
+from sinkhorn_attacks._util import UserError
 from sinkhorn_attacks.attacks.pgd import RadiusSchedule
 from sinkhorn_attacks.ot import LocalCost, exact_ot, exact_uot, uot_sinkhorn
 from sinkhorn_attacks.projections.sinkhorn import HuProjection, WongProjection, hu_project, sinkhorn_project

@@ -6,8 +6,6 @@
   suggests the nearest name for a typo.
 * :class:`UserError`: a mistake in the user's input (config, flag, path). The command line prints its message
   as one line (exit code 2) instead of a traceback.
-* :class:`FolderLock` (defined in :mod:`sinkhorn_attacks._runfolder`, the run-folder engine): one writer per
-  output folder.
 """
 
 from __future__ import annotations
@@ -175,13 +173,3 @@ def fmt(v: Any, digits: int = 3) -> str:
     if v == 0 or abs(v) >= 0.01:
         return f"{v:.{digits}f}"
     return f"{v:.{digits}g}"
-
-
-def __getattr__(name: str) -> Any:
-    """:class:`FolderLock` and :func:`pid_alive` live in :mod:`sinkhorn_attacks._runfolder` (the run-folder
-    engine); importing them from here still works."""
-    if name in ("FolderLock", "pid_alive"):
-        from . import _runfolder
-
-        return getattr(_runfolder, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
