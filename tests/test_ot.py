@@ -206,6 +206,9 @@ def test_window_index_lists_the_window_and_the_scatter_sources():
         for d in range(t.shape[-1]):
             total += rows[:, sources[:, d], d]
         assert torch.equal(total.reshape(2, h, w), scatter_window(t, cost, last=True))
+        at = torch.randperm(h * w)[:5]  # listed pixels only: the same rows, in the listed order
+        assert torch.equal(window_index(cost, h, w, at=at), targets[at])
+        assert torch.equal(window_index(cost, h, w, sign=-1, at=at), sources[at])
 
 
 def _pot_uot_objective(P, M, x, z, eta, tau):

@@ -400,19 +400,19 @@ def _lse_at(u: torch.Tensor, pix: torch.Tensor, cost: LocalCost, eta, power: int
     n, h, w = u.shape
     offs = _offsets(cost, h, w)
     keep = [d for d, o in enumerate(offs) if not (power and o[2] == 0.0)]
-    window = window_index(cost, h, w, device=u.device)[:, keep]  # h w (one past the last pixel): outside
+    pixel = pix[:, 1] * w + pix[:, 2]
     flat = F.pad(u.reshape(n, h * w), (0, 1), value=-math.inf).reshape(-1)
     c = torch.tensor([offs[d][2] for d in keep], dtype=u.dtype, device=u.device)
     logw = power * torch.log(c) if power else None
     start = pix[:, 0] * (h * w + 1)
-    pixel = pix[:, 1] * w + pix[:, 2]
     per_measure = isinstance(eta, torch.Tensor) and eta.dim() > 0
     e = eta.reshape(-1)[pix[:, 0]].unsqueeze(1) if per_measure else eta
     out = torch.empty(pix.shape[0], dtype=u.dtype, device=u.device)
     step = max(1, _STACK_MAX_ELEMS // len(keep))
     for s0 in range(0, pix.shape[0], step):
         sl = slice(s0, s0 + step)
-        a = flat[start[sl, None] + window[pixel[sl]]] - c / (e[sl] if per_measure else e)
+        window = window_index(cost, h, w, at=pixel[sl])[:, keep]  # h w (one past the last pixel): outside
+        a = flat[start[sl, None] + window] - c / (e[sl] if per_measure else e)
         if logw is not None:
             a = a + logw
         out[sl] = torch.logsumexp(a, dim=1)
@@ -450,21 +450,27 @@ def gather_window(v: torch.Tensor, cost: LocalCost, fill: float = 0.0, *, last: 
     return out.reshape(lead + (h, w, len(shifts)))
 
 
-def window_index(cost: LocalCost, height: int, width: int, *, sign: int = 1, device="cpu") -> torch.Tensor:
+def window_index(
+    cost: LocalCost, height: int, width: int, *, sign: int = 1, at: torch.Tensor | None = None, device="cpu"
+) -> torch.Tensor:
     """Row-major index of ``i + sign * delta_d`` for every pixel ``i`` and offset ``d``, shape ``(H W, K)``.
 
     Offsets in the order of ``cost.offsets``; ``H W`` (one past the last pixel) where the neighbour lies
     outside the image. ``sign=1`` lists each pixel's window as :func:`gather_window` does, ``sign=-1`` the
     sources that :func:`scatter_window` sums into each pixel, so both can be evaluated at a few pixels.
+    ``at``: row-major indices of the pixels to list (shape ``(m,)``, result ``(m, K)``) instead of all of them.
     """
     offs = cost.offsets(height, width)
-    r = torch.arange(height, device=device).reshape(-1, 1, 1)
-    c = torch.arange(width, device=device).reshape(1, -1, 1)
-    di = torch.tensor([o[0] for o in offs], device=device) * sign
-    dj = torch.tensor([o[1] for o in offs], device=device) * sign
+    if at is None:
+        r = torch.arange(height, device=device).reshape(-1, 1, 1)
+        c = torch.arange(width, device=device).reshape(1, -1, 1)
+    else:
+        r, c = (at // width).reshape(-1, 1), (at % width).reshape(-1, 1)
+    di = torch.tensor([o[0] for o in offs], device=r.device) * sign
+    dj = torch.tensor([o[1] for o in offs], device=r.device) * sign
     rr, cc = r + di, c + dj
     inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-    return torch.where(inside, rr * width + cc, height * width).reshape(height * width, len(offs))
+    return torch.where(inside, rr * width + cc, height * width).reshape(-1, len(offs))
 
 
 def scatter_window(t: torch.Tensor, cost: LocalCost, *, last: bool = False) -> torch.Tensor:
